@@ -1,0 +1,24 @@
+/** @file Where tests find the repository, its test data and the shared golden files. */
+import { existsSync } from 'node:fs';
+import { dirname, join, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+function findRepoRoot(start: string): string {
+  let dir = start;
+  for (;;) {
+    if (existsSync(join(dir, 'package.json')) && existsSync(join(dir, 'tsconfig.json'))) return dir;
+    const up = dirname(dir);
+    if (up === dir) throw new Error(`no repository root (package.json + tsconfig.json) above ${start}`);
+    dir = up;
+  }
+}
+
+/** The repository root (the folder holding package.json), found from this compiled file. */
+export const repoRoot = findRepoRoot(dirname(fileURLToPath(import.meta.url)));
+
+/** Test data committed with the project. */
+export const testDataDir = join(repoRoot, 'test', 'data');
+
+/** `../shared/` beside the repository: golden files written by diffusers (read-only). */
+export const sharedDir = resolve(repoRoot, '..', 'shared');
+export const goldenDir = join(sharedDir, 'golden');
