@@ -1,0 +1,91 @@
+/** @file Matrix products and convolutions, including the conv weight gradient. */
+import { bind1 } from '../bind.js';
+import type { Conv2dParams } from '../prims/types.js';
+import { fmtShape, ShapeError, staticDim } from '../shape.js';
+import type { Tensor } from '../tensor.js';
+import { add } from './elementwise.js';
+import { concat, pad, reshape, slice, transpose } from './movement.js';
+
+/** Batched matrix product with numpy broadcasting of the batch axes; operands rank >= 2. */
+export function matmul(a: Tensor, b: Tensor): Tensor {
+  return bind1('matmul', [a, b], {});
+}
+
+/** x @ w^T + b for torch-layout weights w [out, in]: the Linear layer's product. */
+export function linear(x: Tensor, w: Tensor, b?: Tensor): Tensor {
+  const y = matmul(x, transpose(w));
+  return b ? add(y, b) : y;
+}
+
+type Pair = number | readonly [number, number];
+export interface ConvOptions {
+  stride?: Pair;
+  /** Symmetric [ph, pw] (or one number), or [top, left, bottom, right]. */
+  padding?: Pair | readonly [number, number, number, number];
+  dilation?: Pair;
+  groups?: number;
+  bias?: Tensor;
+}
+
+function pair(v: Pair | undefined, dflt: number): [number, number] {
+  return v === undefined ? [dflt, dflt] : typeof v === 'number' ? [v, v] : [v[0], v[1]];
+}
+
+function convParams(o: ConvOptions | Conv2dParams): Conv2dParams {
+  if ('pads' in o) return o;
+  const p = o.padding;
+  const pads: [number, number, number, number] = p === undefined ? [0, 0, 0, 0]
+    : typeof p === 'number' ? [p, p, p, p]
+      : p.length === 2 ? [p[0], p[1], p[0], p[1]] : [p[0], p[1], p[2]!, p[3]!];
+  return { stride: pair(o.stride, 1), pads, dilation: pair(o.dilation, 1), groups: o.groups ?? 1 };
+}
+
+/** 2-D convolution (cross-correlation, as torch): x [N, C, H, W], w [O, C/groups, kh, kw]. */
+export function conv2d(x: Tensor, w: Tensor, opts: ConvOptions | Conv2dParams = {}): Tensor {
+  const bias = 'bias' in opts ? opts.bias : undefined;
+  return bind1('conv2d', bias ? [x, w, bias] : [x, w], convParams(opts));
+}
+
+/** Transposed convolution: x [N, C, H, W], w [C, O/groups, kh, kw] (torch layout). */
+export function convTranspose2d(x: Tensor, w: Tensor,
+  opts: (ConvOptions & { outputPadding?: Pair }) | (Conv2dParams & { outputPadding: readonly [number, number] }) = {}): Tensor {
+  const bias = 'bias' in opts ? opts.bias : undefined;
+  const outputPadding = pair(opts.outputPadding, 0);
+  return bind1('convTranspose2d', bias ? [x, w, bias] : [x, w], { ...convParams(opts), outputPadding });
+}
+
+/**
+ * dL/dw of y = conv2d(x, w) given gy = dL/dy, for w of shape wShape [O, C/g, kh, kw].
+ * Written as patches x matmul: ORT runs a Conv over transposed tensors with a large kernel
+ * (the textbook form) far slower than MatMul. The input is transposed once to [C, N, H, W]
+ * so each kernel tap is a strided slice already in the matmul's layout.
+ */
+export function conv2dWeightGrad(x: Tensor, gy: Tensor, wShape: readonly number[],
+  p: Conv2dParams): Tensor {
+  const op = 'conv2dWeightGrad';
+  const [o, cg, kh, kw] = wShape as [number, number, number, number];
+  const g = p.groups;
+  const c = staticDim(x.shape[1]!, op, 'channels');
+  const [ho, wo] = [gy.shape[2] as number, gy.shape[3] as number];
+  if (c !== cg * g || gy.shape[1] !== o) {
+    throw new ShapeError(op, `x ${fmtShape(x.shape)}, gy ${fmtShape(gy.shape)} and w ` +
+      `${fmtShape(wShape)} disagree (groups ${g})`);
+  }
+  const xp = pad(transpose(x, [1, 0, 2, 3]), [[0, 0], [0, 0], [p.pads[0], p.pads[2]], [p.pads[1], p.pads[3]]]);
+  const taps: Tensor[] = [];
+  for (let i = 0; i < kh; i++) {
+    for (let j = 0; j < kw; j++) {
+      const r0 = i * p.dilation[0];
+      const c0 = j * p.dilation[1];
+      const tap = slice(xp, [null, null, [r0, r0 + (ho - 1) * p.stride[0] + 1, p.stride[0]],
+        [c0, c0 + (wo - 1) * p.stride[1] + 1, p.stride[1]]]); // [C, N, ho, wo]
+      taps.push(reshape(tap, [g, cg, 1, -1]));
+    }
+  }
+  const patches = concat(taps, 2); // [G, Cg, K, N*ho*wo]
+  const cols = reshape(patches, [g, cg * kh * kw, -1]);
+  const gyT = reshape(transpose(gy, [1, 0, 2, 3]), [g, o / g, -1]); // [G, O/G, N*ho*wo]
+  const dw = matmul(gyT, transpose(cols, [0, 2, 1])); // [G, O/G, Cg*K]
+  return reshape(dw, [o, cg, kh, kw]);
+}
+

@@ -1,0 +1,15 @@
+/** @file The primitive table: every primitive's record, checked complete by its type. */
+import { elementwisePrims } from './elementwise.js';
+import { linalgPrims } from './linalg.js';
+import { movementPrims } from './movement.js';
+import { reducePrims } from './reduce.js';
+import type { PrimTable } from './types.js';
+
+export const PRIMS: PrimTable = {
+  ...elementwisePrims,
+  ...reducePrims,
+  ...linalgPrims,
+  ...movementPrims,
+};
+
+export type { Prim, PrimParams, PrimDef, Aval, LowerCtx } from './types.js';

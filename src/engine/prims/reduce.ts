@@ -1,0 +1,156 @@
+/**
+ * @file Reductions and normalisations: sum, mean, max, argmax, topk, softmax,
+ * logSoftmax, layerNorm.
+ */
+import * as ops from '../ops.js';
+import { fmtShape, normAxis, ShapeError, staticDim, type Dim, type Shape } from '../shape.js';
+import type { Tensor } from '../tensor.js';
+import type { Aval, PrimDef, PrimTable, ReduceParams } from './types.js';
+
+function reducedShape(shape: Shape, axes: readonly number[], keepDims: boolean): Dim[] {
+  return keepDims ? shape.map((d, i) => (axes.includes(i) ? 1 : d))
+    : shape.filter((_, i) => !axes.includes(i));
+}
+
+function checkAxes(op: string, a: Aval, axes: readonly number[]): void {
+  for (const ax of axes) {
+    if (!Number.isInteger(ax) || ax < 0 || ax >= a.shape.length) {
+      throw new ShapeError(op, `axes [${axes.join(', ')}] out of range for shape ${fmtShape(a.shape)}`);
+    }
+  }
+}
+
+/** Broadcasts a reduced cotangent back over the reduced axes of `x`. */
+function spread(g: Tensor, x: Tensor, p: ReduceParams): Tensor {
+  const kept = p.keepDims ? g : ops.reshape(g, reducedShape(x.shape, p.axes, true));
+  return ops.broadcastTo(kept, x.shape);
+}
+
+function count(x: Tensor, axes: readonly number[], op: string): number {
+  return axes.reduce((n, a) => n * staticDim(x.shape[a]!, op, `reduced axis ${a}`), 1);
+}
+
+function reduce<P extends 'reduceSum' | 'reduceMean' | 'reduceMax'>(
+  onnx: string,
+  vjp: PrimDef<P>['vjp'],
+): PrimDef<P> {
+  return {
+    arity: 1,
+    infer: ([a], p) => {
+      checkAxes(onnx, a!, p.axes);
+      return [{ shape: reducedShape(a!.shape, p.axes, p.keepDims), dtype: a!.dtype }];
+    },
+    lower: (cx, ins, outs, p) => {
+      if (p.axes.length === 0) return cx.emit('Identity', ins, outs);
+      cx.emit(onnx, [ins[0]!, cx.int64s(p.axes)], outs, { keepdims: p.keepDims ? 1 : 0 });
+    },
+    vjp,
+  };
+}
+
+export const reducePrims: Pick<PrimTable, 'reduceSum' | 'reduceMean' | 'reduceMax' | 'argmax'
+  | 'topk' | 'softmax' | 'logSoftmax' | 'layerNorm'> = {
+  reduceSum: reduce('ReduceSum', ([g], n) => [spread(g!, n.inputs[0]!, n.params)]),
+  reduceMean: reduce('ReduceMean', ([g], n) => {
+    const x = n.inputs[0]!;
+    return [ops.div(spread(g!, x, n.params), count(x, n.params.axes, 'ReduceMean'))];
+  }),
+  // Ties share the cotangent equally, as torch's amax does.
+  reduceMax: reduce('ReduceMax', ([g], n) => {
+    const x = n.inputs[0]!;
+    const y = spread(n.outputs[0]!, x, n.params);
+    const mask = ops.cast(ops.equal(x, y), x.dtype);
+    const ties = ops.sum(mask, n.params.axes, true);
+    return [ops.mul(spread(g!, x, n.params), ops.div(mask, ties))];
+  }),
+
+  argmax: {
+    arity: 1,
+    infer: ([a], p) => {
+      checkAxes('ArgMax', a!, [p.axis]);
+      return [{ shape: reducedShape(a!.shape, [p.axis], p.keepDims), dtype: 'int64' }];
+    },
+    lower: (cx, ins, outs, p) =>
+      cx.emit('ArgMax', ins, outs, { axis: p.axis, keepdims: p.keepDims ? 1 : 0 }),
+    vjp: null,
+  },
+
+  topk: {
+    arity: 1,
+    infer: ([a], p) => {
+      checkAxes('TopK', a!, [p.axis]);
+      const n = staticDim(a!.shape[p.axis]!, 'TopK', 'the sorted axis');
+      if (!Number.isInteger(p.k) || p.k < 1 || p.k > n) {
+        throw new ShapeError('TopK', `k = ${p.k} must be in [1, ${n}] for shape ${fmtShape(a!.shape)}`);
+      }
+      const shape = a!.shape.map((d, i) => (i === p.axis ? p.k : d));
+      return [{ shape, dtype: a!.dtype }, { shape, dtype: 'int64' }];
+    },
+    lower: (cx, ins, outs, p) => cx.emit('TopK', [ins[0]!, cx.int64s([p.k])], outs,
+      { axis: p.axis, largest: p.largest ? 1 : 0, sorted: 1 }),
+    // Values' cotangent goes back to the chosen positions; indices carry none.
+    vjp: ([gv], n) => {
+      const x = n.inputs[0]!;
+      if (!gv) return [null];
+      return [ops.scatterAlongAxis(gv, n.outputs[1]!, x.shape, n.params.axis)];
+    },
+  },
+
+  // dx = y (g - sum(g y))
+  softmax: {
+    arity: 1,
+    infer: ([a], p) => (checkAxes('Softmax', a!, [p.axis]), [{ shape: a!.shape, dtype: a!.dtype }]),
+    lower: (cx, ins, outs, p) => cx.emit('Softmax', ins, outs, { axis: p.axis }),
+    vjp: ([g], n) => {
+      const y = n.outputs[0]!;
+      return [ops.mul(y, ops.sub(g!, ops.sum(ops.mul(g!, y), n.params.axis, true)))];
+    },
+  },
+  // dx = g - softmax(x) sum(g)
+  logSoftmax: {
+    arity: 1,
+    infer: ([a], p) =>
+      (checkAxes('LogSoftmax', a!, [p.axis]), [{ shape: a!.shape, dtype: a!.dtype }]),
+    lower: (cx, ins, outs, p) => cx.emit('LogSoftmax', ins, outs, { axis: p.axis }),
+    vjp: ([g], n) => {
+      const y = n.outputs[0]!;
+      return [ops.sub(g!, ops.mul(ops.exp(y), ops.sum(g!, n.params.axis, true)))];
+    },
+  },
+
+  layerNorm: {
+    arity: 3,
+    infer: ([x, scale, bias], p) => {
+      const op = 'LayerNormalization';
+      checkAxes(op, x!, [p.axis]);
+      const normShape = x!.shape.slice(p.axis);
+      for (const [what, t] of [['scale', scale!], ['bias', bias!]] as const) {
+        if (t.shape.length > normShape.length ||
+          t.shape.some((d, i) => d !== 1 && d !== normShape[normShape.length - t.shape.length + i])) {
+          throw new ShapeError(op, `${what} ${fmtShape(t.shape)} must broadcast to the normalised ` +
+            `shape ${fmtShape(normShape)} of input ${fmtShape(x!.shape)}`);
+        }
+        if (t.dtype !== x!.dtype) throw new TypeError(`${op}: ${what} dtype ${t.dtype} != ${x!.dtype}`);
+      }
+      return [{ shape: x!.shape, dtype: x!.dtype }];
+    },
+    lower: (cx, ins, outs, p) =>
+      cx.emit('LayerNormalization', ins, outs, { axis: p.axis, epsilon: { float: p.eps } }),
+    // With xh = (x - mean) rstd and dxh = g scale:
+    // dx = rstd (dxh - mean(dxh) - xh mean(dxh xh)); dscale = sum(g xh); dbias = sum(g).
+    vjp: ([g], n, needs) => {
+      const [x, scale, bias] = n.inputs as [Tensor, Tensor, Tensor];
+      const axes = Array.from({ length: x.rank - n.params.axis }, (_, i) => n.params.axis + i);
+      const mean = ops.mean(x, axes, true);
+      const centred = ops.sub(x, mean);
+      const rstd = ops.rsqrt(ops.add(ops.mean(ops.mul(centred, centred), axes, true), n.params.eps));
+      const xh = ops.mul(centred, rstd);
+      const dxh = ops.mul(g!, scale);
+      const dx = needs[0] ? ops.mul(rstd, ops.sub(ops.sub(dxh, ops.mean(dxh, axes, true)),
+        ops.mul(xh, ops.mean(ops.mul(dxh, xh), axes, true)))) : null;
+      return [dx,
+        needs[1] ? ops.unbroadcast(ops.mul(g!, xh), scale.shape) : null,
+        needs[2] ? ops.unbroadcast(g!, bias.shape) : null];
+    },
+  },
+};

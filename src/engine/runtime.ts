@@ -1,0 +1,177 @@
+/**
+ * @file Running traced functions on ONNX Runtime: `compile` turns a function over tensor
+ * trees into an async function over host-array trees, with one ORT session per input-shape
+ * signature; `exportOnnx` writes the graph as a standalone .onnx file.
+ *
+ * onnxruntime-node's run() blocks the event loop while it computes. Everything a session
+ * needs is the serialised model (`.onnx(...)`), so a worker thread can build its own.
+ */
+import { existsSync } from 'node:fs';
+import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
+import { createRequire } from 'node:module';
+import { availableParallelism } from 'node:os';
+import { dirname, join } from 'node:path';
+import ort from 'onnxruntime-node';
+import type { DType } from './dtype.js';
+import { HostArray, isHostArray } from './host.js';
+import { toOnnx } from './onnx.js';
+import { Tensor } from './tensor.js';
+import { trace, type Graph, type TensorSpec } from './trace.js';
+import { flatten, unflatten, type MapLeaves, type Tree, type TreeDef } from './tree.js';
+
+export type Provider = 'cpu' | 'webgpu' | 'cuda';
+
+export interface RuntimeOptions {
+  /** Execution provider (default 'cpu'). */
+  provider?: Provider;
+  /** Intra-op threads for the CPU provider (default: all cores). */
+  threads?: number;
+  /** ORT graph optimisation level (default 'all', which adds the NCHWc layout transforms). */
+  optimization?: 'disabled' | 'basic' | 'extended' | 'all';
+  /** Names of the positional arguments, used in ONNX input names (default x or arg0..). */
+  argNames?: readonly string[];
+  /** Graph name, shown in errors and exported files. */
+  name?: string;
+  /** Write ORT's per-op profile (JSON) to the working directory. */
+  profile?: boolean;
+}
+
+/** Errors from the runtime that are the user's to fix (provider missing, bad arguments). */
+export class RuntimeError extends Error {
+  override name = 'RuntimeError';
+}
+
+function cudaInstalled(): boolean {
+  const require = createRequire(import.meta.url);
+  const root = dirname(require.resolve('onnxruntime-node/package.json'));
+  const dir = join(root, 'bin', 'napi-v6', process.platform, process.arch);
+  return existsSync(join(dir, 'libonnxruntime_providers_cuda.so')) ||
+    existsSync(join(dir, 'onnxruntime_providers_cuda.dll'));
+}
+
+/** ORT session options for a provider, or a RuntimeError saying how to get it. */
+export function sessionOptions(opts: RuntimeOptions): ort.InferenceSession.SessionOptions {
+  const provider = opts.provider ?? 'cpu';
+  if (provider === 'cuda' && !cudaInstalled()) {
+    throw new RuntimeError(
+      "provider 'cuda' is not installed: onnxruntime-node downloads its CUDA 12 provider only " +
+        'on request. Run `ONNXRUNTIME_NODE_INSTALL=cuda12 npm rebuild onnxruntime-node` ' +
+        '(needs CUDA 12 and cuDNN 9 on the machine), or use --provider cpu | webgpu.');
+  }
+  if (!['cpu', 'webgpu', 'cuda'].includes(provider)) {
+    throw new RuntimeError(`unknown provider '${provider}': expected cpu, webgpu or cuda`);
+  }
+  return {
+    executionProviders: provider === 'cpu' ? ['cpu'] : [provider, 'cpu'],
+    intraOpNumThreads: opts.threads ?? availableParallelism(),
+    interOpNumThreads: 1,
+    executionMode: 'sequential',
+    graphOptimizationLevel: opts.optimization ?? 'all',
+    enableCpuMemArena: true,
+    enableProfiling: opts.profile ?? false,
+    logSeverityLevel: 3,
+  };
+}
+
+export async function createSession(model: Uint8Array, opts: RuntimeOptions):
+  Promise<ort.InferenceSession> {
+  const options = sessionOptions(opts);
+  try {
+    return await ort.InferenceSession.create(model, options);
+  } catch (e) {
+    throw new RuntimeError(`ONNX Runtime rejected graph '${opts.name ?? 'diffuse'}' on ` +
+      `${opts.provider ?? 'cpu'}: ${(e as Error).message}`);
+  }
+}
+
+export function toOrtTensor(a: HostArray): ort.Tensor {
+  return new ort.Tensor(a.dtype, a.data as never, a.shape as number[]);
+}
+
+export function fromOrtTensor(t: ort.Tensor): HostArray {
+  const dtype = t.type as DType;
+  return new HostArray(t.data as never, t.dims, dtype);
+}
+
+type HostTree = Tree<HostArray>;
+type TensorFn = (...args: never[]) => unknown;
+
+/** The host-side signature of a traced function: tensors in and out become HostArrays. */
+export type Compiled<F extends TensorFn> = ((...args: MapLeaves<Parameters<F>, Tensor, HostArray>) =>
+  Promise<MapLeaves<ReturnType<F>, Tensor, HostArray>>) & {
+  /** The traced graph for these argument shapes. */
+  trace(...specs: Tree<TensorSpec>[]): Graph;
+  /** The serialised ONNX model for these argument shapes. */
+  onnx(...specs: Tree<TensorSpec>[]): Uint8Array;
+  /** How many sessions (one per input-shape signature) exist. */
+  readonly sessionCount: number;
+  /** Releases the sessions. */
+  dispose(): Promise<void>;
+};
+
+interface Entry {
+  session: ort.InferenceSession;
+  inputNames: string[];
+  outputNames: string[];
+  outputDef: TreeDef;
+}
+
+function signature(flats: { def: TreeDef; leaves: HostArray[] }[]): string {
+  return flats.map((f) => `${JSON.stringify(f.def)}:${f.leaves.map((l) =>
+    `${l.dtype}[${l.shape.join(',')}]`).join(';')}`).join('|');
+}
+
+/** Compiles fn (over trees of Tensors) to an async function over trees of HostArrays. */
+export function compile<F extends TensorFn>(fn: F, opts: RuntimeOptions = {}): Compiled<F> {
+  const sessions = new Map<string, Promise<Entry>>();
+  const traceFor = (specs: Tree<TensorSpec>[]): Graph => trace(fn, specs, { argNames: opts.argNames });
+  const build = async (specs: Tree<TensorSpec>[]): Promise<Entry> => {
+    const graph = traceFor(specs);
+    const session = await createSession(toOnnx(graph, { name: opts.name }), opts);
+    return { session, inputNames: graph.inputNames, outputNames: graph.outputNames,
+      outputDef: graph.outputDef };
+  };
+  const call = async (...args: HostTree[]): Promise<unknown> => {
+    const flats = args.map((a) => flatten(a, isHostArray));
+    const key = signature(flats);
+    let entry = sessions.get(key);
+    if (!entry) {
+      entry = build(args);
+      sessions.set(key, entry);
+      entry.catch(() => sessions.delete(key));
+    }
+    const e = await entry;
+    const feeds: Record<string, ort.Tensor> = {};
+    flats.flatMap((f) => f.leaves).forEach((a, i) => (feeds[e.inputNames[i]!] = toOrtTensor(a)));
+    const results = await e.session.run(feeds);
+    return unflatten(e.outputDef, e.outputNames.map((n) => fromOrtTensor(results[n] as ort.Tensor)));
+  };
+  return Object.assign(call, {
+    trace: (...specs: Tree<TensorSpec>[]) => traceFor(specs),
+    onnx: (...specs: Tree<TensorSpec>[]) => toOnnx(traceFor(specs), { name: opts.name }),
+    get sessionCount() {
+      return sessions.size;
+    },
+    dispose: async () => {
+      const all = [...sessions.values()];
+      sessions.clear();
+      await Promise.all(all.map(async (p) => (await p).session.release()));
+    },
+  }) as unknown as Compiled<F>; // sound: call implements the mapped signature at run time
+}
+
+/** Writes fn, traced at these shapes (dims may be named, e.g. 'batch'), as a standalone
+ *  .onnx file; the write is atomic (temp file + rename). */
+export async function exportOnnx(fn: TensorFn, exampleShapes: readonly Tree<TensorSpec>[], path: string,
+  opts: Pick<RuntimeOptions, 'argNames' | 'name'> = {}): Promise<void> {
+  const bytes = toOnnx(trace(fn, exampleShapes, opts), { name: opts.name });
+  await mkdir(dirname(path) || '.', { recursive: true });
+  const tmp = `${path}.tmp-${process.pid}-${Date.now()}`;
+  try {
+    await writeFile(tmp, bytes);
+    await rename(tmp, path);
+  } catch (e) {
+    await rm(tmp, { force: true });
+    throw e;
+  }
+}
