@@ -15,13 +15,14 @@
  * `uniform(3)` equals the first three values of `uniform(10)`; the same holds for every method
  * except `permutation`.
  *
- * Platform independence: the integer path is exact 32-bit arithmetic (the high half of a 32x32
- * product is formed from two 32x16 partial products, each exact in a double). Floats use only
- * IEEE +, -, *, /, Math.sqrt and Math.fround, which are correctly rounded everywhere. Math.log,
- * Math.cos and Math.sin are deterministic for one Node build but are not required to be
- * correctly rounded, and V8 has changed their implementation between versions; so `normal` uses
- * `portableLog` and `portableSinCos2Pi` below (double precision, relative error ~1e-16), and
- * its draws are the same on every machine and Node version.
+ * Platform independence: the integer path is exact 32-bit arithmetic (the low half of a 32x32
+ * product from Math.imul, the high half from it and the double product, see `mulhi32`; the
+ * tests check it against BigInt). Floats use only IEEE +, -, *, /, Math.sqrt and Math.fround,
+ * which are correctly rounded everywhere. Math.log, Math.cos and Math.sin are deterministic for
+ * one Node build, but ECMAScript leaves their accuracy to the implementation (V8 ships its own,
+ * which may change with a V8 update), so `normal` uses `portableLog` and `portableSinCos2Pi`
+ * below (double precision, relative error ~2e-16) instead, and its draws are the same on every
+ * machine and Node version. No BigInt on any path.
  */
 
 // Round multipliers and Weyl key increments (golden ratio and sqrt(3) - 1), from Random123.
@@ -40,12 +41,14 @@ const TWO_POW_32 = 4294967296;
 const TWO_POW_M24 = 2 ** -24;
 const TWO_POW_M32 = 2 ** -32;
 
-/** The high 32 bits of the 64-bit product of two uint32: a * (b & 0xffff) and a * (b >>> 16)
- * are both below 2^48, so every step is exact in a double. */
-function mulhi32(a: number, b: number): number {
-  const low = a * (b & 0xffff);
-  const high = a * (b >>> 16);
-  return Math.floor((high + Math.floor(low / 65536)) / 65536);
+/**
+ * The high 32 bits of the 64-bit product of two uint32, exactly, given its exact low 32 bits
+ * `lo` (from Math.imul). The double a * b is within 2^10 of the true product P (P < 2^64), and
+ * subtracting lo rounds by at most 2^10 more, so (a * b - lo) / 2^32 is within 2^-21 of the
+ * integer (P - lo) / 2^32: rounding it to the nearest integer gives the high word exactly.
+ */
+function mulhi32(a: number, b: number, lo: number): number {
+  return Math.round((a * b - lo) * TWO_POW_M32);
 }
 
 /** One Philox-4x32-10 block: writes the four output words for counter c and key k at out[o]. */
@@ -55,18 +58,16 @@ function philoxInto(
   out: Uint32Array, o: number,
 ): void {
   for (let r = 0; r < ROUNDS; r++) {
-    if (r > 0) {
-      k0 = (k0 + W0) >>> 0;
-      k1 = (k1 + W1) >>> 0;
-    }
-    const hi0 = mulhi32(M0, c0);
     const lo0 = Math.imul(M0, c0) >>> 0;
-    const hi1 = mulhi32(M1, c2);
+    const hi0 = mulhi32(M0, c0, lo0);
     const lo1 = Math.imul(M1, c2) >>> 0;
+    const hi1 = mulhi32(M1, c2, lo1);
     c0 = (hi1 ^ c1 ^ k0) >>> 0;
     c1 = lo1;
     c2 = (hi0 ^ c3 ^ k1) >>> 0;
     c3 = lo0;
+    k0 = (k0 + W0) >>> 0; // the key schedule: bumped between rounds
+    k1 = (k1 + W1) >>> 0;
   }
   out[o] = c0;
   out[o + 1] = c1;
@@ -93,26 +94,26 @@ const f64 = new Float64Array(1);
 const f64Words = new Uint32Array(f64.buffer);
 /** Index of the word holding sign and exponent (1 on little-endian machines). */
 const HI = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1 ? 1 : 0;
+/** POW2_NEG[e + 1023] = 2^-e for e in [-1023, 1023], built exactly by halving and doubling. */
+const POW2_NEG = new Float64Array(2047);
+for (let e = 0, p = 1; e <= 1023; e++, p *= 0.5) POW2_NEG[e + 1023] = p;
+for (let e = 0, p = 1; e <= 1023; e++, p *= 2) POW2_NEG[1023 - e] = p;
 // ln 2 split so that e * LN2_HI is exact for |e| < 2^11 (the low 32 bits of LN2_HI are zero).
 const LN2_HI = 6.93147180369123816490e-1;
 const LN2_LO = 1.90821492927058770002e-10;
-/** 1/3, 1/5, ..., 1/21: the series 2 atanh(s) = 2s (1 + s^2/3 + s^4/5 + ...). */
-const ATANH = Array.from({ length: 10 }, (_, k) => 1 / (2 * k + 3));
-/** (-1)^(k+1) / (2k+3)!: sin x = x + x^3 (-1/3! + x^2/5! - ... + x^14/17!). */
-const SIN = Array.from({ length: 8 }, (_, k) => (k % 2 === 0 ? -1 : 1) / factorial(2 * k + 3));
-/** (-1)^k / (2k+4)!: cos x = 1 - x^2/2 + x^4 (1/4! - x^2/6! + ... + x^12/16!). */
-const COS = Array.from({ length: 7 }, (_, k) => (k % 2 === 0 ? 1 : -1) / factorial(2 * k + 4));
-
-function factorial(n: number): number {
-  let f = 1;
-  for (let i = 2; i <= n; i++) f *= i; // exact: 17! < 2^53
-  return f;
-}
+// Series coefficients, exact rationals rounded once: 1/(2k+1) for atanh, 1/k! for sin and cos.
+const A3 = 1 / 3, A5 = 1 / 5, A7 = 1 / 7, A9 = 1 / 9, A11 = 1 / 11, A13 = 1 / 13;
+const A15 = 1 / 15, A17 = 1 / 17, A19 = 1 / 19, A21 = 1 / 21;
+const F3 = 1 / 6, F5 = 1 / 120, F7 = 1 / 5040, F9 = 1 / 362880, F11 = 1 / 39916800;
+const F13 = 1 / 6227020800, F15 = 1 / 1307674368000, F17 = 1 / 355687428096000;
+const F4 = 1 / 24, F6 = 1 / 720, F8 = 1 / 40320, F10 = 1 / 3628800, F12 = 1 / 479001600;
+const F14 = 1 / 87178291200, F16 = 1 / 20922789888000;
 
 /**
  * Natural logarithm in double precision from IEEE arithmetic only (same bits on every machine).
  * x = m 2^e with m in (sqrt(1/2), sqrt(2)]; log m = 2 atanh((m - 1) / (m + 1)) by its series,
- * which for |s| <= 0.172 is exact to 2e-17 after 11 terms. Max relative error ~3e-16.
+ * which for |s| <= 0.172 is exact to 2e-17 after 11 terms. Max relative error ~3e-16. (A table
+ * of powers of two extracts m, as reading and rewriting the exponent bits was 2x slower.)
  */
 export function portableLog(x: number): number {
   if (!(x > 0) || x === Infinity) return x === 0 ? -Infinity : x === Infinity ? x : NaN;
@@ -122,18 +123,20 @@ export function portableLog(x: number): number {
     e = -54;
   }
   f64[0] = x;
-  const hi = f64Words[HI]!;
-  e += ((hi >>> 20) & 0x7ff) - 1023;
-  f64Words[HI] = (hi & 0x000fffff) | 0x3ff00000; // the same mantissa with exponent 0: [1, 2)
-  let m = f64[0]!;
+  const ex = ((f64Words[HI]! >>> 20) & 0x7ff) - 1023;
+  let m = x * POW2_NEG[ex + 1023]!; // exact: the mantissa, in [1, 2)
+  e += ex;
   if (m > Math.SQRT2) {
     m *= 0.5;
     e += 1;
   }
   const s = (m - 1) / (m + 1);
   const z = s * s;
-  let p = ATANH[9]!;
-  for (let k = 8; k >= 0; k--) p = p * z + ATANH[k]!;
+  // 2 atanh s = 2s (1 + z p), p = 1/3 + z/5 + ... + z^9/21 (Estrin's scheme, for speed)
+  const z2 = z * z;
+  const z4 = z2 * z2;
+  const p = A3 + z * A5 + z2 * (A7 + z * A9)
+    + z4 * (A11 + z * A13 + z2 * (A15 + z * A17) + z4 * (A19 + z * A21));
   const twoS = 2 * s;
   return e * LN2_HI + (e * LN2_LO + twoS * z * p + twoS);
 }
@@ -147,17 +150,19 @@ export function portableSinCos2Pi(t: number, out: Float64Array): void {
   const q = Math.round(t * 4);
   const x = (t - q * 0.25) * (2 * Math.PI);
   const z = x * x;
-  let ps = SIN[7]!;
-  for (let k = 6; k >= 0; k--) ps = ps * z + SIN[k]!;
-  let pc = COS[6]!;
-  for (let k = 5; k >= 0; k--) pc = pc * z + COS[k]!;
+  // sin x = x + x z ps, ps = -1/3! + z/5! - ... + z^7/17!;
+  // cos x = 1 - z/2 + z^2 pc, pc = 1/4! - z/6! + ... + z^6/16! (Estrin's scheme)
+  const z2 = z * z;
+  const z4 = z2 * z2;
+  const ps = F5 * z - F3 + z2 * (F9 * z - F7) + z4 * (F13 * z - F11 + z2 * (F17 * z - F15));
+  const pc = F4 - F6 * z + z2 * (F8 - F10 * z) + z4 * (F12 - F14 * z + z2 * F16);
   const s = x + x * z * ps;
-  const c = 1 - 0.5 * z + z * z * pc;
-  switch (((q % 4) + 4) % 4) {
+  const c = 1 - 0.5 * z + z2 * pc;
+  switch (q & 3) { // the quarter turn, mod 4 (exact for any integer q, negative too)
     case 0: out[0] = s; out[1] = c; break;
-    case 1: out[0] = c; out[1] = -s; break;
-    case 2: out[0] = -s; out[1] = -c; break;
-    default: out[0] = -c; out[1] = s; break;
+    case 1: out[0] = c; out[1] = 0 - s; break; // 0 - s, not -s: sin and cos of 0 are +0
+    case 2: out[0] = 0 - s; out[1] = 0 - c; break;
+    default: out[0] = 0 - c; out[1] = s; break;
   }
 }
 
@@ -191,7 +196,8 @@ class WordStream {
   next(): number {
     if (this.pos === 4) {
       const b = this.block++;
-      philoxInto(b >>> 0, Math.floor(b / TWO_POW_32), DOMAIN_DRAW, 0, this.k0, this.k1, this.buf, 0);
+      const high = Math.floor(b / TWO_POW_32);
+      philoxInto(b >>> 0, high, DOMAIN_DRAW, 0, this.k0, this.k1, this.buf, 0);
       this.pos = 0;
     }
     return this.buf[this.pos++]!;
@@ -208,7 +214,7 @@ class WordStream {
         lo = Math.imul(w, high) >>> 0;
       }
     }
-    return mulhi32(w, high);
+    return mulhi32(w, high, lo);
   }
 }
 
@@ -265,7 +271,9 @@ export class RngKey {
     checkCount('bits', n);
     const blocks = Math.ceil(n / 4);
     const out = new Uint32Array(blocks * 4);
-    for (let b = 0; b < blocks; b++) philoxInto(b, 0, DOMAIN_DRAW, 0, this.lo, this.hi, out, 4 * b);
+    for (let b = 0; b < blocks; b++) {
+      philoxInto(b, 0, DOMAIN_DRAW, 0, this.lo, this.hi, out, 4 * b);
+    }
     return n === out.length ? out : out.slice(0, n);
   }
 
