@@ -105,6 +105,8 @@ export type Compiled<F extends TensorFn> = ((...args: MapLeaves<Parameters<F>, T
   onnx(...specs: Tree<TensorSpec>[]): Uint8Array;
   /** How many sessions (one per input-shape signature) exist. */
   readonly sessionCount: number;
+  /** Time spent inside session.run (ms) and calls so far: what the host adds is the rest. */
+  readonly stats: { runMs: number; calls: number };
   /** Releases the sessions. */
   dispose(): Promise<void>;
 };
@@ -124,6 +126,7 @@ function signature(flats: { def: TreeDef; leaves: HostArray[] }[]): string {
 /** Compiles fn (over trees of Tensors) to an async function over trees of HostArrays. */
 export function compile<F extends TensorFn>(fn: F, opts: RuntimeOptions = {}): Compiled<F> {
   const sessions = new Map<string, Promise<Entry>>();
+  const stats = { runMs: 0, calls: 0 };
   const traceFor = (specs: Tree<TensorSpec>[]): Graph => trace(fn, specs, { argNames: opts.argNames });
   const build = async (specs: Tree<TensorSpec>[]): Promise<Entry> => {
     const graph = traceFor(specs);
@@ -143,7 +146,10 @@ export function compile<F extends TensorFn>(fn: F, opts: RuntimeOptions = {}): C
     const e = await entry;
     const feeds: Record<string, ort.Tensor> = {};
     flats.flatMap((f) => f.leaves).forEach((a, i) => (feeds[e.inputNames[i]!] = toOrtTensor(a)));
+    const t0 = performance.now();
     const results = await e.session.run(feeds);
+    stats.runMs += performance.now() - t0;
+    stats.calls++;
     return unflatten(e.outputDef, e.outputNames.map((n) => fromOrtTensor(results[n] as ort.Tensor)));
   };
   return Object.assign(call, {
@@ -152,6 +158,7 @@ export function compile<F extends TensorFn>(fn: F, opts: RuntimeOptions = {}): C
     get sessionCount() {
       return sessions.size;
     },
+    stats,
     dispose: async () => {
       const all = [...sessions.values()];
       sessions.clear();
