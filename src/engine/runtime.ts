@@ -152,19 +152,18 @@ export function compile<F extends TensorFn>(fn: F, opts: RuntimeOptions = {}): C
     stats.calls++;
     return unflatten(e.outputDef, e.outputNames.map((n) => fromOrtTensor(results[n] as ort.Tensor)));
   };
-  return Object.assign(call, {
+  const compiled = Object.assign(call, {
     trace: (...specs: Tree<TensorSpec>[]) => traceFor(specs),
     onnx: (...specs: Tree<TensorSpec>[]) => toOnnx(traceFor(specs), { name: opts.name }),
-    get sessionCount() {
-      return sessions.size;
-    },
     stats,
     dispose: async () => {
       const all = [...sessions.values()];
       sessions.clear();
       await Promise.all(all.map(async (p) => (await p).session.release()));
     },
-  }) as unknown as Compiled<F>; // sound: call implements the mapped signature at run time
+  });
+  Object.defineProperty(compiled, 'sessionCount', { get: () => sessions.size });
+  return compiled as unknown as Compiled<F>; // sound: call implements the mapped signature
 }
 
 /** Writes fn, traced at these shapes (dims may be named, e.g. 'batch'), as a standalone

@@ -1,0 +1,72 @@
+/** Runtime: session cache by shape signature, providers, graph text, host arrays, trees. */
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { HostArray } from './host.js';
+import * as ops from './ops.js';
+import { compile, RuntimeError, sessionOptions } from './runtime.js';
+import type { Tensor } from './tensor.js';
+import { printGraph, trace } from './trace.js';
+import { flatten, unflatten } from './tree.js';
+
+test('one session per input-shape signature, reused for equal shapes', async () => {
+  const f = compile((x: Tensor) => ops.mul(x, 2));
+  const a = await f(HostArray.fromNested([1, 2]));
+  await f(HostArray.fromNested([3, 4]));
+  assert.equal(f.sessionCount, 1);
+  const b = await f(HostArray.fromNested([[1], [2], [3]]));
+  assert.equal(f.sessionCount, 2);
+  assert.deepEqual(Array.from(a.data as Float32Array), [2, 4]);
+  assert.deepEqual(b.shape, [3, 1]);
+  assert.equal(f.stats.calls, 3);
+  await f.dispose();
+  assert.equal(f.sessionCount, 0);
+});
+
+test('a missing provider is a clear error that says how to get it', () => {
+  assert.throws(() => sessionOptions({ provider: 'cuda' }), (e: unknown) =>
+    e instanceof RuntimeError && /ONNXRUNTIME_NODE_INSTALL=cuda12/.test((e as Error).message));
+  assert.throws(() => sessionOptions({ provider: 'tpu' as never }), /unknown provider 'tpu'/);
+  assert.deepEqual(sessionOptions({ threads: 3 }).intraOpNumThreads, 3);
+});
+
+test('graphs print in a stable text form', () => {
+  const g = trace((x: Tensor, w: Tensor) => ops.sum(ops.matmul(x, w), 1),
+    [{ shape: [2, 3] }, { shape: [3, 4] }]);
+  assert.equal(printGraph(g), [
+    'graph(%0: float32[2, 3] "arg0", %1: float32[3, 4] "arg1") {',
+    '  %2 = matmul(%0, %1) : float32[2, 4]',
+    '  %3 = reduceSum(%2) {"axes":[1],"keepDims":false} : float32[2]',
+    '  return %3',
+    '}',
+  ].join('\n'));
+});
+
+test('int64 and bool values round-trip through a compiled function', async () => {
+  const f = compile((i: Tensor, x: Tensor) => ({ picked: ops.gather(x, i, 0), pos: ops.greater(x, 0) }));
+  const r = await f(HostArray.fromNested([2, 0], 'int64'), HostArray.fromNested([-1, 0.5, 3]));
+  assert.deepEqual(Array.from(r.picked.data as Float32Array), [3, -1]);
+  assert.equal(r.pos.dtype, 'bool');
+  assert.deepEqual(Array.from(r.pos.data as Uint8Array), [0, 1, 1]);
+});
+
+test('host arrays: constructors, indexing, nesting and printing', () => {
+  const a = HostArray.fromNested([[1, 2, 3], [4, 5, 6]]);
+  assert.deepEqual(a.shape, [2, 3]);
+  assert.equal(a.get(1, 2), 6);
+  assert.deepEqual(a.toNested(), [[1, 2, 3], [4, 5, 6]]);
+  assert.equal(a.toString(), 'float32[2,3] [[1, 2, 3],\n [4, 5, 6]]');
+  assert.equal(HostArray.zeros([2], 'int64').toString(), 'int64[2] [0, 0]');
+  assert.deepEqual(Array.from(HostArray.ones([2, 2]).data as Float32Array), [1, 1, 1, 1]);
+  assert.match(HostArray.zeros([100]).toString(), /\[0, 0, 0, \.\.\., 0, 0\]/);
+  assert.throws(() => HostArray.fromNested([[1, 2], [3]]), /ragged/);
+  assert.throws(() => new HostArray(new Float32Array(3), [2, 2]), /3 elements but shape \[2, 2\] needs 4/);
+  assert.throws(() => a.get(2, 0), /index 2 out of \[0, 2\)/);
+});
+
+test('trees flatten with dotted paths and rebuild', () => {
+  const tree = { down_blocks: [{ conv: { weight: 1, bias: 2 } }], out: 3, skip: undefined };
+  const flat = flatten(tree, (x): x is number => typeof x === 'number');
+  assert.deepEqual(flat.paths, ['down_blocks.0.conv.weight', 'down_blocks.0.conv.bias', 'out']);
+  assert.deepEqual(unflatten(flat.def, [10, 20, 30]), { down_blocks: [{ conv: { weight: 10, bias: 20 } }], out: 30 });
+  assert.throws(() => flatten({ a: 'text' } as never, (x): x is number => typeof x === 'number'), /unexpected string at 'a'/);
+});
