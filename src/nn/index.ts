@@ -7,3 +7,4 @@ export { sgd, adamw, clipGradNorm, globalNorm, type Optimizer, type AdamWOptions
 export { constantLr, warmupLr, cosineLr, type LrSchedule } from './schedules.js';
 export { emaDecay, emaUpdate, type EmaOptions } from './ema.js';
 export { compileTrainStep, type TrainState, type TrainStep, type TrainStepOptions, type StepMetrics } from './train.js';
+export { loadStateDict, StateDictError, type LoadOptions } from './state.js';

@@ -68,3 +68,25 @@ test('multi-head attention equals a direct computation', async () => {
   const want = lin(ref.reshape(ref.transpose(o, [0, 2, 1, 3]), [2, 3, 4]), p.to_out[0]!);
   assert.ok(ref.maxAbsDiff(got, want) < 1e-5);
 });
+
+test('loadStateDict rebuilds the tree and names the first bad key with both shapes', async () => {
+  const { loadStateDict } = await import('./state.js');
+  const block = new Block();
+  const dict = stateDict(block.init(RngKey.fromSeed(5)));
+  const params = loadStateDict(block, dict);
+  assert.equal(params.resnets[0]!.conv1.weight, dict.get('resnets.0.conv1.weight'));
+  assert.deepEqual([...stateDict(params).keys()], [...dict.keys()]);
+
+  const missing = new Map(dict);
+  missing.delete('resnets.1.conv1.bias');
+  assert.throws(() => loadStateDict(block, missing), /missing key 'resnets.1.conv1.bias' \(expected shape \[8\]\)/);
+  const extra = new Map(dict).set('resnets.0.extra.weight', HostArray.zeros([1]));
+  assert.throws(() => loadStateDict(block, extra, { source: 'x.safetensors' }),
+    /unexpected key 'resnets.0.extra.weight' in x.safetensors/);
+  const misshaped = new Map(dict).set('resnets.0.conv1.weight', HostArray.zeros([8, 4, 1, 1]));
+  assert.throws(() => loadStateDict(block, misshaped),
+    /'resnets.0.conv1.weight' has shape \[8, 4, 1, 1\], the model expects \[8, 4, 3, 3\]/);
+  const renamed = new Map([...dict].map(([k, v]) => [k.replace('to_q', 'query'), v]));
+  const back = loadStateDict(block, renamed, { rename: (n) => n.replace('query', 'to_q') });
+  assert.equal(back.attentions[0]!.to_q.weight, dict.get('attentions.0.to_q.weight'));
+});
