@@ -79,8 +79,13 @@ export async function createSession(model: Uint8Array, opts: RuntimeOptions):
   try {
     return await ort.InferenceSession.create(model, options);
   } catch (e) {
+    const message = (e as Error).message;
+    if (opts.provider === 'webgpu' && /No supported adapters/.test(message)) {
+      throw new RuntimeError("provider 'webgpu' found no GPU adapter on this machine (WebGPU " +
+        'needs a GPU with Vulkan, Metal or D3D12 drivers); use --provider cpu');
+    }
     throw new RuntimeError(`ONNX Runtime rejected graph '${opts.name ?? 'diffuse'}' on ` +
-      `${opts.provider ?? 'cpu'}: ${(e as Error).message}`);
+      `${opts.provider ?? 'cpu'}: ${message}`);
   }
 }
 
