@@ -33,7 +33,7 @@ export interface ReadConfigOptions {
  * Reads a diffusers config for `className`: every key of `defaults` is taken from `raw` when
  * present (its JSON kind must match the default's), else from the default.
  */
-export function readConfig<T extends Record<string, unknown>>(className: string,
+export function readConfig<T extends object>(className: string,
   raw: Record<string, unknown>, defaults: T, opts: ReadConfigOptions = {}): T {
   if (raw === null || typeof raw !== 'object' || Array.isArray(raw)) {
     throw new ConfigError(`${className} config: expected a JSON object, got ${kind(raw)}`);
@@ -43,14 +43,14 @@ export function readConfig<T extends Record<string, unknown>>(className: string,
     throw new ConfigError(`config is for ${String(cls)}, not ${className}`);
   }
   const warn = opts.warn ?? ((m: string) => console.warn(`warning: ${m}`));
-  const out: Record<string, unknown> = { ...defaults };
+  const out: Record<string, unknown> = { ...(defaults as Record<string, unknown>) };
   for (const [key, value] of Object.entries(raw)) {
     if (key.startsWith('_')) continue;
     if (!(key in defaults)) {
       warn(`${className} config: unknown key '${key}' ignored`);
       continue;
     }
-    const dflt = defaults[key];
+    const dflt = (defaults as Record<string, unknown>)[key];
     const want = dflt === null ? opts.nullable?.[key] : kind(dflt);
     const got = kind(value);
     if (value !== null && want !== undefined && got !== want) {
@@ -68,7 +68,8 @@ export function readConfig<T extends Record<string, unknown>>(className: string,
 /** A config as diffusers saves it: `_class_name`, `_diffusers_version`, then every key. */
 export function toDiffusersConfig(className: string, config: Record<string, unknown>):
   Record<string, Json> {
-  return { _class_name: className, _diffusers_version: DIFFUSERS_VERSION, ...(config as Record<string, Json>) };
+  // The class name and version come last so a stray key in config cannot override them.
+  return { ...(config as Record<string, Json>), _class_name: className, _diffusers_version: DIFFUSERS_VERSION };
 }
 
 /** Throws a ConfigError naming the key unless `ok`. */
