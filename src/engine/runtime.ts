@@ -32,7 +32,8 @@ export interface RuntimeOptions {
   argNames?: readonly string[];
   /** Graph name, shown in errors and exported files. */
   name?: string;
-  /** Write ORT's per-op profile (JSON) to the working directory. */
+  /** Write ORT's per-op profile (JSON, `diffuse-profile-<name>_<date>.json`) to the working
+   *  directory; the file is complete when the session is released (`dispose()`). */
   profile?: boolean;
 }
 
@@ -69,6 +70,7 @@ export function sessionOptions(opts: RuntimeOptions): ort.InferenceSession.Sessi
     graphOptimizationLevel: opts.optimization ?? 'all',
     enableCpuMemArena: true,
     enableProfiling: opts.profile ?? false,
+    ...(opts.profile ? { profileFilePrefix: `diffuse-profile-${opts.name ?? 'graph'}` } : {}),
     logSeverityLevel: 3,
   };
 }
