@@ -28,3 +28,5 @@ export {
   type RecordedStep,
   type ReplayReport,
 } from './diffusers/replay.js';
+export * from './sampler-names.js';
+export * from './gradient-guidance.js';

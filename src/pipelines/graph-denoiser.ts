@@ -1,0 +1,58 @@
+/**
+ * @file A Denoiser backed by a compiled model graph: the bridge between models (traced
+ * functions over tensors) and samplers (which see only host batches).
+ */
+import { HostArray } from '../engine/host.js';
+import { compile, type RuntimeOptions } from '../engine/runtime.js';
+import type { Tensor } from '../engine/tensor.js';
+import type { Batch, Denoiser } from '../diffusion/denoiser.js';
+import type { Prediction } from '../diffusion/predictions.js';
+
+/** The model as a traced function: x [B, ...], t [B] float32 model times, optional int64
+ *  class labels [B] -> prediction shaped like x. */
+export type ModelFn = (x: Tensor, t: Tensor, labels?: Tensor) => Tensor;
+
+export interface GraphDenoiser extends Denoiser {
+  /** Model calls so far and time spent in them (ms). */
+  readonly stats: { calls: number; ms: number };
+  dispose(): Promise<void>;
+}
+
+/**
+ * Compiles `model` (one ORT session per batch shape) as a Denoiser. The condition, when
+ * given, is the class labels: an Int32Array / number[] / int64 HostArray with one per row.
+ */
+export function graphDenoiser(model: ModelFn, prediction: Prediction, runtime: RuntimeOptions = {}):
+  GraphDenoiser {
+  const plain = compile((x: Tensor, t: Tensor) => model(x, t), { ...runtime, name: runtime.name ?? 'denoiser' });
+  const labelled = compile((x: Tensor, t: Tensor, y: Tensor) => model(x, t, y),
+    { ...runtime, name: runtime.name ?? 'denoiser' });
+  const stats = { calls: 0, ms: 0 };
+  return {
+    prediction,
+    stats,
+    async predict(x: Batch, t: Float64Array, condition?: unknown): Promise<Batch> {
+      const t0 = performance.now();
+      const xs = x instanceof HostArray && x.dtype === 'float32' ? x
+        : new HostArray(Float32Array.from(x.data), x.shape);
+      const ts = new HostArray(Float32Array.from(t), [t.length]);
+      const out = condition === undefined ? await plain(xs, ts)
+        : await labelled(xs, ts, labelsOf(condition, t.length));
+      stats.calls++;
+      stats.ms += performance.now() - t0;
+      return out as HostArray<'float32'>;
+    },
+    dispose: async () => {
+      await Promise.all([plain.dispose(), labelled.dispose()]);
+    },
+  };
+}
+
+function labelsOf(c: unknown, rows: number): HostArray {
+  const values = c instanceof HostArray ? Array.from(c.data as ArrayLike<number | bigint>, Number)
+    : Array.isArray(c) || ArrayBuffer.isView(c) ? Array.from(c as ArrayLike<number>, Number) : null;
+  if (!values || values.length !== rows) {
+    throw new TypeError(`class labels: expected ${rows} labels (one per row), got ${values?.length ?? typeof c}`);
+  }
+  return new HostArray(BigInt64Array.from(values, (v) => BigInt(v)), [rows], 'int64');
+}
