@@ -282,10 +282,9 @@ export class AdaLnZeroBlock<F extends Module> extends Module {
 /** GELU with the tanh approximation, 0.5 x (1 + tanh(sqrt(2/pi) x (1 + 0.044715 x^2))), in the
  *  form ORT's FastGeluFusion recognises, so it runs as one FastGelu kernel instead of nine
  *  elementwise ops (ops.gelu's form is not matched). */
+/** DiT's tanh GELU (kept as a name for the model code; the fused form lives in ops.gelu). */
 export function geluTanh(x: Tensor): Tensor {
-  const poly = ops.add(ops.mul(ops.mul(x, 0.044715), x), 1); // 1 + 0.044715 x^2
-  const inner = ops.mul(poly, ops.mul(x, Math.sqrt(2 / Math.PI)));
-  return ops.mul(ops.add(ops.tanh(inner), 1), ops.mul(x, 0.5));
+  return ops.gelu(x, 'tanh');
 }
 
 class ActProj extends Module {
