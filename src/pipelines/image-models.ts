@@ -1,0 +1,136 @@
+/**
+ * @file The image models the pipelines train and sample, behind one interface: the U-Net,
+ * the DiT and the DiT-MoE, each with its diffusers class, its folder name in a pipeline
+ * (`unet` or `transformer`), its class-conditioning convention and its size presets.
+ *
+ * Class conditioning: labels are 0..numClasses-1 and the CFG null class is numClasses. For a
+ * UNet2DModel that is the last row of a table of num_class_embeds = numClasses + 1 rows; for a
+ * DiT it is row num_embeds_ada_norm, as in diffusers.
+ */
+import * as ops from '../engine/ops.js';
+import type { Tensor } from '../engine/tensor.js';
+import type { ModelClass } from '../io/diffusers.js';
+import { ConfigError } from '../models/config.js';
+import { ditClass, ditPreset, DiTTransformer2DModel, type DiTConfig } from '../models/dit.js';
+import { ditMoEClass, ditMoEPreset, DiTMoETransformer2DModel, type DiTMoEConfig } from '../models/dit-moe.js';
+import { UNET2D_CLASS, UNET2D_PRESETS, UNet2DModel, type UNet2DConfig } from '../models/unet2d.js';
+import type { Module, ParamsOf } from '../nn/module.js';
+
+export type ModelFamily = 'unet' | 'dit' | 'dit-moe';
+export const MODEL_FAMILIES: readonly ModelFamily[] = ['unet', 'dit', 'dit-moe'];
+
+export interface ImageModel {
+  readonly family: ModelFamily;
+  readonly cls: ModelClass<Module, unknown>;
+  readonly config: UNet2DConfig | DiTConfig | DiTMoEConfig;
+  readonly module: Module;
+  /** Folder of the model inside a pipeline folder. */
+  readonly component: 'unet' | 'transformer';
+  /** Number of classes (0: unconditional); the null class is numClasses. */
+  readonly numClasses: number;
+  /** [C, H, W] of one sample. */
+  readonly sampleShape: readonly [number, number, number];
+  /** The prediction for x [B, C, H, W] at model times t [B] (float32), labels int64 [B];
+   *  `aux` is an extra training loss (DiT-MoE's expert balance). */
+  apply(p: unknown, x: Tensor, t: Tensor, labels?: Tensor): { out: Tensor; aux?: Tensor };
+}
+
+export function imageModelOf(family: ModelFamily, config: unknown): ImageModel {
+  switch (family) {
+    case 'unet': {
+      const c = config as UNet2DConfig;
+      const m = new UNet2DModel(c);
+      const numClasses = c.num_class_embeds ? c.num_class_embeds - 1 : 0;
+      return { family, cls: UNET2D_CLASS as unknown as ModelClass<Module, unknown>, config: c, module: m,
+        component: 'unet', numClasses, sampleShape: unetSampleShape(c),
+        apply: (p, x, t, labels) => ({ out: m.forward(p as ParamsOf<UNet2DModel>, x, t, numClasses ? labels : undefined) }) };
+    }
+    case 'dit': {
+      const c = config as DiTConfig;
+      const m = new DiTTransformer2DModel(c);
+      return { family, cls: ditClass as unknown as ModelClass<Module, unknown>, config: c, module: m,
+        component: 'transformer', numClasses: c.num_embeds_ada_norm,
+        sampleShape: [c.in_channels, c.sample_size, c.sample_size] as const,
+        apply: (p, x, t, labels) => ({ out: m.forward(p as ParamsOf<DiTTransformer2DModel>, x, t,
+          labels ?? nullLabels(x, c.num_embeds_ada_norm)) }) };
+    }
+    case 'dit-moe': {
+      const c = config as DiTMoEConfig;
+      const m = new DiTMoETransformer2DModel(c);
+      return { family, cls: ditMoEClass as unknown as ModelClass<Module, unknown>, config: c, module: m,
+        component: 'transformer', numClasses: c.num_embeds_ada_norm,
+        sampleShape: [c.in_channels, c.sample_size, c.sample_size] as const,
+        apply: (p, x, t, labels) => {
+          const r = m.forward(p as ParamsOf<DiTMoETransformer2DModel>, x, t, labels ?? nullLabels(x, c.num_embeds_ada_norm));
+          return { out: r.sample, aux: r.balanceLoss };
+        } };
+    }
+  }
+}
+
+function unetSampleShape(c: UNet2DConfig): readonly [number, number, number] {
+  const s = c.sample_size;
+  if (s === null) throw new ConfigError('UNet2DModel config: sample_size is needed to sample (got null)');
+  const [h, w] = typeof s === 'number' ? [s, s] : s;
+  return [c.in_channels, h, w];
+}
+
+/** All-null labels for unconditional calls of a class-conditional transformer. */
+function nullLabels(x: Tensor, nullClass: number): Tensor {
+  return ops.full([x.shape[0]!], nullClass, 'int64');
+}
+
+const unetBase = UNET2D_PRESETS['mnist-s'];
+type Shape3 = readonly [number, number, number];
+const unetIo = (k: number, [c, h]: Shape3) =>
+  ({ in_channels: c, out_channels: c, sample_size: h, num_class_embeds: k ? k + 1 : null });
+const ditIo = (k: number, [c, h]: Shape3) => ({ in_channels: c, sample_size: h, num_embeds_ada_norm: Math.max(k, 1) });
+
+/** Size presets by family, for images of shape [C, H, W] (MNIST: [1, 32, 32]). `s` is
+ *  BASELINE.md's config; `xs` is about 4x cheaper per image (a U-Net with attention only at
+ *  the lowest resolution, a DiT with 4x4 patches); `tiny` is for tests and smoke runs. */
+const PRESETS: Record<ModelFamily, Record<string, (classes: number, shape: Shape3) => unknown>> = {
+  unet: {
+    s: (k, x) => ({ ...unetBase, ...unetIo(k, x) }),
+    xs: (k, x) => ({ ...unetBase, block_out_channels: [32, 64, 64], layers_per_block: 1,
+      down_block_types: ['DownBlock2D', 'DownBlock2D', 'AttnDownBlock2D'],
+      up_block_types: ['AttnUpBlock2D', 'UpBlock2D', 'UpBlock2D'], ...unetIo(k, x) }),
+    tiny: (k, x) => ({ ...unetBase, block_out_channels: [8, 16], layers_per_block: 1, norm_num_groups: 4,
+      down_block_types: ['DownBlock2D', 'AttnDownBlock2D'], up_block_types: ['AttnUpBlock2D', 'UpBlock2D'],
+      ...unetIo(k, x) }),
+  },
+  dit: {
+    s: (k, x) => ditPreset('DiT-S/2-mnist', ditIo(k, x)),
+    xs: (k, x) => ditPreset('DiT-S/2-mnist', { ...ditIo(k, x), patch_size: 4, num_layers: 4 }),
+    tiny: (k, x) => ditPreset('DiT-S/2-mnist', { ...ditIo(k, x), num_layers: 2, num_attention_heads: 2,
+      attention_head_dim: 8 }),
+  },
+  'dit-moe': {
+    s: (k, x) => ditMoEPreset('DiT-MoE-S/2-mnist-8E2A', ditIo(k, x)),
+    tiny: (k, x) => ditMoEPreset('DiT-MoE-S/2-mnist-8E2A', { ...ditIo(k, x), num_layers: 2,
+      num_attention_heads: 2, attention_head_dim: 8, num_experts: 4 }),
+  },
+};
+
+export function presetNames(family: ModelFamily): string[] {
+  return Object.keys(PRESETS[family]);
+}
+
+/** A fresh model of a family and size for [C, H, W] images and `classes` classes (0: none). */
+export function createImageModel(family: ModelFamily, size: string, classes: number,
+  shape: Shape3 = [1, 32, 32]): ImageModel {
+  const make = PRESETS[family]?.[size];
+  if (!make) {
+    throw new ConfigError(`unknown ${family} size '${size}': expected one of ${presetNames(family).join(', ')}`);
+  }
+  return imageModelOf(family, make(classes, shape));
+}
+
+/** The family a diffusers `_class_name` belongs to. */
+export function familyOfClass(className: string): ModelFamily {
+  if (className === UNET2D_CLASS.className) return 'unet';
+  if (className === ditClass.className || (ditClass.aliases as readonly string[]).includes(className)) return 'dit';
+  if (className === ditMoEClass.className) return 'dit-moe';
+  throw new ConfigError(`model class '${className}' is not one Diffuse samples: expected ` +
+    `${UNET2D_CLASS.className}, ${ditClass.className} or ${ditMoEClass.className}`);
+}

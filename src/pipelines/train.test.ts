@@ -1,0 +1,83 @@
+/** diffuse train's loop: exact resume, atomic checkpoints, the exported pipeline, bad input. */
+import assert from 'node:assert/strict';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { test } from 'node:test';
+import { HostArray } from '../engine/host.js';
+import { RngKey } from '../engine/random/philox.js';
+import type { ImageDataset } from '../data/dataset.js';
+import { readModelIndex } from '../io/diffusers.js';
+import { train, type TrainOptions } from './train.js';
+
+/** 48 labelled 8x8 images: class 0 a bright top half, class 1 a bright left half, plus noise. */
+function tinyData(): ImageDataset {
+  const n = 48;
+  const z = RngKey.fromSeed(3).normal(n * 64);
+  const labels = Int32Array.from({ length: n }, (_, i) => i % 2);
+  const x = Float32Array.from(z, (v, j) => {
+    const i = Math.floor(j / 64), r = Math.floor((j % 64) / 8), c = j % 8;
+    return 0.2 * v + ((labels[i] ? c < 4 : r < 4) ? 0.8 : -0.8);
+  });
+  return { images: new HostArray(x, [n, 1, 8, 8]), labels, classNames: ['top', 'left'] };
+}
+
+const base = (out: string, over: Partial<TrainOptions> = {}): TrainOptions => ({
+  model: 'unet', size: 'tiny', objective: 'eps', weighting: 'uniform', minSnrGamma: 5, conditional: true,
+  labelDropout: 0.2, batchSize: 8, steps: 6, lr: 1e-3, lrSchedule: 'cosine', warmupSteps: 2, gradClip: 1,
+  emaDecay: 0.99, seed: 5, out, logEvery: 1, sampleEvery: 0, checkpointEvery: 2, ...over,
+});
+
+async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), 'diffuse-train-'));
+  try {
+    await fn(dir);
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+test('a run interrupted at step 3 and resumed gives the same losses as an uninterrupted run', () =>
+  withDir(async (dir) => {
+    const data = tinyData();
+    const full = await train(base(join(dir, 'a')), data, false);
+    assert.equal(full.losses.length, 6);
+    const stop = new AbortController();
+    const first = await train(base(join(dir, 'b')), data, false, {
+      signal: stop.signal, onStep: (s) => s.step === 3 && stop.abort(),
+    });
+    assert.equal(first.interrupted, true);
+    assert.equal(first.state.step, 3);
+    assert.ok(!existsSync(join(dir, 'b', 'model')), 'no final pipeline for an interrupted run');
+    const rest = await train(base(join(dir, 'b')), data, true);
+    assert.deepEqual([...first.losses, ...rest.losses], full.losses);
+    assert.deepEqual(rest.state.params, full.state.params);
+    const log = (await readFile(join(dir, 'b', 'log.jsonl'), 'utf8')).trim().split('\n').map((l) => JSON.parse(l).step);
+    assert.deepEqual(log, [1, 2, 3, 4, 5, 6]);
+    const index = await readModelIndex(join(dir, 'a', 'model'));
+    assert.deepEqual(Object.keys(index.components).sort(), ['scheduler', 'unet']);
+    const leftovers = (await readdir(join(dir, 'b'))).filter((f) => f.includes('.tmp-') || f.includes('.old-'));
+    assert.deepEqual(leftovers, []);
+  }));
+
+test('bad input stops with a message that names the problem; a failed save keeps the old checkpoint', () =>
+  withDir(async (dir) => {
+    const data = tinyData();
+    const out = join(dir, 'run');
+    const stop = new AbortController();
+    await train(base(out), data, false, { signal: stop.signal, onStep: (s) => s.step === 2 && stop.abort() });
+    await assert.rejects(train(base(out), data, false), /already holds a run .* --resume/);
+    await assert.rejects(train(base(out, { model: 'dit' }), data, true), /trained with model = "unet", this run asks for "dit"/);
+    await assert.rejects(train(base(join(dir, 'other')), data, true), /no checkpoint to resume/);
+    await assert.rejects(train(base(join(dir, 'u')), { images: data.images }, false), /labelled dataset/);
+    // A folder in the way of the swap makes the next checkpoint fail; the old one survives.
+    const blocker = `${join(out, 'checkpoint')}.old-${process.pid}`;
+    await mkdir(blocker);
+    await writeFile(join(blocker, 'x'), 'in the way');
+    await assert.rejects(train(base(out, { checkpointEvery: 1 }), data, true));
+    await rm(blocker, { recursive: true, force: true });
+    assert.deepEqual((await readdir(out)).filter((f) => f.includes('.tmp-')), []);
+    const resumed = await train(base(out), data, true);
+    assert.equal(resumed.losses.length, 4, 'resumed from the step-2 checkpoint');
+  }));
