@@ -21,3 +21,8 @@ export function choice(allowed: readonly string[]): (v: string) => string {
     return v;
   };
 }
+
+/** A bad combination of options found after parsing (commander reports parse errors itself). */
+export class UsageError extends Error {
+  override name = 'UsageError';
+}
