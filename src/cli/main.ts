@@ -4,6 +4,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
+import { registerSample } from './sample.js';
 import { registerToy } from './toy.js';
 import { registerTrain } from './train.js';
 
@@ -20,6 +21,7 @@ export function buildProgram(): Command {
     .configureOutput({ outputError: (s, write) => write(s) });
   registerTrain(program);
   registerToy(program);
+  registerSample(program);
   return program;
 }
 

@@ -1,10 +1,12 @@
 /** @file Matrix products and convolutions, including the conv weight gradient. */
 import { bind1 } from '../bind.js';
 import type { Conv2dParams } from '../prims/types.js';
-import { fmtShape, ShapeError, staticDim } from '../shape.js';
+import { fmtShape, ShapeError, staticDim, type Dim } from '../shape.js';
 import type { Tensor } from '../tensor.js';
 import { add } from './elementwise.js';
-import { concat, pad, reshape, slice, transpose } from './movement.js';
+import { concat, gather, pad, reshape, slice, transpose } from './movement.js';
+import { constant } from './creation.js';
+import { HostArray } from '../host.js';
 
 /** Batched matrix product with numpy broadcasting of the batch axes; operands rank >= 2. */
 export function matmul(a: Tensor, b: Tensor): Tensor {
@@ -58,7 +60,9 @@ export function convTranspose2d(x: Tensor, w: Tensor,
  * dL/dw of y = conv2d(x, w) given gy = dL/dy, for w of shape wShape [O, C/g, kh, kw].
  * Written as patches x matmul: ORT runs a Conv over transposed tensors with a large kernel
  * (the textbook form) far slower than MatMul. The input is transposed once to [C, N, H, W]
- * so each kernel tap is a strided slice already in the matmul's layout.
+ * so each kernel tap is a strided slice already in the matmul's layout. (An im2col by a Conv
+ * with one-hot kernels was tried: ORT reorders its [N*C, K, H, W] output to NCHWc and back,
+ * which cost more than these slices.)
  */
 export function conv2dWeightGrad(x: Tensor, gy: Tensor, wShape: readonly number[],
   p: Conv2dParams): Tensor {
@@ -82,10 +86,34 @@ export function conv2dWeightGrad(x: Tensor, gy: Tensor, wShape: readonly number[
       taps.push(reshape(tap, [g, cg, 1, -1]));
     }
   }
-  const patches = concat(taps, 2); // [G, Cg, K, N*ho*wo]
-  const cols = reshape(patches, [g, cg * kh * kw, -1]);
+  const cols = reshape(concat(taps, 2), [g, cg * kh * kw, -1]); // [G, Cg*K, N*ho*wo]
   const gyT = reshape(transpose(gy, [1, 0, 2, 3]), [g, o / g, -1]); // [G, O/G, N*ho*wo]
   const dw = matmul(gyT, transpose(cols, [0, 2, 1])); // [G, O/G, Cg*K]
   return reshape(dw, [o, cg, kh, kw]);
 }
 
+/**
+ * dL/dx of y = conv2d(x, w) given gy: for stride 1, a Conv of gy with the flipped, transposed
+ * kernel (ORT's Conv kernels beat its ConvTranspose); otherwise ConvTranspose.
+ */
+export function conv2dInputGrad(gy: Tensor, w: Tensor, xShape: readonly Dim[], p: Conv2dParams): Tensor {
+  const [o, cg, kh, kw] = w.shape as [number, number, number, number];
+  const [dh, dw] = p.dilation;
+  const pads = [dh * (kh - 1) - p.pads[0], dw * (kw - 1) - p.pads[1], dh * (kh - 1) - p.pads[2],
+    dw * (kw - 1) - p.pads[3]] as const;
+  if (p.stride[0] === 1 && p.stride[1] === 1 && pads.every((v) => v >= 0)) {
+    const g = p.groups;
+    // [O, C/g, kh, kw] -> [C, O/g, kh, kw], spatially flipped.
+    const wt = reshape(transpose(reshape(w, [g, o / g, cg, kh, kw]), [0, 2, 1, 3, 4]), [cg * g, o / g, kh, kw]);
+    const rev = (k: number) => constant(HostArray.fromNested(Array.from({ length: k }, (_, i) => k - 1 - i), 'int64'));
+    const flipped = gather(gather(wt, rev(kh), 2), rev(kw), 3);
+    return conv2d(gy, flipped, { stride: [1, 1], pads, dilation: p.dilation, groups: g });
+  }
+  const outPad = [0, 1].map((i) => {
+    const k = w.shape[2 + i] as number;
+    const ho = gy.shape[2 + i] as number;
+    return (xShape[2 + i] as number) - ((ho - 1) * p.stride[i]! - p.pads[i]! - p.pads[i + 2]! +
+      p.dilation[i]! * (k - 1) + 1);
+  }) as [number, number];
+  return convTranspose2d(gy, w, { ...p, outputPadding: outPad });
+}

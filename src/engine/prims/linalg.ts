@@ -108,17 +108,9 @@ export const linalgPrims: Pick<PrimTable, 'matmul' | 'conv2d' | 'convTranspose2d
     lower: (cx, ins, outs, p, n) => cx.emit('Conv', ins, outs, convAttrs(p, n.inputs[1]!)),
     vjp: ([g], n, needs) => {
       const [x, w] = n.inputs as [Tensor, Tensor];
-      const p = n.params;
-      const outPad = [0, 1].map((i) => {
-        const size = x.shape[2 + i] as number;
-        const k = w.shape[2 + i] as number;
-        const ho = g!.shape[2 + i] as number;
-        return size - ((ho - 1) * p.stride[i]! - p.pads[i]! - p.pads[i + 2]! +
-          p.dilation[i]! * (k - 1) + 1);
-      }) as [number, number];
       return [
-        needs[0] ? ops.convTranspose2d(g!, w, { ...p, outputPadding: outPad }) : null,
-        needs[1] ? ops.conv2dWeightGrad(x, g!, w.shape as number[], p) : null,
+        needs[0] ? ops.conv2dInputGrad(g!, w, x.shape, n.params) : null,
+        needs[1] ? ops.conv2dWeightGrad(x, g!, w.shape as number[], n.params) : null,
         needs[2] ? ops.sum(g!, [0, 2, 3]) : null,
       ];
     },

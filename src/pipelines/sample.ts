@@ -1,0 +1,318 @@
+/**
+ * @file The image-sampling pipeline behind `diffuse sample`: load a diffusers folder (a
+ * pipeline with model_index.json, or a bare UNet2DModel / DiT model folder), then sample it
+ * with any named sampler, classifier-free guidance, and noise from Diffuse's Philox keys or
+ * from a torch-compatible generator.
+ *
+ * With `generator: 'torch'` the noise is drawn as diffusers' pipelines draw it on the CPU,
+ * from one `torch.Generator().manual_seed(seed)`: first the initial latent [N, C, H, W]
+ * (`randn_tensor` in DDPMPipeline / DDIMPipeline), then one [N, C, H, W] draw at each step
+ * whose scheduler needs noise (DDPM at every step with t > 0, Euler ancestral at every step,
+ * DDIM with eta 0 never), so a diffusers checkpoint sampled with the same scheduler and seed
+ * gives diffusers' image. runScheduler asks for a step's noise before every step; a
+ * deterministic sampler gets a placeholder (no draw), and a stochastic one a fresh draw,
+ * which matches diffusers' order: the only draw diffusers skips (DDPM at t = 0) is the last.
+ *
+ * The model sees at most `batchSize` rows per call; sampling itself runs over all N images at
+ * once (one latent, one noise stream), so results do not depend on the batch size.
+ */
+import { existsSync, statSync } from 'node:fs';
+import { readFile } from 'node:fs/promises';
+import { dirname, join } from 'node:path';
+import { HostArray } from '../engine/host.js';
+import * as ops from '../engine/ops.js';
+import { RngKey } from '../engine/random/philox.js';
+import { TorchGenerator } from '../engine/random/torch.js';
+import type { Provider } from '../engine/runtime.js';
+import type { Tensor } from '../engine/tensor.js';
+import { mapTree, type Tree } from '../engine/tree.js';
+import { withData, type Batch, type Denoiser, type NoiseSource } from '../diffusion/denoiser.js';
+import {
+  schedulerFromConfig, type DiffusersScheduler,
+} from '../diffusion/diffusers/schedulers.js';
+import { classifierFreeGuidance } from '../diffusion/guidance.js';
+import { runScheduler } from '../diffusion/loop.js';
+import { namedScheduler, SAMPLERS, type SamplerName } from '../diffusion/sampler-names.js';
+import {
+  CONFIG_NAME, DiffusersFolderError, loadModel, MODEL_INDEX_NAME, readModelIndex,
+  readSchedulerConfig, SCHEDULER_CONFIG_NAME, type ModelClass,
+} from '../io/diffusers.js';
+import { ditClass } from '../models/dit.js';
+import { ditMoEClass } from '../models/dit-moe.js';
+import { UNET2D_CLASS } from '../models/unet2d.js';
+import type { Module } from '../nn/module.js';
+import { graphDenoiser } from './graph-denoiser.js';
+import { familyOfClass, imageModelOf, type ImageModel, type ModelFamily } from './image-models.js';
+
+// ---- loading ----
+
+export interface Pipeline {
+  model: ImageModel;
+  /** The model's weights (float32). */
+  params: Tree<HostArray>;
+  /** scheduler_config.json as read (or DDPMScheduler's defaults, with a note). */
+  scheduler: Record<string, unknown>;
+  /** The folder the model's config.json and weights were read from. */
+  modelFolder: string;
+  /** Things a user should know: a default scheduler, config keys ignored. */
+  notes: string[];
+}
+
+// Sound: each model file's class object is a ModelClass of its own module and config type;
+// the loader only needs the erased form (as image-models.ts stores it).
+const MODEL_CLASSES: Record<ModelFamily, ModelClass<Module, unknown>> = {
+  unet: UNET2D_CLASS as unknown as ModelClass<Module, unknown>,
+  dit: ditClass as unknown as ModelClass<Module, unknown>,
+  'dit-moe': ditMoEClass as unknown as ModelClass<Module, unknown>,
+};
+
+const COMPONENTS = ['unet', 'transformer'] as const;
+const isFile = (p: string) => existsSync(p) && statSync(p).isFile();
+
+/** diffusers' DDPMScheduler() with every argument at its default (v0.31). */
+export function defaultSchedulerConfig(): Record<string, unknown> {
+  return schedulerFromConfig({ _class_name: 'DDPMScheduler' }).toConfig();
+}
+
+/**
+ * Loads `dir` for sampling: (a) a pipeline folder (model_index.json naming a `unet` or
+ * `transformer`, components in sub-folders or, as older diffusers repos, at the root), or
+ * (b) a bare model folder (config.json + weights) whose scheduler_config.json is in the folder,
+ * in its `scheduler/`, or in a sibling `scheduler/`; failing those, DDPMScheduler's defaults.
+ */
+export async function loadPipeline(dir: string): Promise<Pipeline> {
+  const looked = `looked for ${MODEL_INDEX_NAME} (a pipeline) or ${CONFIG_NAME} (a model folder)`;
+  if (!existsSync(dir)) throw new DiffusersFolderError(dir, `no such folder (${looked})`);
+  if (!statSync(dir).isDirectory()) {
+    throw new DiffusersFolderError(dir, `not a folder (${looked})`);
+  }
+  const notes: string[] = [];
+  let modelDir = dir;
+  let indexClass: string | undefined;
+  const isPipeline = isFile(join(dir, MODEL_INDEX_NAME));
+  if (isPipeline) {
+    const index = await readModelIndex(dir);
+    const found = COMPONENTS.find((c) => index.components[c]?.[1]);
+    if (!found) {
+      throw new DiffusersFolderError(index.path, `names no 'unet' or 'transformer' component ` +
+        `(it has ${Object.keys(index.components).join(', ') || 'none'})`);
+    }
+    if (index.components.vae?.[1]) {
+      throw new DiffusersFolderError(index.path, `has a 'vae': latent pipelines are not ` +
+        `sampled yet (only pixel-space UNet2DModel / DiT pipelines)`);
+    }
+    indexClass = index.components[found]![1]!;
+    // diffusers' repo-root fallback: older repos keep the model beside model_index.json.
+    if (isFile(join(dir, found, CONFIG_NAME))) modelDir = join(dir, found);
+    else if (!isFile(join(dir, CONFIG_NAME))) {
+      throw new DiffusersFolderError(dir, `${MODEL_INDEX_NAME} names a '${found}', but there is ` +
+        `no ${join(found, CONFIG_NAME)} nor ${CONFIG_NAME}`);
+    }
+  } else if (!isFile(join(dir, CONFIG_NAME))) {
+    const run = isFile(join(dir, 'model', MODEL_INDEX_NAME))
+      ? ` (a training run? its pipeline is ${join(dir, 'model')})` : '';
+    throw new DiffusersFolderError(dir, `${looked}; found neither${run}`);
+  }
+  // Only the class name, to pick the loader (which then parses the whole file, NaN and all).
+  const text = await readFile(join(modelDir, CONFIG_NAME), 'utf8');
+  const className = /"_class_name"\s*:\s*"([^"]+)"/.exec(text)?.[1] ?? indexClass;
+  if (!className) {
+    throw new DiffusersFolderError(join(modelDir, CONFIG_NAME), `has no _class_name: expected ` +
+      `${Object.values(MODEL_CLASSES).map((c) => c.className).join(', ')}`);
+  }
+  let family: ModelFamily;
+  try {
+    family = familyOfClass(className);
+  } catch (e) {
+    const path = join(modelDir, CONFIG_NAME);
+    throw new DiffusersFolderError(path, (e as Error).message, { cause: e });
+  }
+  const loaded = await loadModel(modelDir, MODEL_CLASSES[family], { warn: (m) => notes.push(m) });
+  const scheduler = await findScheduler(dir, modelDir, isPipeline, notes);
+  return { model: imageModelOf(family, loaded.config), params: loaded.params as Tree<HostArray>,
+    scheduler, modelFolder: modelDir, notes };
+}
+
+async function findScheduler(dir: string, modelDir: string, isPipeline: boolean,
+  notes: string[]): Promise<Record<string, unknown>> {
+  const candidates = [join(dir, 'scheduler'), dir];
+  if (!isPipeline) candidates.push(join(dirname(modelDir), 'scheduler'));
+  for (const folder of candidates) {
+    if (isFile(join(folder, SCHEDULER_CONFIG_NAME))) {
+      return (await readSchedulerConfig(folder, { subfolder: '' })).config; // '': folder itself
+    }
+  }
+  notes.push(`no ${SCHEDULER_CONFIG_NAME} in ${candidates.join(', ')}: using diffusers' ` +
+    `DDPMScheduler defaults (linear betas 1e-4..0.02, 1000 steps, epsilon, clip_sample)`);
+  return defaultSchedulerConfig();
+}
+
+// ---- sampling ----
+
+export interface SampleOptions {
+  /** A name of SAMPLERS (`ddim`, `dpm++2m`, ...). */
+  sampler: string;
+  steps: number;
+  n: number;
+  /** CFG weight w (default 1: conditional only; 0: unconditional only). */
+  guidance?: number;
+  /** Labels cycled over the n images, or 'all' (0..K-1 cycled; default for conditional models). */
+  classes?: readonly number[] | 'all';
+  seed?: number;
+  /** 'philox' (default): stream k is key.fold(k + 1).normal; 'torch': torch.randn in order. */
+  generator?: 'philox' | 'torch';
+  /** Most rows per model call (default 64). */
+  batchSize?: number;
+  provider?: Provider;
+  onStep?: (step: number, total: number) => void;
+  signal?: AbortSignal;
+}
+
+export interface SampleResult {
+  /** [N, C, H, W] in [-1, 1] (clamped, as diffusers' pipelines clamp). */
+  images: HostArray<'float32'>;
+  /** Wall time, graph compilation included. */
+  seconds: number;
+  /** Model calls (each at most batchSize rows). */
+  modelCalls: number;
+}
+
+/** Keys of the x0 post-processing that namedScheduler does not carry over (clip_sample,
+ *  clip_sample_range and thresholding it does). */
+const X0_KEYS = ['dynamic_thresholding_ratio', 'sample_max_value'];
+
+/**
+ * The scheduler for sampler `name` on a model's process: namedScheduler's (the process keys,
+ * the sampler's variant), plus the thresholding parameters, plus, when the sampler is the
+ * config's own class, every other key (DDPM's variance_type, DDIM's set_alpha_to_one), as
+ * diffusers' pipelines use a folder's scheduler. Other keys are not carried across classes:
+ * a name can mean different things there (variance_type in DDPM and in DPM-Solver).
+ */
+export function samplerFor(name: string, config: Record<string, unknown>): DiffusersScheduler {
+  const named = namedScheduler(name, config); // checks the name and that it fits the process
+  const cls = named.config._class_name;
+  const extra = Object.entries(config).filter(([k]) => !k.startsWith('_') &&
+    k in named.config && (config._class_name === cls || X0_KEYS.includes(k)));
+  if (extra.length === 0) return named;
+  return schedulerFromConfig({ ...named.toConfig(), ...Object.fromEntries(extra),
+    ...SAMPLERS[name as SamplerName].overrides, _class_name: cls }, { className: cls });
+}
+
+/** Classes a user may ask for (0: unconditional). A DiT always has a label table: one trained
+ *  without labels has num_embeds_ada_norm = 1 and only ever saw the null row. */
+export function classCount(m: ImageModel): number {
+  return m.family !== 'unet' && m.numClasses < 2 ? 0 : m.numClasses;
+}
+
+function checkInt(v: number, what: string, min: number): void {
+  if (!Number.isInteger(v) || v < min) {
+    throw new RangeError(`${what} must be an integer >= ${min}, got ${v}`);
+  }
+}
+
+/** One label per image, or undefined for an unconditional model. */
+function labelsFor(m: ImageModel, o: SampleOptions): number[] | undefined {
+  const k = classCount(m);
+  if (k === 0) {
+    if (o.classes !== undefined) {
+      throw new RangeError(`classes given, but the model is unconditional (${m.cls.className} ` +
+        `without class labels)`);
+    }
+    return undefined;
+  }
+  const list = o.classes === undefined || o.classes === 'all'
+    ? Array.from({ length: k }, (_, i) => i) : [...o.classes];
+  if (list.length === 0) throw new RangeError('classes: expected at least one label');
+  for (const c of list) {
+    if (!Number.isInteger(c) || c < 0 || c >= k) {
+      throw new RangeError(`class ${c} is out of range: the model has ${k} classes (0..${k - 1})`);
+    }
+  }
+  return Array.from({ length: o.n }, (_, i) => list[i % list.length]!);
+}
+
+/** Standard normal noise for runScheduler (stream -1 is the initial latent). */
+function noiseSource(o: SampleOptions, shape: readonly number[]): NoiseSource {
+  const stochastic = SAMPLERS[o.sampler as SamplerName].stochastic;
+  let placeholder: Float32Array | undefined;
+  let draw: NoiseSource;
+  if (o.generator === 'torch') {
+    const g = new TorchGenerator(o.seed ?? 0);
+    draw = () => g.randn(shape);
+  } else {
+    const key = RngKey.fromSeed(o.seed ?? 0);
+    draw = (n, k) => key.fold(k + 1).normal(n);
+  }
+  return (n, k) => {
+    if (k < 0 || stochastic) return draw(n, k);
+    // A deterministic sampler never reads its step noise: NaN makes a mistake here loud.
+    return (placeholder ??= new Float32Array(n).fill(NaN));
+  };
+}
+
+/** Splits model calls into batches of at most `rows` rows (conditions: one label per row). */
+function inBatches(base: Denoiser, rows: number): Denoiser {
+  return {
+    prediction: base.prediction,
+    async predict(x: Batch, t: Float64Array, condition?: unknown): Promise<Batch> {
+      const n = x.shape[0]!;
+      if (n <= rows) return base.predict(x, t, condition);
+      const per = x.data.length / n;
+      const out = new Float32Array(x.data.length);
+      for (let i = 0; i < n; i += rows) {
+        const j = Math.min(n, i + rows);
+        const xb = { data: x.data.subarray(i * per, j * per),
+          shape: [j - i, ...x.shape.slice(1)] };
+        const cb = condition === undefined ? undefined : (condition as number[]).slice(i, j);
+        out.set((await base.predict(xb, t.subarray(i, j), cb)).data, i * per);
+      }
+      return withData(x, out);
+    },
+  };
+}
+
+/** Samples n images from a loaded pipeline. */
+export async function sampleImages(p: Pipeline, o: SampleOptions): Promise<SampleResult> {
+  const scheduler = samplerFor(o.sampler, p.scheduler);
+  checkInt(o.steps, 'steps', 1);
+  checkInt(o.n, 'n', 1);
+  checkInt(o.batchSize ?? 64, 'batchSize', 1);
+  const guidance = o.guidance ?? 1;
+  if (!Number.isFinite(guidance)) {
+    throw new RangeError(`guidance must be a finite number, got ${guidance}`);
+  }
+  const labels = labelsFor(p.model, o);
+  if (!labels && guidance !== 1) {
+    throw new RangeError(`guidance ${guidance} needs a class-conditional model; this one is ` +
+      `unconditional (use guidance 1)`);
+  }
+  const [c, h, w] = p.model.sampleShape;
+  const shape = [o.n, c, h, w];
+  const consts = mapTree(p.params, (x): x is HostArray => x instanceof HostArray,
+    (a) => ops.constant(a));
+  const model = (x: Tensor, t: Tensor, y?: Tensor): Tensor => {
+    const out = p.model.apply(consts, x, t, y).out; // [B, C', H, W]
+    // Learned-sigma models (DiT's out_channels = 2C) return the variance after the mean.
+    return out.shape[1] === c ? out : ops.sliceAxis(out, 1, 0, c);
+  };
+  const graph = graphDenoiser(model, scheduler.prediction,
+    { name: 'sample_denoiser', ...(o.provider ? { provider: o.provider } : {}) });
+  let denoiser = inBatches(graph, o.batchSize ?? 64);
+  if (labels && guidance !== 1) {
+    denoiser = classifierFreeGuidance(denoiser,
+      { scale: guidance, uncondition: new Array<number>(o.n).fill(p.model.numClasses) });
+  }
+  const start = performance.now();
+  try {
+    const x = await runScheduler(denoiser, scheduler, {
+      steps: o.steps, shape, noise: noiseSource(o, shape), condition: labels,
+      ...(o.signal ? { signal: o.signal } : {}),
+      onProgress: (s) => o.onStep?.(s.step, s.total),
+    });
+    const images = new HostArray(Float32Array.from(x.data, (v) => Math.min(1, Math.max(-1, v))),
+      shape, 'float32');
+    return { images, seconds: (performance.now() - start) / 1000, modelCalls: graph.stats.calls };
+  } finally {
+    await graph.dispose();
+  }
+}
