@@ -4,8 +4,10 @@
  */
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
+import { registerEval } from './eval.js';
 import { registerSample } from './sample.js';
 import { registerToy } from './toy.js';
+import { registerTrainClassifier } from './train-classifier.js';
 import { registerTrain } from './train.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as {
@@ -22,6 +24,8 @@ export function buildProgram(): Command {
   registerTrain(program);
   registerToy(program);
   registerSample(program);
+  registerTrainClassifier(program);
+  registerEval(program);
   return program;
 }
 

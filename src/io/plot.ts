@@ -1,6 +1,7 @@
 /**
- * @file Small raster plots without a graphics stack: 2-D scatter panels side by side, with
- * a 3x5 pixel font for titles. Used to show toy data against samples.
+ * @file Small raster plots without a graphics stack: 2-D scatter panels side by side, and
+ * line plots with ticks, axis labels and a legend, in a 3x5 pixel font. Used to show toy data
+ * against samples and speed-quality curves (`diffuse eval --sweep`).
  */
 import type { Image } from './png.js';
 
@@ -95,6 +96,121 @@ export function scatterPanels(panels: readonly ScatterPanel[],
       canvas.set(px, py + 1, color);
       canvas.set(px + 1, py + 1, color);
     }
+  });
+  return { width: canvas.width, height: canvas.height, channels: 3, data: canvas.data };
+}
+
+export interface LineSeries {
+  label: string;
+  /** Interleaved x, y pairs, joined in the order given. */
+  points: ArrayLike<number>;
+  color?: Rgb;
+}
+
+export interface LinePlotOptions {
+  title?: string;
+  xLabel: string;
+  yLabel: string;
+  /** Size of the whole picture (default 640 x 420). */
+  width?: number;
+  height?: number;
+  /** Dashed horizontal reference lines, e.g. a floor no method can beat. */
+  hlines?: readonly { y: number; label: string; color?: Rgb }[];
+}
+
+/** A round tick step, 1, 2 or 5 times a power of ten, giving `most` ticks or a few fewer. */
+function tickStep(range: number, most: number): number {
+  const raw = (range || 1) / most;
+  const p = 10 ** Math.floor(Math.log10(raw));
+  return [1, 2, 5, 10].map((m) => m * p).find((s) => s >= raw)!;
+}
+
+/** A tick value with no more digits than its step needs. */
+function tickLabel(v: number, step: number): string {
+  const digits = Math.max(0, -Math.floor(Math.log10(step) + 1e-9));
+  return v.toFixed(digits);
+}
+
+/** A line from (x0, y0) to (x1, y1), `width` pixels thick; `dash` > 0 draws dash-long dashes. */
+function drawLine(c: Canvas, x0: number, y0: number, x1: number, y1: number, color: Rgb,
+  width = 2, dash = 0): void {
+  const n = Math.max(1, Math.ceil(Math.max(Math.abs(x1 - x0), Math.abs(y1 - y0))));
+  for (let i = 0; i <= n; i++) {
+    if (dash > 0 && Math.floor(i / dash) % 2 === 1) continue;
+    const [x, y] = [x0 + ((x1 - x0) * i) / n, y0 + ((y1 - y0) * i) / n];
+    for (let k = 0; k < width * width; k++) {
+      c.set(x + (k % width), y + Math.floor(k / width), color);
+    }
+  }
+}
+
+/**
+ * Lines with markers on linear axes (bounds: the data and reference lines, padded by 5%), with
+ * round ticks, axis labels, a title and a legend to the right, in the 3x5 font.
+ */
+export function linePlot(series: readonly LineSeries[], opts: LinePlotOptions): Image {
+  const [width, height] = [opts.width ?? 640, opts.height ?? 420];
+  const [left, right, top, bottom] = [72, 180, opts.title ? 52 : 36, 48];
+  const [pw, ph] = [width - left - right, height - top - bottom];
+  let [xlo, xhi, ylo, yhi] = [Infinity, -Infinity, Infinity, -Infinity];
+  for (const s of series) {
+    for (let i = 0; i + 1 < s.points.length; i += 2) {
+      const [x, y] = [s.points[i]!, s.points[i + 1]!];
+      if (Number.isFinite(x)) (xlo = Math.min(xlo, x), xhi = Math.max(xhi, x));
+      if (Number.isFinite(y)) (ylo = Math.min(ylo, y), yhi = Math.max(yhi, y));
+    }
+  }
+  for (const h of opts.hlines ?? []) (ylo = Math.min(ylo, h.y), yhi = Math.max(yhi, h.y));
+  if (!Number.isFinite(xlo)) [xlo, xhi] = [0, 1];
+  if (!Number.isFinite(ylo)) [ylo, yhi] = [0, 1];
+  const pad = (lo: number, hi: number) => 0.05 * (hi - lo || Math.abs(lo) || 1);
+  const [mx, my] = [pad(xlo, xhi), pad(ylo, yhi)];
+  [xlo, xhi, ylo, yhi] = [xlo - mx, xhi + mx, ylo - my, yhi + my];
+  const px = (x: number) => left + ((x - xlo) / (xhi - xlo)) * (pw - 1);
+  const py = (y: number) => top + ((yhi - y) / (yhi - ylo)) * (ph - 1);
+  const canvas = new Canvas(width, height);
+  const [ink, grid] = [[0, 0, 0] as Rgb, [225, 225, 225] as Rgb];
+  if (opts.title) canvas.text(left, 8, opts.title, ink);
+  canvas.text(left - 64, top - 20, opts.yLabel, ink);
+  canvas.text(left + pw / 2 - opts.xLabel.length * 4, height - 16, opts.xLabel, ink);
+  const xs = tickStep(xhi - xlo, 6); // x labels are wider than y ones
+  for (let v = Math.ceil(xlo / xs) * xs; v <= xhi; v += xs) {
+    drawLine(canvas, px(v), top, px(v), top + ph - 1, grid, 1);
+    const label = tickLabel(v, xs);
+    canvas.text(px(v) - label.length * 4, top + ph + 6, label, ink);
+  }
+  const ys = tickStep(yhi - ylo, 8);
+  for (let v = Math.ceil(ylo / ys) * ys; v <= yhi; v += ys) {
+    drawLine(canvas, left, py(v), left + pw - 1, py(v), grid, 1);
+    const label = tickLabel(v, ys);
+    canvas.text(left - 6 - label.length * 8, py(v) - 5, label, ink);
+  }
+  canvas.rect(left - 1, top - 1, pw + 2, ph + 2, [120, 120, 120]);
+  const palette: Rgb[] = [[31, 119, 180], [255, 127, 14], [44, 160, 44], [214, 39, 40],
+    [148, 103, 189], [140, 86, 75], [227, 119, 194], [127, 127, 127]];
+  const legend: { label: string; color: Rgb; dashed: boolean }[] = [];
+  for (const h of opts.hlines ?? []) {
+    const color = h.color ?? [110, 110, 110];
+    drawLine(canvas, left, py(h.y), left + pw - 1, py(h.y), color, 1, 6);
+    legend.push({ label: h.label, color, dashed: true });
+  }
+  series.forEach((s, k) => {
+    const color = s.color ?? palette[k % palette.length]!;
+    for (let i = 0; i + 3 < s.points.length; i += 2) {
+      const [x0, y0, x1, y1] = [px(s.points[i]!), py(s.points[i + 1]!), px(s.points[i + 2]!),
+        py(s.points[i + 3]!)];
+      drawLine(canvas, x0, y0, x1, y1, color);
+    }
+    for (let i = 0; i + 1 < s.points.length; i += 2) {
+      const [x, y] = [Math.round(px(s.points[i]!)), Math.round(py(s.points[i + 1]!))];
+      for (let k = 0; k < 25; k++) canvas.set(x - 2 + (k % 5), y - 2 + Math.floor(k / 5), color);
+    }
+    legend.push({ label: s.label, color, dashed: false });
+  });
+  legend.forEach((e, k) => {
+    const [x, y] = [left + pw + 14, top + 4 + 18 * k];
+    drawLine(canvas, x, y + 4, x + 20, y + 4, e.color, e.dashed ? 1 : 2, e.dashed ? 3 : 0);
+    canvas.text(x + 28, y, e.label, ink);
   });
   return { width: canvas.width, height: canvas.height, channels: 3, data: canvas.data };
 }

@@ -233,11 +233,13 @@ export const classifierClass = {
 // Presets
 // ---------------------------------------------------------------------------------------------
 
-/** Named configs with their parameter counts. `mnist` is conv 32 -> conv 64 /2 -> conv 128 /2
- *  -> GAP -> 128 -> 10 with the noise embedding (133,802 params; 110,922 without it);
+/** Named configs with their parameter counts. `mnist` is conv 16 -> conv 32 /2 -> conv 64 /2
+ *  -> conv 128 /2 -> GAP -> 128 -> 10 with the noise embedding (139,354 params; 115,434
+ *  without it): with three stages the last conv sees only 9 x 9 pixels before the pooling,
+ *  and it reached 76% held-out accuracy where four stages reach 98.5%;
  *  `mnist-deep` has two convs per stage (342,570); `tiny` is for tests (2,098). */
 export const CLASSIFIER_PRESETS: Readonly<Record<string, ClassifierConfig>> = {
-  mnist: { ...CLASSIFIER_DEFAULTS },
+  mnist: { ...CLASSIFIER_DEFAULTS, block_out_channels: [16, 32, 64, 128] },
   'mnist-deep': { ...CLASSIFIER_DEFAULTS, layers_per_block: 2 },
   tiny: { ...CLASSIFIER_DEFAULTS, block_out_channels: [8, 16], norm_num_groups: 4, hidden_dim: 16,
     noise_embed_dim: 8 },

@@ -1,0 +1,202 @@
+/**
+ * @file The evaluation behind `diffuse eval`: MNIST-FID of N samples against the MNIST training
+ * split, the floor (MNIST-FID of as many held-out digits against the same split: what a
+ * perfect sampler would score with this N), class accuracy of conditional samples, and seconds
+ * per image; over a sweep of sampler:steps runs, a table, a CSV and a PNG speed-quality plot.
+ *
+ * MNIST-FID is computed on the features of the project's MNIST classifier (see metrics.ts); it
+ * is not Inception-FID. FID is biased upwards at small N, so compare numbers at the same N,
+ * and against the floor printed with them.
+ */
+import { HostArray } from '../engine/host.js';
+import { RngKey } from '../engine/random/philox.js';
+import { SAMPLER_NAMES } from '../diffusion/sampler-names.js';
+import { subset } from '../data/dataset.js';
+import { mnistSplits } from '../data/mnist.js';
+import { linePlot, type LineSeries } from '../io/plot.js';
+import type { Image } from '../io/png.js';
+import {
+  classAccuracy, featureExtractor, frechetDistance, gaussianStats, loadMetricClassifier,
+  referenceStats, type FeatureExtractor, type ReferenceStats,
+} from './metrics.js';
+import { classCount, sampleImages, type Pipeline } from './sample.js';
+
+// ---------------------------------------------------------------------------------------------
+// MNIST-FID against the training split
+// ---------------------------------------------------------------------------------------------
+
+export interface MnistFidOptions {
+  /** Classifier folder (default: the shipped models/mnist-classifier). */
+  classifier?: string;
+  /** Where training-split statistics are cached (default .cache/diffuse/ in the package). */
+  cacheDir?: string;
+  /** Number of images each score will use: the floor is measured with as many (at most 1,000,
+   *  the size of the held-out split). */
+  n: number;
+}
+
+export interface MnistFid {
+  extractor: FeatureExtractor;
+  train: ReferenceStats;
+  /** MNIST-FID of `floorN` held-out digits against the training split. */
+  floor: number;
+  floorN: number;
+  /** The classifier's own accuracy on those held-out digits. */
+  heldOutAccuracy: number;
+  dispose(): Promise<void>;
+}
+
+/** Loads the classifier, the (cached) training statistics, and measures the floor. */
+export async function prepareMnistFid(o: MnistFidOptions): Promise<MnistFid> {
+  const extractor = featureExtractor(await loadMetricClassifier(o.classifier));
+  try {
+    const { train, heldOut } = mnistSplits();
+    const ref = await referenceStats(extractor, train, 'mnist-train',
+      o.cacheDir === undefined ? {} : { cacheDir: o.cacheDir });
+    // The held-out split is ordered by digit: a random subset keeps the classes balanced.
+    const floorN = Math.max(2, Math.min(o.n, heldOut.labels!.length));
+    const rows = RngKey.fromSeed(0).permutation(heldOut.labels!.length).subarray(0, floorN);
+    const held = subset(heldOut, rows);
+    const out = await extractor.outputs(held.images);
+    return {
+      extractor, train: ref, floorN,
+      floor: frechetDistance(ref.stats, gaussianStats(out.features, out.n, out.dim)),
+      heldOutAccuracy: classAccuracy(out, held.labels!),
+      dispose: () => extractor.dispose(),
+    };
+  } catch (e) {
+    await extractor.dispose();
+    throw e;
+  }
+}
+
+export interface Score {
+  fid: number;
+  /** Fraction classified as the requested class; null without labels. */
+  accuracy: number | null;
+}
+
+/** MNIST-FID of images [N, 1, 32, 32] in [-1, 1], and their class accuracy when labelled. */
+export async function scoreImages(m: MnistFid, images: HostArray, labels?: ArrayLike<number>):
+  Promise<Score> {
+  const out = await m.extractor.outputs(images);
+  return {
+    fid: frechetDistance(m.train.stats, gaussianStats(out.features, out.n, out.dim)),
+    accuracy: labels ? classAccuracy(out, labels) : null,
+  };
+}
+
+// ---------------------------------------------------------------------------------------------
+// Runs and sweeps
+// ---------------------------------------------------------------------------------------------
+
+export interface Run {
+  sampler: string;
+  steps: number;
+}
+
+/** Parses `ddim:10,ddim:25,dpm++2m:10` (sampler:steps, comma-separated) into runs; sampler
+ *  names are checked against SAMPLER_NAMES unless `anySampler` (for stand-in image sources). */
+export function parseRuns(spec: string, anySampler = false): Run[] {
+  const runs = spec.split(',').map((s) => s.trim()).filter(Boolean).map((item) => {
+    const m = /^([^:\s]+):(\d+)$/.exec(item);
+    if (!m || Number(m[2]) < 1) {
+      throw new RangeError(`sweep entry '${item}': expected sampler:steps, e.g. ddim:25`);
+    }
+    if (!anySampler && !(SAMPLER_NAMES as readonly string[]).includes(m[1]!)) {
+      throw new RangeError(`sweep entry '${item}': unknown sampler '${m[1]}' (expected one of ` +
+        `${SAMPLER_NAMES.join(', ')})`);
+    }
+    return { sampler: m[1]!, steps: Number(m[2]) };
+  });
+  if (runs.length === 0) throw new RangeError(`sweep '${spec}': expected sampler:steps entries`);
+  return runs;
+}
+
+/** Images for one run: [N, C, H, W] in [-1, 1], the wall time, and the requested class of
+ *  each image (conditional models). */
+export type ImageSource = (run: Run) =>
+  Promise<{ images: HostArray; seconds: number; labels?: readonly number[] }>;
+
+/** Samples a pipeline (sample.ts): conditional models get the classes 0..K-1 cycled. */
+export function pipelineSource(p: Pipeline, o: { n: number; seed: number; guidance?: number;
+  batchSize?: number; onStep?: (run: Run, step: number, total: number) => void }): ImageSource {
+  const k = classCount(p.model);
+  const classes = Array.from({ length: k }, (_, i) => i);
+  return async (run) => {
+    const r = await sampleImages(p, { sampler: run.sampler, steps: run.steps, n: o.n, seed: o.seed,
+      ...(k ? { classes, guidance: o.guidance ?? 1 } : {}),
+      ...(o.batchSize ? { batchSize: o.batchSize } : {}),
+      ...(o.onStep ? { onStep: (step: number, total: number) => o.onStep!(run, step, total) } : {}),
+    });
+    return { images: r.images, seconds: r.seconds,
+      ...(k ? { labels: Array.from({ length: o.n }, (_, i) => classes[i % k]!) } : {}) };
+  };
+}
+
+export interface RunResult extends Run, Score {
+  n: number;
+  seconds: number;
+  secondsPerImage: number;
+}
+
+/** Samples and scores each run in turn. */
+export async function evaluateRuns(m: MnistFid, runs: readonly Run[], source: ImageSource,
+  onRun?: (r: RunResult) => void): Promise<RunResult[]> {
+  const results: RunResult[] = [];
+  for (const run of runs) {
+    const s = await source(run);
+    const n = s.images.shape[0]!;
+    const score = await scoreImages(m, s.images, s.labels);
+    const r = { ...run, ...score, n, seconds: s.seconds, secondsPerImage: s.seconds / n };
+    results.push(r);
+    onRun?.(r);
+  }
+  return results;
+}
+
+/** The CSV's columns, in order: sampler, steps, n (images), mnist_fid, class_accuracy (empty
+ *  for unconditional models), seconds_per_image, seconds (the whole run, compilation included). */
+export const CSV_COLUMNS = ['sampler', 'steps', 'n', 'mnist_fid', 'class_accuracy',
+  'seconds_per_image', 'seconds'] as const;
+
+/** One header line and one row per run. */
+export function resultsCsv(rows: readonly RunResult[]): string {
+  const lines = rows.map((r) => [r.sampler, r.steps, r.n, r.fid.toFixed(4),
+    r.accuracy === null ? '' : r.accuracy.toFixed(4), r.secondsPerImage.toPrecision(4),
+    r.seconds.toFixed(3)].join(','));
+  return `${[CSV_COLUMNS.join(','), ...lines].join('\n')}\n`;
+}
+
+/** The table printed on the terminal, with the floor under it. */
+export function resultsTable(rows: readonly RunResult[], m: Pick<MnistFid, 'floor' | 'floorN'>):
+  string {
+  const head = `${'sampler'.padEnd(10)} ${'steps'.padStart(5)} ${'MNIST-FID'.padStart(10)} ` +
+    `${'class acc'.padStart(9)} ${'s/image'.padStart(9)}`;
+  const lines = rows.map((r) => {
+    const acc = r.accuracy === null ? '-' : `${(100 * r.accuracy).toFixed(1)}%`;
+    return `${r.sampler.padEnd(10)} ${String(r.steps).padStart(5)} ` +
+      `${r.fid.toFixed(3).padStart(10)} ${acc.padStart(9)} ` +
+      `${r.secondsPerImage.toPrecision(3).padStart(9)}`;
+  });
+  return [head, ...lines, floorLine(m)].join('\n');
+}
+
+export function floorLine(m: Pick<MnistFid, 'floor' | 'floorN'>): string {
+  return `floor: MNIST-FID ${m.floor.toFixed(3)} (${m.floorN} held-out digits vs the training ` +
+    'split)';
+}
+
+/** MNIST-FID against seconds per image, one line per sampler (points in order of steps),
+ *  with the floor as a dashed line. */
+export function speedQualityPlot(rows: readonly RunResult[], floor: number): Image {
+  const samplers = [...new Set(rows.map((r) => r.sampler))];
+  const series: LineSeries[] = samplers.map((s) => ({
+    label: s,
+    points: rows.filter((r) => r.sampler === s).sort((a, b) => a.steps - b.steps)
+      .flatMap((r) => [r.secondsPerImage, r.fid]),
+  }));
+  const n = rows[0]?.n ?? 0;
+  return linePlot(series, { title: `MNIST-FID against sampling time (n = ${n})`,
+    xLabel: 'seconds per image', yLabel: 'MNIST-FID', hlines: [{ y: floor, label: 'floor' }] });
+}
