@@ -7,7 +7,6 @@
  * needs is the serialised model (`.onnx(...)`), so a worker thread can build its own.
  */
 import { existsSync } from 'node:fs';
-import { mkdir, rename, rm, writeFile } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -15,6 +14,7 @@ import ort from 'onnxruntime-node';
 import type { DType } from './dtype.js';
 import { HostArray, isHostArray } from './host.js';
 import { toOnnx } from './onnx.js';
+import { writeFileAtomic } from '../util/atomic.js';
 import { Tensor } from './tensor.js';
 import { trace, type Graph, type TensorSpec } from './trace.js';
 import { flatten, unflatten, type MapLeaves, type Tree, type TreeDef } from './tree.js';
@@ -177,14 +177,5 @@ export function compile<F extends TensorFn>(fn: F, opts: RuntimeOptions = {}): C
  *  .onnx file; the write is atomic (temp file + rename). */
 export async function exportOnnx(fn: TensorFn, exampleShapes: readonly Tree<TensorSpec>[], path: string,
   opts: Pick<RuntimeOptions, 'argNames' | 'name'> = {}): Promise<void> {
-  const bytes = toOnnx(trace(fn, exampleShapes, opts), { name: opts.name });
-  await mkdir(dirname(path) || '.', { recursive: true });
-  const tmp = `${path}.tmp-${process.pid}-${Date.now()}`;
-  try {
-    await writeFile(tmp, bytes);
-    await rename(tmp, path);
-  } catch (e) {
-    await rm(tmp, { force: true });
-    throw e;
-  }
+  await writeFileAtomic(path, toOnnx(trace(fn, exampleShapes, opts), { name: opts.name }));
 }

@@ -3,9 +3,8 @@
  * Images here are 8-bit RGBA or grey rasters; batches come from models as [N, C, H, W] floats
  * in [-1, 1].
  */
-import { randomBytes } from 'node:crypto';
-import { mkdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { dirname } from 'node:path';
+import { readFile } from 'node:fs/promises';
+import { writeFileAtomic } from '../util/atomic.js';
 import pngjs from 'pngjs';
 import type { HostArray } from '../engine/host.js';
 
@@ -52,18 +51,7 @@ export async function readPng(path: string): Promise<Image> {
   }
 }
 
-/** Writes bytes atomically: a temp file in the same folder, then a rename over the target. */
-export async function writeFileAtomic(path: string, bytes: Uint8Array | string): Promise<void> {
-  await mkdir(dirname(path) || '.', { recursive: true });
-  const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
-  try {
-    await writeFile(tmp, bytes);
-    await rename(tmp, path);
-  } catch (e) {
-    await rm(tmp, { force: true });
-    throw e;
-  }
-}
+export { writeFileAtomic };
 
 export async function writePng(path: string, img: Image): Promise<void> {
   await writeFileAtomic(path, encodePng(img));
