@@ -1,4 +1,5 @@
 /** @file Benchmark harness: timing with warm-up and medians, and the report format. */
+import { readFileSync } from 'node:fs';
 
 export interface Row {
   name: string;
@@ -16,16 +17,57 @@ export interface Timing {
   samples: number;
 }
 
-/** Runs fn until `minMs` has passed and at least `reps` samples exist, after `warmup` runs. */
+/** Busy CPU time of the whole machine so far (ms, all cores; Linux /proc/stat, else 0). */
+function machineBusyMs(): number {
+  try {
+    const f = readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+    return (f.reduce((a, b) => a + b, 0) - f[3]! - f[4]!) * 10;
+  } catch {
+    return 0;
+  }
+}
+
+/** Other processes' CPU use while this one ran: totals over all time() samples. */
+export const load = { foreignMs: 0, wallMs: 0, dropped: 0, quiet: false };
+
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+async function waitQuiet(maxMs: number): Promise<void> {
+  const end = performance.now() + maxMs;
+  while (performance.now() < end) {
+    const b0 = machineBusyMs();
+    await sleep(300);
+    if (machineBusyMs() - b0 < 60) return;
+  }
+}
+
+/** Runs fn until `minMs` has passed and at least `reps` samples exist, after `warmup` runs.
+ *  Each sample records how much CPU other processes used meanwhile (`load`); with
+ *  `load.quiet` set (`--quiet`), it waits for an idle machine first and drops samples during
+ *  which others used more than 15% of a core (at most 3 tries per sample). */
 export async function time(fn: () => Promise<unknown>, opts: { warmup?: number; reps?: number; minMs?: number } = {}):
   Promise<Timing> {
   for (let i = 0; i < (opts.warmup ?? 2); i++) await fn();
   const samples: number[] = [];
   const start = performance.now();
   while (samples.length < (opts.reps ?? 5) || performance.now() - start < (opts.minMs ?? 0)) {
-    const t0 = performance.now();
-    await fn();
-    samples.push(performance.now() - t0);
+    for (let tries = 0; ; tries++) {
+      if (load.quiet) await waitQuiet(30_000);
+      const c0 = process.cpuUsage();
+      const b0 = machineBusyMs();
+      const t0 = performance.now();
+      await fn();
+      const wall = performance.now() - t0;
+      const c = process.cpuUsage(c0);
+      const foreign = Math.max(0, machineBusyMs() - b0 - (c.user + c.system) / 1000);
+      if (load.quiet && foreign > 0.15 * wall + 20 && tries < 2) {
+        load.dropped++;
+        continue;
+      }
+      load.foreignMs += foreign;
+      load.wallMs += wall;
+      samples.push(wall);
+      break;
+    }
     if (samples.length >= 200) break;
   }
   samples.sort((a, b) => a - b);

@@ -131,7 +131,10 @@ export class ResnetBlock2D extends Module {
  * Computed channels-first: q, k, v come from one product W [3I, C] @ x [N, C, T], so the
  * tokens are never transposed to [N, T, C]; only the small [D, T] head slices of q and v (ORT
  * fuses those into FusedMatMul) and the output are, never the [T, T] scores. The 1/sqrt(d)
- * scale is folded into the query weights (a constant fold in inference graphs).
+ * scale is folded into the query weights (a constant fold in inference graphs), and so is the
+ * group norm's per-channel affine (W (g z + beta) = (W g) z + W beta), which saves two passes
+ * over [N, C, T] forward and four backward (measured: about 5% of a training step of the
+ * block; neutral in inference).
  */
 export class SpatialAttention extends Module {
   readonly group_norm?: GroupNorm;
@@ -164,10 +167,17 @@ export class SpatialAttention extends Module {
     const [n, c, hh, ww] = x.shape as [number | string, number, number, number];
     const [heads, d, t] = [this.heads, this.headDim, hh * ww];
     let y = ops.reshape(x, [n, c, t]); // [N, C, T]
-    if (this.group_norm) y = this.group_norm.forward(p.group_norm!, y);
     const s = 1 / Math.sqrt(d);
-    const w = ops.concat([ops.mul(p.to_q.weight, s), p.to_k.weight, p.to_v.weight], 0); // [3I, C]
-    const b = ops.concat([ops.mul(p.to_q.bias!, s), p.to_k.bias!, p.to_v.bias!], 0); // [3I]
+    let w = ops.concat([ops.mul(p.to_q.weight, s), p.to_k.weight, p.to_v.weight], 0); // [3I, C]
+    let b = ops.concat([ops.mul(p.to_q.bias!, s), p.to_k.bias!, p.to_v.bias!], 0); // [3I]
+    const gn = this.group_norm;
+    if (gn) {
+      // The norm's affine folds into the projection: W (g * z + beta) = (W g) z + W beta.
+      y = ops.groupNorm(y, gn.numGroups, { eps: gn.eps }); // z
+      const { weight: gw, bias: gb } = p.group_norm!;
+      if (gb) b = ops.add(b, ops.reshape(ops.matmul(w, ops.reshape(gb, [c, 1])), [3 * heads * d]));
+      if (gw) w = ops.mul(w, ops.reshape(gw, [1, c]));
+    }
     const qkv = ops.add(ops.matmul(w, y), ops.reshape(b, [3 * heads * d, 1])); // [N, 3I, T]
     const [q, k, v] = ops.split(ops.reshape(qkv, [n, 3 * heads, d, t]), 3, 1); // [N, H, D, T]
     const swap = (z: Tensor): Tensor => ops.transpose(z, [0, 1, 3, 2]);

@@ -1,6 +1,7 @@
 /**
  * @file Linear algebra primitives: batched matmul, conv2d and its transpose.
- * Their VJPs are each other (plus conv2dWeightGrad, a composite in ops).
+ * Their VJPs are each other (plus the conv weight gradient: weightGrad below, or
+ * conv2dWeightGrad in ops for grouped convs and dynamic batches).
  */
 import * as ops from '../ops.js';
 import { broadcastShapes, fmtShape, ShapeError, staticDim, type Dim } from '../shape.js';
@@ -60,6 +61,40 @@ function checkConvOperands(op: string, x: Aval, w: Aval, bias: Aval | undefined,
   }
 }
 
+/**
+ * dL/dw of y = conv2d(x, w) given gy. For a stride-1 conv whose output has its input's size
+ * (the U-Net's 3x3 pad-1 and 1x1 convs), the kh*kw shifted copies of gy (padded) are stacked
+ * along its channels and multiplied with x image by image, one batched matmul with K = h*w,
+ * then summed over the images: dw[o, c, i, j] = sum_n,q gy[n, o, q - (i - pt, j - pl)] x[n, c, q].
+ * No transposed [C, N, H, W] copies, and the shifted operand is gy rather than x. Measured on
+ * the U-Net's convs at batch 64 (forward and both gradients): 1.1-1.7x over ops.conv2dWeightGrad
+ * (im2col of x), which serves every other conv (strided, dilated, grouped, dynamic batch).
+ */
+function weightGrad(x: Tensor, gy: Tensor, wShape: readonly number[], p: Conv2dParams): Tensor {
+  const [o, c, kh, kw] = wShape as [number, number, number, number];
+  const [n, , ho, wo] = gy.shape as [Dim, number, number, number];
+  const [h, w] = [x.shape[2], x.shape[3]];
+  const [pt, pl] = [p.pads[0], p.pads[1]];
+  const same = p.groups === 1 && p.stride.every((s) => s === 1) && p.dilation.every((d) => d === 1) &&
+    ho === h && wo === w && p.pads[2] === pt && p.pads[3] === pl;
+  if (!same || typeof n !== 'number') return ops.conv2dWeightGrad(x, gy, wShape, p);
+  const k = kh * kw;
+  let g9 = gy;
+  if (k > 1) {
+    const gp = ops.pad(gy, [[0, 0], [0, 0], [pt, pt], [pl, pl]]);
+    const taps: Tensor[] = [];
+    for (let i = 0; i < kh; i++) {
+      for (let j = 0; j < kw; j++) {
+        taps.push(ops.slice(gp, [null, null, [2 * pt - i, 2 * pt - i + ho], [2 * pl - j, 2 * pl - j + wo]]));
+      }
+    }
+    g9 = ops.concat(taps, 1); // [N, K*O, H, W]
+  }
+  const xT = ops.transpose(ops.reshape(x, [n, c, ho * wo]), [0, 2, 1]); // [N, HW, C]
+  const dw = ops.sum(ops.matmul(ops.reshape(g9, [n, k * o, ho * wo]), xT), [0]); // [K*O, C]
+  return ops.transpose(ops.reshape(dw, [kh, kw, o, c]), [2, 3, 0, 1]);
+}
+
 export const linalgPrims: Pick<PrimTable, 'matmul' | 'conv2d' | 'convTranspose2d'> = {
   matmul: {
     arity: 2,
@@ -110,7 +145,7 @@ export const linalgPrims: Pick<PrimTable, 'matmul' | 'conv2d' | 'convTranspose2d
       const [x, w] = n.inputs as [Tensor, Tensor];
       return [
         needs[0] ? ops.conv2dInputGrad(g!, w, x.shape, n.params) : null,
-        needs[1] ? ops.conv2dWeightGrad(x, g!, w.shape as number[], n.params) : null,
+        needs[1] ? weightGrad(x, g!, w.shape as number[], n.params) : null,
         needs[2] ? ops.sum(g!, [0, 2, 3]) : null,
       ];
     },
