@@ -24,6 +24,7 @@ import { grad } from '../src/engine/autodiff.js';
 import * as ops from '../src/engine/ops.js';
 import { RngKey } from '../src/engine/random/philox.js';
 import { compile } from '../src/engine/runtime.js';
+import { nchwcBlockSize } from '../src/engine/nchwc.js';
 import type { Tensor } from '../src/engine/tensor.js';
 import { Conv2d, GroupNorm } from '../src/nn/layers.js';
 import type { Module } from '../src/nn/module.js';
@@ -130,7 +131,10 @@ async function build(name: string): Promise<Built> {
   g.__diffuseVariant = new Set(flags.filter((f) => !f.startsWith('so:')));
   const fromFile = flags.find((f) => f.startsWith('onnx='));
   // A graph written by another build (`--dump`): same model and inputs, other code.
+  // `plainconv`: this build without blocked convs for input weights (src/engine/nchwc.ts).
+  if (flags.includes('plainconv')) process.env.DIFFUSE_BLOCKED_CONVS = '0';
   let { bytes, leaves } = graphFor();
+  delete process.env.DIFFUSE_BLOCKED_CONVS;
   if (fromFile) bytes = readFileSync(fromFile.slice(5));
   g.__diffuseVariant = new Set();
   if (dump) {
@@ -160,6 +164,7 @@ async function build(name: string): Promise<Built> {
   return { name, session, feeds, leavesFn: leaves, outs: graph.output!.map((o) => o.name!), times: [], cpu: [], faults: [], nodes: graph.node!.length };
 }
 
+await nchwcBlockSize(); // onnx() lowers blocked convs only once the CPU's block size is known
 const built: Built[] = [];
 for (const v of variants) built.push(await build(v));
 /** Busy CPU time of the whole machine (ms, all cores), from /proc/stat. */

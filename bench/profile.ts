@@ -13,6 +13,7 @@ import { readdir, readFile, rm } from 'node:fs/promises';
 import ort from 'onnxruntime-node';
 import onnxProto from 'onnx-proto';
 import { HostArray, isHostArray } from '../src/engine/host.js';
+import { nchwcBlockSize } from '../src/engine/nchwc.js';
 import { sessionOptions, toOrtTensor } from '../src/engine/runtime.js';
 import { flatten, type Tree } from '../src/engine/tree.js';
 import { ditBenchModel, forwardInputs, inferenceFn, trainStepFor, unetBenchModel } from './models.js';
@@ -29,6 +30,8 @@ const level = opt('--opt', 'all') as 'all';
 const top = Number(opt('--top', '0'));
 
 const m = which === 'unet' ? unetBenchModel() : ditBenchModel(which === 'dit-pixel' ? 'pixel' : 'latent');
+
+await nchwcBlockSize(); // onnx() lowers blocked convs only once the CPU's block size is known
 
 // The graph and its feeds.
 let bytes: Uint8Array;

@@ -47,6 +47,16 @@ function valueInfo(name: string, shape: Shape, dtype: DType): onnxProto.onnx.IVa
 
 class Lowering implements LowerCtx {
   readonly nodes: onnxProto.onnx.INodeProto[] = [];
+  /** Non-standard op domains used (each needs an opset import). */
+  readonly domains = new Set<string>();
+  /** Ids of the tensors computed from graph inputs. */
+  readonly dynamic = new Set<number>();
+  constructor(readonly nchwcBlock: number) {}
+
+  dependsOnInput(t: Tensor): boolean {
+    return this.dynamic.has(t.id);
+  }
+
   readonly initializers: onnxProto.onnx.ITensorProto[] = [];
   private readonly shared = new Map<string, string>();
   private counter = 0;
@@ -54,9 +64,10 @@ class Lowering implements LowerCtx {
   readonly dimSources = new Map<string, [string, number]>();
 
   emit(op: string, inputs: readonly string[], outputs: readonly string[],
-    attrs: Record<string, AttrValue> = {}): void {
+    attrs: Record<string, AttrValue> = {}, domain = ''): void {
+    if (domain) this.domains.add(domain);
     this.nodes.push({
-      opType: op, input: [...inputs], output: [...outputs], name: `${op}_${this.nodes.length}`,
+      opType: op, domain, input: [...inputs], output: [...outputs], name: `${op}_${this.nodes.length}`,
       attribute: Object.entries(attrs).map(([k, v]) => attribute(k, v)),
     });
   }
@@ -114,14 +125,18 @@ class Lowering implements LowerCtx {
 export interface LowerOptions {
   name?: string;
   docString?: string;
+  /** ORT's NCHWc block size (nchwc.ts) to emit blocked convs for non-constant weights; 0 or
+   *  absent: standard ops only, as in exported files that other runtimes must read. */
+  nchwcBlock?: number;
 }
 
 /** The ONNX model of a traced graph, serialised. */
 export function toOnnx(graph: Graph, opts: LowerOptions = {}): Uint8Array {
-  const cx = new Lowering();
+  const cx = new Lowering(opts.nchwcBlock ?? 0);
   const names = new Map<number, string>();
   graph.inputs.forEach((t, i) => {
     names.set(t.id, graph.inputNames[i]!);
+    cx.dynamic.add(t.id);
     t.shape.forEach((d, axis) => {
       if (typeof d === 'string' && !cx.dimSources.has(d)) cx.dimSources.set(d, [graph.inputNames[i]!, axis]);
     });
@@ -149,6 +164,7 @@ export function toOnnx(graph: Graph, opts: LowerOptions = {}): Uint8Array {
       names.set(o.id, n);
       return n;
     });
+    if (node.inputs.some((t) => cx.dynamic.has(t.id))) node.outputs.forEach((o) => cx.dynamic.add(o.id));
     const def = PRIMS[node.prim] as { lower: (...a: unknown[]) => void };
     def.lower(cx, node.inputs.map(nameOf), outs, node.params, node);
   }
@@ -156,7 +172,7 @@ export function toOnnx(graph: Graph, opts: LowerOptions = {}): Uint8Array {
   graph.outputs.forEach((t, i) => cx.emit('Identity', [nameOf(t)], [graph.outputNames[i]!]));
   const model = onnx.ModelProto.create({
     irVersion: IR_VERSION,
-    opsetImport: [{ domain: '', version: OPSET }],
+    opsetImport: [{ domain: '', version: OPSET }, ...[...cx.domains].map((domain) => ({ domain, version: 1 }))],
     producerName: 'diffuse',
     docString: opts.docString ?? '',
     graph: {

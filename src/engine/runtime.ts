@@ -13,6 +13,7 @@ import { dirname, join } from 'node:path';
 import ort from 'onnxruntime-node';
 import type { DType } from './dtype.js';
 import { HostArray, isHostArray } from './host.js';
+import { nchwcBlockSize, nchwcBlockSizeIfKnown } from './nchwc.js';
 import { toOnnx } from './onnx.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { Tensor } from './tensor.js';
@@ -30,6 +31,9 @@ export interface RuntimeOptions {
   optimization?: 'disabled' | 'basic' | 'extended' | 'all';
   /** Names of the positional arguments, used in ONNX input names (default x or arg0..). */
   argNames?: readonly string[];
+  /** Emit ORT's blocked NCHWc convs for weights that are graph inputs (training graphs) on
+   *  the CPU at level 'all' (default true unless DIFFUSE_BLOCKED_CONVS=0; see nchwc.ts). */
+  blockedConvs?: boolean;
   /** Graph name, shown in errors and exported files. */
   name?: string;
   /** Write ORT's per-op profile (JSON, `diffuse-profile-<name>_<date>.json`) to the working
@@ -130,6 +134,16 @@ function signature(flats: { def: TreeDef; leaves: HostArray[] }[]): string {
     `${l.dtype}[${l.shape.join(',')}]`).join(';')}`).join('|');
 }
 
+/** Blocked convs (nchwc.ts) are ORT-CPU kernels, and part of optimisation level 'all'. */
+function usesBlockedConvs(opts: RuntimeOptions): boolean {
+  const wanted = opts.blockedConvs ?? process.env.DIFFUSE_BLOCKED_CONVS !== '0';
+  return (opts.provider ?? 'cpu') === 'cpu' && (opts.optimization ?? 'all') === 'all' && wanted;
+}
+
+async function blockFor(opts: RuntimeOptions): Promise<number> {
+  return usesBlockedConvs(opts) ? nchwcBlockSize() : 0;
+}
+
 /** Compiles fn (over trees of Tensors) to an async function over trees of HostArrays. */
 export function compile<F extends TensorFn>(fn: F, opts: RuntimeOptions = {}): Compiled<F> {
   const sessions = new Map<string, Promise<Entry>>();
@@ -137,7 +151,7 @@ export function compile<F extends TensorFn>(fn: F, opts: RuntimeOptions = {}): C
   const traceFor = (specs: Tree<TensorSpec>[]): Graph => trace(fn, specs, { argNames: opts.argNames });
   const build = async (specs: Tree<TensorSpec>[]): Promise<Entry> => {
     const graph = traceFor(specs);
-    const session = await createSession(toOnnx(graph, { name: opts.name }), opts);
+    const session = await createSession(toOnnx(graph, { name: opts.name, nchwcBlock: await blockFor(opts) }), opts);
     return { session, inputNames: graph.inputNames, outputNames: graph.outputNames,
       outputDef: graph.outputDef };
   };
@@ -161,7 +175,8 @@ export function compile<F extends TensorFn>(fn: F, opts: RuntimeOptions = {}): C
   };
   const compiled = Object.assign(call, {
     trace: (...specs: Tree<TensorSpec>[]) => traceFor(specs),
-    onnx: (...specs: Tree<TensorSpec>[]) => toOnnx(traceFor(specs), { name: opts.name }),
+    onnx: (...specs: Tree<TensorSpec>[]) => toOnnx(traceFor(specs),
+      { name: opts.name, nchwcBlock: usesBlockedConvs(opts) ? nchwcBlockSizeIfKnown() : 0 }),
     stats,
     dispose: async () => {
       const all = [...sessions.values()];

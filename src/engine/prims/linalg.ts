@@ -3,6 +3,7 @@
  * Their VJPs are each other (plus the conv weight gradient: weightGrad below, or
  * conv2dWeightGrad in ops for grouped convs and dynamic batches).
  */
+import { blockedConvApplies, lowerBlockedConv } from '../nchwc.js';
 import * as ops from '../ops.js';
 import { broadcastShapes, fmtShape, ShapeError, staticDim, type Dim } from '../shape.js';
 import type { Tensor } from '../tensor.js';
@@ -140,7 +141,16 @@ export const linalgPrims: Pick<PrimTable, 'matmul' | 'conv2d' | 'convTranspose2d
       });
       return [{ shape: [x!.shape[0]!, w!.shape[0]!, ...hw], dtype: x!.dtype }];
     },
-    lower: (cx, ins, outs, p, n) => cx.emit('Conv', ins, outs, convAttrs(p, n.inputs[1]!)),
+    lower: (cx, ins, outs, p, n) => {
+      const [x, w] = n.inputs as [Tensor, Tensor];
+      const [o, c, kh, kw] = [w.shape[0], x.shape[1], w.shape[2], w.shape[3]] as number[];
+      // Constant weights are ORT's to block (at load); input-dependent ones are ours (nchwc.ts).
+      if (cx.dependsOnInput(w) && blockedConvApplies(cx.nchwcBlock, c!, o!, p)) {
+        lowerBlockedConv(cx, cx.nchwcBlock, ins, outs[0]!, { c: c!, o: o!, kh: kh!, kw: kw! }, convAttrs(p, w));
+      } else {
+        cx.emit('Conv', ins, outs, convAttrs(p, w));
+      }
+    },
     vjp: ([g], n, needs) => {
       const [x, w] = n.inputs as [Tensor, Tensor];
       return [

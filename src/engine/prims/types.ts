@@ -77,8 +77,13 @@ export type AttrValue = number | readonly number[] | string | { readonly float: 
 
 /** What a lowering sees: emit ONNX nodes and make constants. */
 export interface LowerCtx {
+  /** Appends a node; `domain` for ops outside the ONNX standard set (ORT's contrib ops). */
   emit(op: string, inputs: readonly string[], outputs: readonly string[],
-    attrs?: Record<string, AttrValue>): void;
+    attrs?: Record<string, AttrValue>, domain?: string): void;
+  /** ORT's NCHWc block size when blocked convs may be emitted (CPU sessions), else 0. */
+  readonly nchwcBlock: number;
+  /** Whether a tensor's value depends on a graph input (false: ORT folds it to a constant). */
+  dependsOnInput(t: Tensor): boolean;
   fresh(hint: string): string;
   /** A 1-D int64 constant. */
   int64s(values: readonly number[]): string;
