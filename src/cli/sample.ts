@@ -1,22 +1,15 @@
 /** @file `diffuse sample`: sample a diffusers UNet2DModel / DiT folder into a PNG grid or PNGs. */
 import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { InvalidArgumentError, type Command } from 'commander';
 import { HostArray } from '../engine/host.js';
 import type { Provider } from '../engine/runtime.js';
 import { SAMPLER_NAMES } from '../diffusion/sampler-names.js';
 import { imageGrid, writePng } from '../io/png.js';
 import { classCount, loadPipeline, sampleImages } from '../pipelines/sample.js';
+import { packageRoot } from '../util/package-root.js';
 import { choice, positiveInt } from './parse.js';
 import { progress } from './progress.js';
-
-/** The folder holding package.json above this file (dist/src/cli or an installed copy). */
-function packageRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'package.json')) && dirname(dir) !== dir) dir = dirname(dir);
-  return dir;
-}
 
 /** The model `diffuse sample` reads without --model: models/mnist-unet in the package. */
 export const DEFAULT_MODEL_DIR = join(packageRoot(), 'models', 'mnist-unet');

@@ -21,15 +21,14 @@
  * round-off makes slightly negative are taken as 0.
  */
 import { createHash } from 'node:crypto';
-import { existsSync, readFileSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { HostArray } from '../engine/host.js';
 import * as ops from '../engine/ops.js';
 import { compile, type RuntimeOptions } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
 import { mapTree, type Tree } from '../engine/tree.js';
+import { packageRoot } from '../util/package-root.js';
 import { meanAndCovariance, symmetricEigen } from '../data/analytic/linalg.js';
 import type { ImageDataset } from '../data/dataset.js';
 import { loadModel, toPythonJson } from '../io/diffusers.js';
@@ -42,22 +41,6 @@ import { stateDict, type ParamsOf } from '../nn/module.js';
 // ---------------------------------------------------------------------------------------------
 // Where things are
 // ---------------------------------------------------------------------------------------------
-
-let root: string | undefined;
-
-/** The folder of the `diffuse` package.json above this file (works from dist/ and .build/). */
-export function packageRoot(): string {
-  if (root) return root;
-  let dir = dirname(fileURLToPath(import.meta.url));
-  for (;;) {
-    const pkg = join(dir, 'package.json');
-    if (existsSync(pkg) && (JSON.parse(readFileSync(pkg, 'utf8')) as { name?: string }).name ===
-      'diffuse') return (root = dir);
-    const up = dirname(dir);
-    if (up === dir) throw new Error(`no diffuse package.json above ${import.meta.url}`);
-    dir = up;
-  }
-}
 
 /** The shipped metrics classifier, `models/mnist-classifier` in the package. */
 export const defaultClassifierDir = (): string => join(packageRoot(), 'models', 'mnist-classifier');
