@@ -11,6 +11,7 @@
  * - EDM (Karras et al. 2022, sec. 5, eq. 8): lambda(sigma) = (sigma^2 + sigma_data^2) /
  *   (sigma sigma_data)^2 on x0, with sigma the noise level sigma / alpha.
  */
+import type { RandomSource } from '../engine/random/source.js';
 import { zerosLike, type FloatArray } from './arith.js';
 import { fromX0Eps, type Prediction } from './predictions.js';
 
@@ -79,11 +80,7 @@ export function lossWeight(w: Weighting, pred: Prediction, alpha: number, sigma:
   return ((level * level + sd * sd) / (level * sd) ** 2) * c2;
 }
 
-/** What timestep sampling draws from (RngKey and data/analytic's sources both fit). */
-export interface RandomSource {
-  uniform(n: number): ArrayLike<number>;
-  normal(n: number): ArrayLike<number>;
-}
+export type { RandomSource };
 
 export type TimestepSampling =
   /** Integers in [0, T): DDPM training (Ho et al. 2020, Algorithm 1). */

@@ -4,15 +4,13 @@
  * deterministic stand-in (SplitMix32 + Box-Muller) for tests and toys, not a replacement.
  */
 
-export interface RandomSource {
-  /** n independent U[0, 1) values. */
-  uniform(n: number): Float64Array;
-  /** n independent N(0, 1) values. */
-  normal(n: number): Float64Array;
-}
+import type { RandomSource } from '../../engine/random/source.js';
+
+export type { RandomSource };
 
 /** A deterministic source from a 32-bit seed. */
-export function seededRandom(seed: number): RandomSource {
+export function seededRandom(seed: number): RandomSource & {
+  uniform(n: number): Float64Array; normal(n: number): Float64Array } {
   let state = seed >>> 0;
   const next = (): number => {
     state = (state + 0x9e3779b9) >>> 0;
