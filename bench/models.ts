@@ -121,11 +121,26 @@ export function trainStepFor(m: BenchModel, n: number, opts: RuntimeOptions = {}
   return { trainer, batch };
 }
 
-/** The forward, training and sampling rows for one model. */
+/** The peer timed on this machine by bench/peer/run.sh (its JSON line). */
+export interface PeerTimes {
+  fwd_bs1_ms: number;
+  fwd_bs16_ms: number;
+  fwd_bs64_ms: number;
+  train_step_bs64_s: number;
+  ddim50_x64_s: number;
+}
+
+/** The forward, training and sampling rows for one model; with `peer`, each time is also
+ *  compared with the peer timed on this machine (BASELINE.md's machine had AVX-512). */
 export async function modelSuite(report: Report, peak: number, m: BenchModel,
-  opts: { reps?: number; ddim?: boolean } = {}): Promise<void> {
+  opts: { reps?: number; ddim?: boolean; peer?: PeerTimes } = {}): Promise<void> {
   report.section(`${m.title}: ratio = PyTorch tuned time / Diffuse time`);
   const base = PYTORCH_TUNED[m.key];
+  const peer = opts.peer;
+  const PEER = 'faster than PyTorch timed on this machine (bench/peer)';
+  const vsPeer = (name: string, oursMs: number, peerMs: number | undefined) => {
+    if (peerMs !== undefined) report.add({ name: `${name}, peer here ${(peerMs / 1000).toFixed(3)} s`, value: oursMs, unit: 'ms', ratio: peerMs / oursMs, ratioTo: PEER });
+  };
   const reps = opts.reps ?? 7;
   const fwd = inferenceFn(m);
   for (const [n, ref] of [[1, base.fwd1], [16, base.fwd16], [64, base.fwd64]] as const) {
@@ -133,6 +148,7 @@ export async function modelSuite(report: Report, peak: number, m: BenchModel,
     const t = await time(() => fwd(...args), { warmup: 3, reps: n === 1 ? 30 : reps, minMs: 2000 });
     const flops = countFlops(fwd.trace(...args));
     report.add({ name: `forward bs${n}`, value: t.medianMs, unit: 'ms', ratio: ref / t.medianMs, ratioTo: TO });
+    vsPeer(`forward bs${n}`, t.medianMs, peer?.[`fwd_bs${n}_ms`]);
     const rate = flops / t.medianMs / 1e6;
     report.add({ name: `forward bs${n} throughput`, value: rate, unit: 'GFLOP/s', ratio: rate / peak,
       ratioTo: 'of matmul peak' });
@@ -145,6 +161,7 @@ export async function modelSuite(report: Report, peak: number, m: BenchModel,
   };
   const tt = await time(step, { warmup: 3, reps: Math.max(5, reps - 2), minMs: 4000 });
   report.add({ name: 'train step bs64', value: tt.medianMs, unit: 'ms', ratio: base.train64 / tt.medianMs, ratioTo: TO });
+  vsPeer('train step bs64', tt.medianMs, peer && peer.train_step_bs64_s * 1000);
   const imgs = (64 * 1000) / tt.medianMs;
   report.add({ name: 'train images/s', value: imgs, unit: 'img/s', ratio: imgs / base.imgPerS, ratioTo: TO });
   const specs = [state.params, state.opt, [], HostArray.scalar(1), batch()];
@@ -159,6 +176,7 @@ export async function modelSuite(report: Report, peak: number, m: BenchModel,
     report.add({ name: 'DDIM-50 x64 (50 fwd bs64 + host update)', value: ms / 1000, unit: 's',
       ratio: base.ddim / ms, ratioTo: TO });
     report.add({ name: 'DDIM per step', value: ms / 50, unit: 'ms', ratio: base.ddim / ms, ratioTo: TO });
+    vsPeer('DDIM-50 x64', ms, peer && peer.ddim50_x64_s * 1000);
   }
   await fwd.dispose();
 }
@@ -181,7 +199,8 @@ export async function ddimTime(m: BenchModel, fwd: ReturnType<typeof inferenceFn
   return (await time(run, { warmup: 0, reps: 1 })).medianMs;
 }
 
-export const unetSuite = (report: Report, peak: number) => modelSuite(report, peak, unetBenchModel());
+export const unetSuite = (report: Report, peak: number, peer?: PeerTimes) =>
+  modelSuite(report, peak, unetBenchModel(), { peer });
 export async function ditSuite(report: Report, peak: number): Promise<void> {
   await modelSuite(report, peak, ditBenchModel('pixel'));
   await modelSuite(report, peak, ditBenchModel('latent'));

@@ -208,7 +208,7 @@ describe('config', () => {
       [{ up_block_types: ['UpDecoderBlock2D', 'UpDecoderBlock2D'] }, /'up_block_types'/],
       [{ block_out_channels: [48], norm_num_groups: 32 },
         /'block_out_channels' must be .*divisible/],
-      [{ act_fn: 'mish' }, /'act_fn' must be one of silu/],
+      [{ act_fn: 'tanh' }, /'act_fn' must be one of silu/],
       [{ layers_per_block: 0 }, /'layers_per_block' must be a positive integer/],
       [{ latents_mean: [0, 0], latents_std: [1, 1] }, /'latents_mean' must be null or 4 numbers/],
       [{ _class_name: 'UNet2DModel' }, /config is for UNet2DModel/],

@@ -4,18 +4,18 @@
  * diffusers' config keys and parameter names (diffusers v0.31 `AutoencoderKL`, `Encoder`,
  * `Decoder`, `DiagonalGaussianDistribution`), so its checkpoints load unchanged.
  *
- * Sections: config, blocks (ResnetBlock2D without time embedding, Downsample2D,
- * Upsample2D, the single-head mid-block attention, the encoder/decoder blocks), encoder and
- * decoder, model, presets. The blocks are local on purpose: the UNet's blocks
- * (src/models/unet2d*.ts) are being written at the same time; the two are to be merged.
- * The file is a little over the 400-line budget because the blocks live here until then.
+ * Sections: config, the encoder/decoder blocks (built from the U-Net's ResnetBlock2D without
+ * time embedding, its resamplers and its attention with one head as wide as the block),
+ * encoder and decoder, model, presets.
  */
 import * as ops from '../engine/ops.js';
 import { HostArray } from '../engine/host.js';
 import type { Tensor } from '../engine/tensor.js';
-import { scaledDotProductAttention } from '../nn/attention.js';
-import { Conv2d, GroupNorm, Linear } from '../nn/layers.js';
+import { Conv2d, GroupNorm } from '../nn/layers.js';
 import { Module, type ParamsOf } from '../nn/module.js';
+import {
+  ACTIVATIONS, Downsample2D, ResnetBlock2D, SpatialAttention, Upsample2D, type Activation, type BlockCtx,
+} from './unet2d-blocks.js';
 import {
   readConfig, requireConfig, toDiffusersConfig, type ReadConfigOptions,
 } from './config.js';
@@ -77,12 +77,6 @@ export const AUTOENCODER_KL_DEFAULTS: Readonly<AutoencoderKLConfig> = Object.fre
 
 const CLASS_NAME = 'AutoencoderKL';
 
-type Act = (x: Tensor) => Tensor;
-/** diffusers' get_activation names that this file supports. */
-const ACTIVATIONS: Readonly<Record<string, Act>> = {
-  silu: ops.silu, swish: ops.silu, relu: ops.relu, gelu: (x) => ops.gelu(x),
-};
-
 const isPosInt = (v: unknown): boolean => typeof v === 'number' && Number.isInteger(v) && v > 0;
 
 /** Reads a diffusers AutoencoderKL config.json: types checked against the defaults, unknown
@@ -122,100 +116,19 @@ export function readAutoencoderKLConfig(raw: Record<string, unknown>,
 // Blocks (diffusers' resnet.py, downsampling.py, upsampling.py, attention_processor.py)
 // ---------------------------------------------------------------------------------------------
 
-/** Shared by every block of one model: the activation and diffusers' VAE norm settings. */
-interface BlockCtx { act: Act; groups: number; eps: number }
-
-/** ResnetBlock2D with temb_channels=None, pre-norm, output_scale_factor 1, dropout 0. */
-export class ResnetBlock2D extends Module {
-  readonly norm1: GroupNorm;
-  readonly conv1: Conv2d;
-  readonly norm2: GroupNorm;
-  readonly conv2: Conv2d;
-  readonly conv_shortcut?: Conv2d;
-  constructor(inC: number, outC: number, private readonly ctx: BlockCtx) {
-    super();
-    this.norm1 = new GroupNorm(ctx.groups, inC, ctx.eps);
-    this.conv1 = new Conv2d(inC, outC, 3, { padding: 1 });
-    this.norm2 = new GroupNorm(ctx.groups, outC, ctx.eps);
-    this.conv2 = new Conv2d(outC, outC, 3, { padding: 1 });
-    if (inC !== outC) this.conv_shortcut = new Conv2d(inC, outC, 1);
-  }
-  forward(p: ParamsOf<ResnetBlock2D>, x: Tensor): Tensor {
-    const { act } = this.ctx;
-    let h = this.conv1.forward(p.conv1, act(this.norm1.forward(p.norm1, x))); // [N, O, H, W]
-    h = this.conv2.forward(p.conv2, act(this.norm2.forward(p.norm2, h))); // [N, O, H, W]
-    const skip = this.conv_shortcut ? this.conv_shortcut.forward(p.conv_shortcut!, x) : x;
-    return ops.add(skip, h); // [N, O, H, W]
-  }
-}
-
-/** Downsample2D(use_conv, padding=0) as the VAE uses it: pad right and bottom by one, then
- *  a stride-2 3x3 conv. The pad is folded into the conv's asymmetric pads (no Pad node). */
-export class Downsample2D extends Module {
-  readonly conv: Conv2d;
-  constructor(channels: number) {
-    super();
-    this.conv = new Conv2d(channels, channels, 3, { stride: 2 });
-  }
-  forward(p: ParamsOf<Downsample2D>, x: Tensor): Tensor {
-    return ops.conv2d(x, p.conv.weight, { stride: 2, padding: [0, 0, 1, 1], bias: p.conv.bias });
-  }
-}
-
-/** Upsample2D(use_conv): nearest-neighbour x2, then a 3x3 conv. */
-export class Upsample2D extends Module {
-  readonly conv: Conv2d;
-  constructor(channels: number) {
-    super();
-    this.conv = new Conv2d(channels, channels, 3, { padding: 1 });
-  }
-  forward(p: ParamsOf<Upsample2D>, x: Tensor): Tensor {
-    return this.conv.forward(p.conv, ops.upsampleNearest2x(x)); // [N, C, 2H, 2W]
-  }
-}
-
-/**
- * diffusers' Attention as the VAE mid block builds it (`_from_deprecated_attn_block`): one
- * head of width C, GroupNorm on the input, biases on q/k/v/out, residual connection, output
- * divided by rescale_output_factor (1 in the VAE). Batched MatMuls over [N, 1, T, C].
- */
-export class VaeAttention extends Module {
-  readonly group_norm: GroupNorm;
-  readonly to_q: Linear;
-  readonly to_k: Linear;
-  readonly to_v: Linear;
-  readonly to_out: [Linear];
-  constructor(readonly channels: number, ctx: BlockCtx, readonly rescaleOutputFactor = 1) {
-    super();
-    this.group_norm = new GroupNorm(ctx.groups, channels, ctx.eps);
-    this.to_q = new Linear(channels, channels);
-    this.to_k = new Linear(channels, channels);
-    this.to_v = new Linear(channels, channels);
-    this.to_out = [new Linear(channels, channels)];
-  }
-  forward(p: ParamsOf<VaeAttention>, x: Tensor): Tensor {
-    const [n, c, hh, ww] = x.shape as number[];
-    const t = hh! * ww!;
-    const h = this.group_norm.forward(p.group_norm, x); // [N, C, H, W]
-    const tokens = ops.transpose(ops.reshape(h, [n!, c!, t]), [0, 2, 1]); // [N, T, C]
-    const head = (l: Linear, q: ParamsOf<Linear>): Tensor =>
-      ops.reshape(l.forward(q, tokens), [n!, 1, t, c!]); // [N, 1, T, C]
-    const o = scaledDotProductAttention(head(this.to_q, p.to_q), head(this.to_k, p.to_k),
-      head(this.to_v, p.to_v)); // [N, 1, T, C]
-    const out = this.to_out[0].forward(p.to_out[0]!, ops.reshape(o, [n!, t, c!])); // [N, T, C]
-    const back = ops.reshape(ops.transpose(out, [0, 2, 1]), [n!, c!, hh!, ww!]); // [N, C, H, W]
-    const res = ops.add(back, x);
-    return this.rescaleOutputFactor === 1 ? res : ops.div(res, this.rescaleOutputFactor);
-  }
+/** The U-Net's blocks as the VAE builds them: no time embedding, one attention head as wide
+ *  as the block (diffusers' `_from_deprecated_attn_block` with heads = 1). */
+function vaeBlockCtx(act: Activation, groups: number): BlockCtx {
+  return { act, groups, eps: 1e-6, tembChannels: null, timeScaleShift: 'default', headDim: null };
 }
 
 /** UNetMidBlock2D(num_layers=1, temb None): resnet, [attention], resnet. */
 export class UNetMidBlock2D extends Module {
-  readonly attentions?: [VaeAttention];
+  readonly attentions?: [SpatialAttention];
   readonly resnets: [ResnetBlock2D, ResnetBlock2D];
   constructor(channels: number, ctx: BlockCtx, addAttention: boolean) {
     super();
-    if (addAttention) this.attentions = [new VaeAttention(channels, ctx)];
+    if (addAttention) this.attentions = [new SpatialAttention(channels, ctx, { groups: ctx.groups })];
     this.resnets = [new ResnetBlock2D(channels, channels, ctx),
       new ResnetBlock2D(channels, channels, ctx)];
   }
@@ -238,7 +151,7 @@ export class DownEncoderBlock2D extends Module {
   constructor(inC: number, outC: number, layers: number, downsample: boolean, ctx: BlockCtx) {
     super();
     this.resnets = resnetStack(inC, outC, layers, ctx);
-    if (downsample) this.downsamplers = [new Downsample2D(outC)];
+    if (downsample) this.downsamplers = [new Downsample2D(outC, 0)];
   }
   forward(p: ParamsOf<DownEncoderBlock2D>, x: Tensor): Tensor {
     let h = x;
@@ -290,7 +203,7 @@ export class Encoder extends Module {
     let h = this.conv_in.forward(p.conv_in, x); // [N, C0, H, W]
     this.down_blocks.forEach((b, i) => (h = b.forward(p.down_blocks[i]!, h))); // [N, Ck, H/f, W/f]
     h = this.mid_block.forward(p.mid_block, h);
-    const out = this.ctx.act(this.conv_norm_out.forward(p.conv_norm_out, h));
+    const out = ACTIVATIONS[this.ctx.act](this.conv_norm_out.forward(p.conv_norm_out, h));
     return this.conv_out.forward(p.conv_out, out); // [N, 2L, H/f, W/f]
   }
 }
@@ -317,7 +230,7 @@ export class Decoder extends Module {
     let h = this.conv_in.forward(p.conv_in, z); // [N, C_last, h, w]
     h = this.mid_block.forward(p.mid_block, h);
     this.up_blocks.forEach((b, i) => (h = b.forward(p.up_blocks[i]!, h))); // [N, C0, H, W]
-    const out = this.ctx.act(this.conv_norm_out.forward(p.conv_norm_out, h));
+    const out = ACTIVATIONS[this.ctx.act](this.conv_norm_out.forward(p.conv_norm_out, h));
     return this.conv_out.forward(p.conv_out, out); // [N, out, H, W]
   }
 }
@@ -344,8 +257,7 @@ export class AutoencoderKL extends Module {
   constructor(config: AutoencoderKLConfig) {
     super();
     this.config = Object.freeze({ ...config });
-    const act = ACTIVATIONS[config.act_fn]!;
-    const ctx: BlockCtx = { act, groups: config.norm_num_groups, eps: 1e-6 };
+    const ctx = vaeBlockCtx(config.act_fn as Activation, config.norm_num_groups);
     const l = config.latent_channels;
     this.encoder = new Encoder(config, ctx);
     this.decoder = new Decoder(config, ctx);
