@@ -13,6 +13,9 @@ import { Conv2d, Embedding, LayerNorm, Linear } from '../nn/layers.js';
 import { Module, type ParamsOf } from '../nn/module.js';
 import { ConfigError } from './config.js';
 import type { DiTConfig, FfActivation } from './dit-config.js';
+import { TimestepEmbedding } from './embeddings.js';
+
+export { TimestepEmbedding };
 
 // ---- host-side tables ----
 
@@ -74,19 +77,6 @@ export function ditCond(timestep: Tensor, classLabels: Tensor): DiTCond {
   const t = ops.unsqueeze(ops.cast(timestep, 'float32'), 1); // [N, 1]
   const args = ops.mul(t, ops.constant(TIME_FREQS)); // [N, 128]
   return { tproj: ops.concat([ops.cos(args), ops.sin(args)], 1), classLabels }; // [N, 256]
-}
-
-export class TimestepEmbedding extends Module {
-  readonly linear_1: Linear;
-  readonly linear_2: Linear;
-  constructor(inChannels: number, dim: number) {
-    super();
-    this.linear_1 = new Linear(inChannels, dim);
-    this.linear_2 = new Linear(dim, dim);
-  }
-  forward(p: ParamsOf<TimestepEmbedding>, x: Tensor): Tensor {
-    return this.linear_2.forward(p.linear_2, ops.silu(this.linear_1.forward(p.linear_1, x)));
-  }
 }
 
 export class LabelEmbedding extends Module {

@@ -17,6 +17,9 @@ import type { Tensor } from '../engine/tensor.js';
 import { normal } from '../nn/init.js';
 import { Conv2d, GroupNorm, Linear } from '../nn/layers.js';
 import { Module, Param, type ParamsOf } from '../nn/module.js';
+import { TimestepEmbedding } from './embeddings.js';
+
+export { TimestepEmbedding };
 
 // ---------------------------------------------------------------------------------------------
 // Shared settings
@@ -245,21 +248,6 @@ export class Timesteps {
     const [sin, cos] = [ops.sin(args), ops.cos(args)];
     const emb = ops.concat(this.flipSinToCos ? [cos, sin] : [sin, cos], 1);
     return this.channels % 2 ? ops.pad(emb, [[0, 0], [0, 1]]) : emb;
-  }
-}
-
-/** TimestepEmbedding: linear_1, SiLU, linear_2 (UNet2DModel never changes its act_fn). */
-export class TimestepEmbedding extends Module {
-  readonly linear_1: Linear;
-  readonly linear_2: Linear;
-  constructor(inC: number, outC: number) {
-    super();
-    this.linear_1 = new Linear(inC, outC);
-    this.linear_2 = new Linear(outC, outC);
-  }
-  /** x [N, in] -> [N, out] */
-  forward(p: ParamsOf<TimestepEmbedding>, x: Tensor): Tensor {
-    return this.linear_2.forward(p.linear_2, ops.silu(this.linear_1.forward(p.linear_1, x)));
   }
 }
 
