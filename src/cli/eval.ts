@@ -6,7 +6,7 @@ import {
   CSV_COLUMNS, evaluateRuns, floorLine, parseRuns, pipelineSource, prepareMnistFid, resultsCsv,
   resultsTable, speedQualityPlot, type Run,
 } from '../pipelines/eval.js';
-import { loadPipeline } from '../pipelines/sample.js';
+import { classCount, guidanceClipWarning, loadPipeline } from '../pipelines/sample.js';
 import { choice, positiveInt } from './parse.js';
 import { progress, type Progress } from './progress.js';
 
@@ -56,6 +56,13 @@ export function registerEval(program: Command): void {
       classifier?: string; cacheDir?: string }) => {
       const pipeline = o.model === undefined ? undefined : await loadPipeline(o.model);
       for (const note of pipeline?.notes ?? []) console.log(`note: ${note}`);
+      if (pipeline && classCount(pipeline.model)) {
+        const list = o.sweep ?? [{ sampler: o.sampler, steps: o.steps }];
+        for (const name of new Set(list.map((r) => r.sampler))) {
+          const w = guidanceClipWarning(name, pipeline.scheduler, o.guidance);
+          if (w) console.log(`warning: ${w}`);
+        }
+      }
       const m = await prepareMnistFid({ n: o.n,
         ...(o.classifier ? { classifier: o.classifier } : {}),
         ...(o.cacheDir ? { cacheDir: o.cacheDir } : {}) });

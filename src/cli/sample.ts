@@ -6,7 +6,7 @@ import { HostArray } from '../engine/host.js';
 import type { Provider } from '../engine/runtime.js';
 import { SAMPLER_NAMES } from '../diffusion/sampler-names.js';
 import { imageGrid, writePng } from '../io/png.js';
-import { classCount, loadPipeline, sampleImages } from '../pipelines/sample.js';
+import { classCount, guidanceClipWarning, loadPipeline, sampleImages } from '../pipelines/sample.js';
 import { packageRoot } from '../util/package-root.js';
 import { choice, positiveInt } from './parse.js';
 import { progress } from './progress.js';
@@ -71,6 +71,8 @@ export function registerSample(program: Command): void {
       const flow = String(pipeline.scheduler._class_name ?? '').startsWith('FlowMatch');
       const sampler = o.sampler ?? (flow ? 'flow-euler' : 'dpm++2m');
       const k = classCount(pipeline.model);
+      const warning = k ? guidanceClipWarning(sampler, pipeline.scheduler, o.guidance) : undefined;
+      if (warning) console.error(`warning: ${warning}`);
       console.log(`${pipeline.model.cls.className} from ${pipeline.modelFolder} ` +
         `(${k ? `${k} classes` : 'unconditional'}): ${o.n} images, ${sampler}, ${o.steps} steps` +
         `${o.guidance !== 1 ? `, guidance ${o.guidance}` : ''}, seed ${o.seed} (${o.generator})`);

@@ -20,7 +20,7 @@ import { goldenDir, repoRoot } from '../testing/paths.js';
 import { exportPipeline } from './checkpoint.js';
 import { graphDenoiser } from './graph-denoiser.js';
 import { createImageModel, type ModelFamily } from './image-models.js';
-import { loadPipeline, sampleImages, samplerFor, type Pipeline } from './sample.js';
+import { guidanceClipWarning, loadPipeline, sampleImages, samplerFor, type Pipeline } from './sample.js';
 import { schedulerFor } from './train.js';
 
 const SHAPE = [1, 8, 8] as const;
@@ -97,7 +97,7 @@ test('bare model folders: a sibling scheduler/, a root scheduler_config.json, or
     const pipe = await tinyPipeline(join(dir, 'pipe'), 'unet', 0);
     const sibling = await loadPipeline(join(pipe, 'unet'));
     assert.deepEqual(sibling.notes, []);
-    assert.equal(sibling.scheduler.clip_sample, true);
+    assert.equal(sibling.scheduler.clip_sample, false, 'as schedulerFor writes it (DDIM + CFG)');
     // diffusers' google/ddpm-cifar10-32 layout: the model and scheduler_config.json at the root.
     const model = createImageModel('unet', 'tiny', 0, SHAPE);
     const params = model.module.init(RngKey.fromSeed(2));
@@ -222,4 +222,16 @@ test('the scheduler keeps what the config says about clipping, thresholding and 
   assert.equal(samplerFor('ddpm', ddpm).config.variance_type, 'fixed_large');
   const dpm = samplerFor('dpm++3m', ddpm).config; // DPM-Solver's variance_type means another thing
   assert.deepEqual([dpm.variance_type, dpm.solver_order, dpm.thresholding], [null, 3, true]);
+});
+
+test('DDIM with clipping and guidance is warned about; other combinations are not', () => {
+  const clipped = { _class_name: 'DDPMScheduler', clip_sample: true };
+  assert.match(guidanceClipWarning('ddim', clipped, 3) ?? '', /ddim clips its x0 estimate \(clip_sample\) while guidance 3/);
+  assert.match(guidanceClipWarning('ddim', { ...clipped, clip_sample: false, thresholding: true }, 2) ?? '',
+    /\(thresholding\)/);
+  assert.equal(guidanceClipWarning('ddim', clipped, 1), undefined, 'no guidance');
+  assert.equal(guidanceClipWarning('ddim', { ...clipped, clip_sample: false }, 3), undefined);
+  assert.equal(guidanceClipWarning('ddpm', clipped, 3), undefined, 'DDPM mixes x0 and x_t, not the noise estimate');
+  assert.equal(guidanceClipWarning('dpm++2m', clipped, 3), undefined);
+  assert.equal(schedulerFor('eps').clip_sample, false, 'trained pipelines ship without clipping');
 });
