@@ -6,6 +6,7 @@
 set -eu
 here=$(dirname "$0")
 export MALLOC_MMAP_THRESHOLD_=33554432   # glibc's largest allowed value (32 MiB)
+export MALLOC_MMAP_MAX_=0               # and no mmap at all: larger tensors would still fault
 export MALLOC_TRIM_THRESHOLD_=68719476736
 export MALLOC_TOP_PAD_=1073741824
 export OPENBLAS_NUM_THREADS=1

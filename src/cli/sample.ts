@@ -14,6 +14,11 @@ import { progress } from './progress.js';
 /** The model `diffuse sample` reads without --model: models/mnist-unet in the package. */
 export const DEFAULT_MODEL_DIR = join(packageRoot(), 'models', 'mnist-unet');
 
+/** Guidance for class-conditional models unless --guidance says otherwise: on the shipped
+ *  MNIST U-Net it lifts class accuracy from 90.5% (none) to 99% at a small cost in MNIST-FID
+ *  (README, "Shipped models"). */
+export const DEFAULT_GUIDANCE = 1.5;
+
 /** `--class`: a label, a comma list of labels, or `all`. */
 export function parseClasses(v: string): number[] | 'all' {
   if (v === 'all') return 'all';
@@ -34,7 +39,7 @@ function nonNegativeNumber(v: string): number {
 }
 
 interface SampleCliOptions {
-  model?: string; sampler: string; steps: number; guidance: number; class?: number[] | 'all';
+  model?: string; sampler: string; steps: number; guidance?: number; class?: number[] | 'all';
   n: number; seed: number; generator: 'philox' | 'torch'; batchSize: number; provider: Provider;
   out: string; outDir?: string;
 }
@@ -47,8 +52,8 @@ export function registerSample(program: Command): void {
     .option('--sampler <name>', `sampler: ${SAMPLER_NAMES.join(' | ')} (default dpm++2m, ` +
       'flow-euler for flow-matching models)', choice(SAMPLER_NAMES))
     .option('--steps <n>', 'sampling steps', (v: string) => positiveInt(v, false, 'steps'), 20)
-    .option('--guidance <w>', 'classifier-free guidance weight (1: none, 0: unconditional)',
-      nonNegativeNumber, 1)
+    .option('--guidance <w>', 'classifier-free guidance weight (1: none, 0: unconditional; ' +
+      `default ${DEFAULT_GUIDANCE} for class-conditional models, 1 otherwise)`, nonNegativeNumber)
     .option('--class <c>', "class labels: a number, a comma list (cycled), or 'all' " +
       '(0..K-1 cycled; the default for conditional models)', parseClasses)
     .option('--n <n>', 'number of images', (v: string) => positiveInt(v, false, 'n'), 64)
@@ -71,18 +76,19 @@ export function registerSample(program: Command): void {
       const flow = String(pipeline.scheduler._class_name ?? '').startsWith('FlowMatch');
       const sampler = o.sampler ?? (flow ? 'flow-euler' : 'dpm++2m');
       const k = classCount(pipeline.model);
-      const warning = k ? guidanceClipWarning(sampler, pipeline.scheduler, o.guidance) : undefined;
+      const guidance = o.guidance ?? (k ? DEFAULT_GUIDANCE : 1);
+      const warning = k ? guidanceClipWarning(sampler, pipeline.scheduler, guidance) : undefined;
       if (warning) console.error(`warning: ${warning}`);
       console.log(`${pipeline.model.cls.className} from ${pipeline.modelFolder} ` +
         `(${k ? `${k} classes` : 'unconditional'}): ${o.n} images, ${sampler}, ${o.steps} steps` +
-        `${o.guidance !== 1 ? `, guidance ${o.guidance}` : ''}, seed ${o.seed} (${o.generator})`);
+        `${guidance !== 1 ? `, guidance ${guidance}` : ''}, seed ${o.seed} (${o.generator})`);
       const stop = new AbortController();
       const onInt = () => stop.abort(new Error('interrupted'));
       process.once('SIGINT', onInt);
       let bar: ReturnType<typeof progress> | undefined;
       try {
         const r = await sampleImages(pipeline, {
-          sampler, steps: o.steps, n: o.n, guidance: o.guidance, seed: o.seed,
+          sampler, steps: o.steps, n: o.n, guidance, seed: o.seed,
           generator: o.generator, batchSize: o.batchSize, provider: o.provider,
           ...(o.class !== undefined ? { classes: o.class } : {}), signal: stop.signal,
           onStep: (step, total) => (bar ??= progress('sampling', total)).update(step + 1),
