@@ -192,6 +192,7 @@ test('diffuse sample end to end: a grid, same seed same bytes, --out-dir, no def
     const a = await cli([...args, '--out', join(dir, 'a.png')]);
     assert.equal(a.code, 0, a.stderr);
     assert.match(a.stdout, /sampled 4 images in [\d.]+ s \([\d.]+ ms per image, 2 model calls\)/);
+    assert.match(a.stdout, /2 steps, guidance 1\.5, seed 0/, 'conditional models default to guidance 1.5');
     const img = await readPng(join(dir, 'a.png'));
     assert.deepEqual([img.width, img.height], [2 * (8 + 2) + 2, 2 * (8 + 2) + 2]);
     const b = await cli([...args, '--out', join(dir, 'b.png')]);
