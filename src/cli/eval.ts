@@ -56,8 +56,8 @@ export function registerEval(program: Command): void {
       classifier?: string; cacheDir?: string }) => {
       const pipeline = o.model === undefined ? undefined : await loadPipeline(o.model);
       for (const note of pipeline?.notes ?? []) console.log(`note: ${note}`);
+      const list = o.sweep ?? [{ sampler: o.sampler, steps: o.steps }];
       if (pipeline && classCount(pipeline.model)) {
-        const list = o.sweep ?? [{ sampler: o.sampler, steps: o.steps }];
         for (const name of new Set(list.map((r) => r.sampler))) {
           const w = guidanceClipWarning(name, pipeline.scheduler, o.guidance);
           if (w) console.log(`warning: ${w}`);
@@ -79,7 +79,6 @@ export function registerEval(program: Command): void {
             bar ??= progress(`sampling ${run.sampler}:${run.steps}`, total);
             bar.update(step + 1); // step is 0-based
           } });
-        const list = o.sweep ?? [{ sampler: o.sampler, steps: o.steps }];
         const rows = await evaluateRuns(m, list, source, () => {
           bar?.stop();
           bar = undefined;
