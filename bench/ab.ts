@@ -2,14 +2,16 @@
  * @file A/B timing on a noisy machine: `node dist/bench/ab.js MODEL fwd|train [--batch N]
  * [--rounds R] [--quiet] [--dump FILE] VARIANT...`. MODEL is unet, dit-pixel, dit-latent or
  * a U-Net block at its batch-64 shape (attn16, attn8, attn32, res32, res96, res64, res128,
- * conv32, conv96, conv64, conv128, gn32, gn64, gn128; train = gradients of sum(out * r) with
+ * conv32, conv96, conv64, conv128, gn32, gn64, gn128, stackN = N attn16 blocks in sequence;
+ * train = gradients of sum(out * r) with
  * respect to the input and the parameters). Builds one ORT session per variant, then runs
  * them round-robin (A B C A B C ...), 100 ms apart so that one session's spinning intra-op
  * threads do not slow the next (without the gap the first variant ran up to 2x faster on an
  * idle machine), and prints median and min per variant and the ratio of medians to the first.
  *
- * A variant is a comma-separated list of flags: `so:nopattern`, `so:noarena`, `so:opt=LEVEL`
- * and `so:profile` (ORT's profile, summarised by op) change the session; `onnx=FILE` runs a
+ * A variant is a comma-separated list of flags: `so:nopattern`, `so:noarena`, `so:opt=LEVEL`,
+ * `so:daz` (denormals as zero), `so:nospin` (intra-op threads do not spin) and `so:profile`
+ * (ORT's profile, summarised by op) change the session; `onnx=FILE` runs a
  * graph written by another build with `--dump FILE` (same model and inputs: before/after a
  * code change); any other flag is put in the global `__diffuseVariant` set while the graph is
  * traced, for temporary experimental switches in the code under test. `base` is no flag.
@@ -27,7 +29,7 @@ import { compile } from '../src/engine/runtime.js';
 import { nchwcBlockSize } from '../src/engine/nchwc.js';
 import type { Tensor } from '../src/engine/tensor.js';
 import { Conv2d, GroupNorm } from '../src/nn/layers.js';
-import type { Module } from '../src/nn/module.js';
+import { Module } from '../src/nn/module.js';
 import { ResnetBlock2D, SpatialAttention, type BlockCtx } from '../src/models/unet2d-blocks.js';
 import { ditBenchModel, forwardInputs, inferenceFn, trainStepFor, unetBenchModel } from './models.js';
 
@@ -61,6 +63,11 @@ interface Built { name: string; session: ort.InferenceSession; feeds: () => Reco
 function micro(name: string): { mod: Module; x: number[]; run: (p: Tree<Tensor>, x: Tensor, e: Tensor) => Tensor } | null {
   const ctx: BlockCtx = { act: 'silu', groups: 8, eps: 1e-5, tembChannels: 128, timeScaleShift: 'default', headDim: 8 };
   const mk = (mod: Module, x: number[], run: (p: Tree<Tensor>, x: Tensor, e: Tensor) => Tensor) => ({ mod, x, run });
+  if (name.startsWith('stack')) { // stackN: N attention blocks at 16x16, 64 channels, in sequence
+    const blocks = Array.from({ length: Number(name.slice(5)) }, () => new SpatialAttention(64, ctx, { groups: 8 }));
+    const mod = new (class extends Module { readonly b = blocks; })();
+    return mk(mod, [batch, 64, 16, 16], (p, x) => blocks.reduce((h, blk, i) => blk.forward((p as never as { b: never[] }).b[i]!, h), x));
+  }
   if (name.startsWith('attn')) {
     const c = name === 'attn8' ? 128 : name === 'attn32' ? 32 : 64;
     const hw = name === 'attn8' ? 8 : name === 'attn32' ? 32 : 16;
@@ -146,6 +153,8 @@ async function build(name: string): Promise<Built> {
   for (const f of flags) {
     if (f === 'so:nopattern') so.enableMemPattern = false;
     if (f === 'so:noarena') so.enableCpuMemArena = false;
+    if (f === 'so:daz') so.extra = { session: { set_denormal_as_zero: '1' } };
+    if (f === 'so:nospin') so.extra = { session: { intra_op: { allow_spinning: '0' } } };
     if (f.startsWith('so:opt=')) so.graphOptimizationLevel = f.slice(7) as 'all';
     if (f === 'so:profile') {
       so.enableProfiling = true;

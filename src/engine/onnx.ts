@@ -130,6 +130,30 @@ export interface LowerOptions {
   nchwcBlock?: number;
 }
 
+/**
+ * Gives graph outputs their public names. An output computed by a node is renamed where it is
+ * produced: an Identity to a graph output stays in ORT's graph, a copy per run, whenever
+ * another node also reads its input (a training step's new optimiser moments). Outputs that
+ * are graph inputs, initializers or repeats of an earlier output go through `identity`.
+ */
+function nameOutputs(nodes: onnxProto.onnx.INodeProto[], inner: readonly string[],
+  publicNames: readonly string[], identity: (inner: string, pub: string) => void): void {
+  const produced = new Set(nodes.flatMap((n) => n.output ?? []));
+  const rename = new Map<string, string>();
+  inner.forEach((name, i) => {
+    const pub = publicNames[i]!;
+    if (name === pub) return;
+    if (produced.has(name) && !rename.has(name)) rename.set(name, pub);
+    else identity(rename.get(name) ?? name, pub);
+  });
+  if (rename.size === 0) return;
+  const to = (name: string) => rename.get(name) ?? name;
+  for (const n of nodes) {
+    n.input = n.input?.map(to);
+    n.output = n.output?.map(to);
+  }
+}
+
 /** The ONNX model of a traced graph, serialised. */
 export function toOnnx(graph: Graph, opts: LowerOptions = {}): Uint8Array {
   const cx = new Lowering(opts.nchwcBlock ?? 0);
@@ -146,6 +170,7 @@ export function toOnnx(graph: Graph, opts: LowerOptions = {}): Uint8Array {
     if (n === undefined) throw new Error(`internal: tensor ${t} used before it was lowered`);
     return n;
   };
+  const lowered = new Map<string, string[]>();
   for (const node of graph.nodes) {
     if (node.kind === 'input') {
       if (!names.has(node.outputs[0]!.id)) {
@@ -159,17 +184,28 @@ export function toOnnx(graph: Graph, opts: LowerOptions = {}): Uint8Array {
       names.set(node.outputs[0]!.id, cx.initializer(v, 'const', key));
       continue;
     }
+    if (node.inputs.some((t) => cx.dynamic.has(t.id))) node.outputs.forEach((o) => cx.dynamic.add(o.id));
+    // Every primitive is a pure function of its inputs and parameters, so a node that repeats
+    // an earlier one reuses its outputs: VJPs rebuild forward products (attention's O in the
+    // softmax rule) that ORT's own elimination does not merge once it has fused the forward's.
+    const inputNames = node.inputs.map(nameOf);
+    const key = `${node.prim}(${inputNames.join(',')})${JSON.stringify(node.params)}`;
+    const seen = lowered.get(key);
+    if (seen) {
+      node.outputs.forEach((o, i) => names.set(o.id, seen[i]!));
+      continue;
+    }
     const outs = node.outputs.map((o) => {
       const n = `${node.prim}_${o.id}`;
       names.set(o.id, n);
       return n;
     });
-    if (node.inputs.some((t) => cx.dynamic.has(t.id))) node.outputs.forEach((o) => cx.dynamic.add(o.id));
+    lowered.set(key, outs);
     const def = PRIMS[node.prim] as { lower: (...a: unknown[]) => void };
-    def.lower(cx, node.inputs.map(nameOf), outs, node.params, node);
+    def.lower(cx, inputNames, outs, node.params, node);
   }
-  // Graph outputs get their public names through Identity (ORT removes these).
-  graph.outputs.forEach((t, i) => cx.emit('Identity', [nameOf(t)], [graph.outputNames[i]!]));
+  nameOutputs(cx.nodes, graph.outputs.map(nameOf), graph.outputNames, (inner, pub) =>
+    cx.emit('Identity', [inner], [pub]));
   const model = onnx.ModelProto.create({
     irVersion: IR_VERSION,
     opsetImport: [{ domain: '', version: OPSET }, ...[...cx.domains].map((domain) => ({ domain, version: 1 }))],

@@ -1,6 +1,7 @@
 /** Runtime: session cache by shape signature, providers, graph text, host arrays, trees. */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import onnxProto from 'onnx-proto';
 import { HostArray } from './host.js';
 import * as ops from './ops.js';
 import { compile, RuntimeError, sessionOptions } from './runtime.js';
@@ -69,4 +70,25 @@ test('trees flatten with dotted paths and rebuild', () => {
   assert.deepEqual(flat.paths, ['down_blocks.0.conv.weight', 'down_blocks.0.conv.bias', 'out']);
   assert.deepEqual(unflatten(flat.def, [10, 20, 30]), { down_blocks: [{ conv: { weight: 10, bias: 20 } }], out: 30 });
   assert.throws(() => flatten({ a: 'text' } as never, (x): x is number => typeof x === 'number'), /unexpected string at 'a'/);
+});
+
+test('repeated computations are lowered once and outputs are named where they are made', async () => {
+  // exp(x) twice (the second a separate trace node), an output that is also read by another
+  // node (e, as a training step's new moments are), an input passed through, a repeat.
+  const f = compile((x: Tensor) => {
+    const e = ops.exp(x);
+    return [e, ops.add(ops.exp(x), e), x, e];
+  });
+  const x = HostArray.fromNested([0, 1]);
+  const graph = onnxProto.onnx.ModelProto.decode(f.onnx(x)).graph!;
+  const ops_ = graph.node!.map((n) => n.opType);
+  assert.equal(ops_.filter((o) => o === 'Exp').length, 1);
+  assert.equal(ops_.filter((o) => o === 'Identity').length, 2, 'only the input and the repeat');
+  const outNames = graph.output!.map((o) => o.name!);
+  assert.ok(graph.node!.some((n) => n.opType === 'Exp' && n.output![0] === outNames[0]));
+  const [e, s, xx, e2] = await f(x) as HostArray[];
+  const ex = [1, Math.E];
+  for (const [got, want] of [[e!, ex], [s!, ex.map((v) => 2 * v)], [xx!, [0, 1]], [e2!, ex]] as const) {
+    Array.from(got.data as Float32Array).forEach((v, i) => assert.ok(Math.abs(v - want[i]!) < 1e-5, `${v} vs ${want[i]}`));
+  }
 });
