@@ -8,6 +8,12 @@
  *
  * Sessions are built here from the compiled graph's ONNX bytes, so session options that
  * `compile` does not expose (the CPU memory arena) can be compared too.
+ *
+ * Read single nodes with care: under ORT's profiler the training step's forward attention
+ * products (QK^T, [64, 8, 256, 256]) showed 30-100 ms each, while the identical backward
+ * products showed 8 ms, and adding five more of them to the graph cost ~80 ms in all
+ * (bench/ab.ts, no profiler). Shares by op type and phase hold up; confirm a single slow node
+ * with an A/B before acting on it.
  */
 import { readdir, readFile, rm } from 'node:fs/promises';
 import ort from 'onnxruntime-node';
