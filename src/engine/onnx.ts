@@ -154,6 +154,21 @@ function nameOutputs(nodes: onnxProto.onnx.INodeProto[], inner: readonly string[
   }
 }
 
+/** Ops whose trailing outputs are optional statistics that cost extra where requested. */
+const OPTIONAL_TRAILING_OUTPUTS = new Set(['LayerNormalization']);
+
+/** Drops the trailing outputs of OPTIONAL_TRAILING_OUTPUTS ops that nothing reads (the
+ *  layerNorm primitive's mean and 1/std outside training graphs). */
+function dropUnreadStatistics(nodes: onnxProto.onnx.INodeProto[], graphOutputs: readonly string[]): void {
+  const read = new Set([...graphOutputs, ...nodes.flatMap((n) => n.input ?? [])]);
+  for (const n of nodes) {
+    if (!OPTIONAL_TRAILING_OUTPUTS.has(n.opType!) || !n.output) continue;
+    const outs = n.output.map((o, i) => (i === 0 || read.has(o) ? o : '')); // '': not computed
+    while (outs.length > 1 && outs[outs.length - 1] === '') outs.pop();
+    n.output = outs;
+  }
+}
+
 /** The ONNX model of a traced graph, serialised. */
 export function toOnnx(graph: Graph, opts: LowerOptions = {}): Uint8Array {
   const cx = new Lowering(opts.nchwcBlock ?? 0);
@@ -206,6 +221,7 @@ export function toOnnx(graph: Graph, opts: LowerOptions = {}): Uint8Array {
   }
   nameOutputs(cx.nodes, graph.outputs.map(nameOf), graph.outputNames, (inner, pub) =>
     cx.emit('Identity', [inner], [pub]));
+  dropUnreadStatistics(cx.nodes, graph.outputNames);
   const model = onnx.ModelProto.create({
     irVersion: IR_VERSION,
     opsetImport: [{ domain: '', version: OPSET }, ...[...cx.domains].map((domain) => ({ domain, version: 1 }))],

@@ -4,6 +4,7 @@ import { test } from 'node:test';
 import onnxProto from 'onnx-proto';
 import { HostArray } from './host.js';
 import * as ops from './ops.js';
+import { grad } from './autodiff.js';
 import { compile, RuntimeError, sessionOptions } from './runtime.js';
 import type { Tensor } from './tensor.js';
 import { printGraph, trace } from './trace.js';
@@ -90,5 +91,32 @@ test('repeated computations are lowered once and outputs are named where they ar
   const ex = [1, Math.E];
   for (const [got, want] of [[e!, ex], [s!, ex.map((v) => 2 * v)], [xx!, [0, 1]], [e2!, ex]] as const) {
     Array.from(got.data as Float32Array).forEach((v, i) => assert.ok(Math.abs(v - want[i]!) < 1e-5, `${v} vs ${want[i]}`));
+  }
+});
+
+test("layerNorm's statistics outputs are emitted only where a gradient reads them", async () => {
+  const lnOutputs = (bytes: Uint8Array) => onnxProto.onnx.ModelProto.decode(bytes).graph!.node!
+    .filter((n) => n.opType === 'LayerNormalization').map((n) => n.output!.length);
+  const x = new HostArray(Float32Array.from({ length: 12 }, (_, i) => Math.sin(3 * i) * (i + 1)), [2, 6]);
+  const fwd = compile((xs: Tensor) => ops.layerNorm(xs));
+  assert.deepEqual(lnOutputs(fwd.onnx(x)), [1]);
+  const r = new HostArray(Float32Array.from({ length: 12 }, (_, i) => Math.cos(i)), [2, 6]);
+  const dLoss = grad((xs: Tensor) => ops.sum(ops.mul(ops.layerNorm(xs), ops.constant(r)))) as (xs: Tensor) => Tensor;
+  const g = compile(dLoss);
+  assert.deepEqual(lnOutputs(g.onnx(x)), [3]);
+  // the gradient from the kernel's 1/std equals the textbook formula
+  const got = Array.from((await g(x) as HostArray).data as Float32Array);
+  for (let row = 0; row < 2; row++) {
+    const xs = Array.from(x.data as Float32Array).slice(6 * row, 6 * row + 6);
+    const rs = Array.from(r.data as Float32Array).slice(6 * row, 6 * row + 6);
+    const mean = xs.reduce((a, b) => a + b) / 6;
+    const rstd = 1 / Math.sqrt(xs.reduce((a, b) => a + (b - mean) ** 2, 0) / 6 + 1e-5);
+    const xh = xs.map((v) => (v - mean) * rstd);
+    const mg = rs.reduce((a, b) => a + b) / 6;
+    const mgx = rs.reduce((a, b, i) => a + b * xh[i]!, 0) / 6;
+    xs.forEach((_, i) => {
+      const want = rstd * (rs[i]! - mg - xh[i]! * mgx);
+      assert.ok(Math.abs(got[6 * row + i]! - want) < 1e-5, `dx[${row}, ${i}] ${got[6 * row + i]} vs ${want}`);
+    });
   }
 });

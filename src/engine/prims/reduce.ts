@@ -154,6 +154,9 @@ export const reducePrims: Pick<PrimTable, 'reduceSum' | 'reduceMean' | 'reduceMa
     },
   },
 
+  // Outputs y, mean and 1/sqrt(var + eps), the last two [..., 1, ...] over the normalised
+  // axes (ONNX's optional Mean and InvStdDev): the VJP reads the kernel's statistics instead
+  // of reducing x again; toOnnx drops them where nothing reads them.
   layerNorm: {
     arity: 3,
     infer: ([x, scale, bias], p) => {
@@ -168,34 +171,21 @@ export const reducePrims: Pick<PrimTable, 'reduceSum' | 'reduceMean' | 'reduceMa
         }
         if (t.dtype !== x!.dtype) throw new TypeError(`${op}: ${what} dtype ${t.dtype} != ${x!.dtype}`);
       }
-      return [{ shape: x!.shape, dtype: x!.dtype }];
+      const stat = { shape: x!.shape.map((d, i) => (i < p.axis ? d : 1)), dtype: x!.dtype };
+      return [{ shape: x!.shape, dtype: x!.dtype }, stat, stat];
     },
     lower: (cx, ins, outs, p) =>
       cx.emit('LayerNormalization', ins, outs, { axis: p.axis, epsilon: { float: p.eps } }),
     // With xh = (x - mean) rstd and dxh = g scale:
     // dx = rstd (dxh - mean(dxh) - xh mean(dxh xh)); dscale = sum(g xh); dbias = sum(g).
-    // Without an affine (scale 1, bias 0: groupNorm's form) xh is the output y, and rstd
-    // follows from one reduction: mean(x y) = sigma - eps / sigma, sigma = sqrt(var + eps).
-    vjp: ([g], n, needs) => {
+    // Without an affine (scale 1, bias 0: groupNorm's form) xh is the output y.
+    vjp: ([g, gMean, gRstd], n, needs) => {
+      if (gMean || gRstd) throw new Error('layerNorm: its statistics outputs are not differentiable');
       const [x, scale, bias] = n.inputs as [Tensor, Tensor, Tensor];
+      const [y, mean, rstd] = n.outputs as [Tensor, Tensor, Tensor];
       const axes = Array.from({ length: x.rank - n.params.axis }, (_, i) => n.params.axis + i);
-      const eps = n.params.eps;
       const unitScale = isConstant(scale, 1);
-      let xh: Tensor;
-      let rstd: Tensor;
-      if (unitScale && isConstant(bias, 0)) {
-        xh = n.outputs[0]!;
-        // mean(x y) - mean(x) mean(y): y's mean is not exactly 0 (rounding of the kernel's
-        // mean), and x's mean times it would bias sigma when |mean| >> std.
-        const m = ops.sub(ops.mean(ops.mul(x, xh), axes, true),
-          ops.mul(ops.mean(x, axes, true), ops.mean(xh, axes, true)));
-        const sigma = ops.mul(ops.add(m, ops.sqrt(ops.add(ops.mul(m, m), 4 * eps))), 0.5);
-        rstd = ops.reciprocal(sigma);
-      } else {
-        const centred = ops.sub(x, ops.mean(x, axes, true));
-        rstd = ops.rsqrt(ops.add(ops.mean(ops.mul(centred, centred), axes, true), eps));
-        xh = ops.mul(centred, rstd);
-      }
+      const xh = unitScale && isConstant(bias, 0) ? y : ops.mul(ops.sub(x, mean), rstd);
       const dxh = unitScale ? g! : ops.mul(g!, scale);
       const dx = needs[0] ? ops.mul(rstd, ops.sub(ops.sub(dxh, ops.mean(dxh, axes, true)),
         ops.mul(xh, ops.mean(ops.mul(dxh, xh), axes, true)))) : null;
