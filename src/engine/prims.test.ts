@@ -94,6 +94,10 @@ const cases: Case[] = [
     ref: (x) => ref.layerNorm(x, 1, 1e-5) },
   { name: 'groupNorm', fn: (x, s, b) => ops.groupNorm(x, 2, { scale: s, bias: b, eps: 1e-5 }),
     inputs: [r([2, 4, 3, 3], 52), r([4], 53), r([4], 54)], ref: (x, s, b) => ref.groupNorm(x, 2, 1e-5, s, b) },
+  { name: 'groupNorm without affine', fn: (x) => ops.groupNorm(x, 3, { eps: 1e-5 }),
+    inputs: [r([2, 6, 5], 55, 3)], ref: (x) => ref.groupNorm(x, 3, 1e-5) },
+  { name: 'groupNorm one group, scale only', fn: (x, s) => ops.groupNorm(x, 1, { scale: s, eps: 1e-3 }),
+    inputs: [r([3, 4, 2, 2], 56), r([4], 57)], ref: (x, s) => ref.groupNorm(x, 1, 1e-3, s) },
   // linear algebra
   { name: 'matmul', fn: ops.matmul, inputs: [r([3, 4], 60), r([4, 5], 61)], ref: ref.matmul },
   { name: 'matmul batch broadcast', fn: ops.matmul, inputs: [r([2, 1, 3, 4], 62), r([3, 4, 2], 63)],

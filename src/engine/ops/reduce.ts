@@ -93,19 +93,13 @@ export function layerNorm(x: Tensor, opts: NormOptions & { axis?: number } = {})
 }
 
 /** GroupNorm over [N, C, ...]: normalises each group of C/groups channels with its spatial
- *  extent (as LayerNorm over a reshaped tensor: ORT has no CPU GroupNormalization kernel),
- *  then applies the per-channel affine. */
+ *  extent, then applies the per-channel affine (scale and bias [C], each optional). */
 export function groupNorm(x: Tensor, groups: number, opts: NormOptions = {}): Tensor {
-  const [n, c, ...rest] = x.shape as [Dim, Dim, ...Dim[]];
-  if (x.rank < 2 || typeof c !== 'number' || c % groups !== 0) {
-    throw new ShapeError('groupNorm', `${groups} groups must divide the channels of ${fmtShape(x.shape)}`);
+  const c = x.shape[1];
+  const ins = [x];
+  if (opts.scale || opts.bias) {
+    if (typeof c !== 'number') throw new ShapeError('groupNorm', `channels of ${fmtShape(x.shape)} must be static`);
+    ins.push(opts.scale ?? constant(HostArray.ones([c])), opts.bias ?? constant(HostArray.zeros([c])));
   }
-  const inner = (c / groups) * staticNumel(rest, 'groupNorm');
-  const normed = reshape(layerNorm(reshape(x, [n, groups, inner]), { axis: 2, eps: opts.eps ?? 1e-5 }),
-    x.shape);
-  const perChannel = [c, ...rest.map(() => 1)];
-  let y = normed;
-  if (opts.scale) y = mul(y, reshape(opts.scale, perChannel));
-  if (opts.bias) y = add(y, reshape(opts.bias, perChannel));
-  return y;
+  return bind('groupNorm', ins, { groups, eps: opts.eps ?? 1e-5 })[0]!;
 }

@@ -2,12 +2,14 @@
 import { elementwisePrims } from './elementwise.js';
 import { linalgPrims } from './linalg.js';
 import { movementPrims } from './movement.js';
+import { normPrims } from './norm.js';
 import { reducePrims } from './reduce.js';
 import type { PrimTable } from './types.js';
 
 export const PRIMS: PrimTable = {
   ...elementwisePrims,
   ...reducePrims,
+  ...normPrims,
   ...linalgPrims,
   ...movementPrims,
 };

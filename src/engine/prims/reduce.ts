@@ -1,6 +1,6 @@
 /**
- * @file Reductions and normalisations: sum, mean, max, argmax, topk, softmax,
- * logSoftmax, layerNorm.
+ * @file Reductions: sum, mean, max, argmax, topk, softmax, logSoftmax (normalisations are
+ * in norm.ts).
  */
 import * as ops from '../ops.js';
 import { fmtShape, normAxis, ShapeError, staticDim, type Dim, type Shape } from '../shape.js';
@@ -48,12 +48,6 @@ function reduce<P extends 'reduceSum' | 'reduceMean' | 'reduceMax'>(
   };
 }
 
-/** Whether t is a constant whose every element is `v`. */
-function isConstant(t: Tensor, v: number): boolean {
-  const nd = t.node;
-  return nd.kind === 'constant' && nd.value.data.every((e) => e === v);
-}
-
 /**
  * sum(g y) over the softmax axis without a pass over the [.., T, T] tensors, when y feeds
  * attention's O = y @ V and g = dO @ V^T came from that product alone (flash attention's
@@ -84,7 +78,7 @@ function attentionRowSums(g: Tensor, y: Tensor, axis: number): Tensor | null {
 }
 
 export const reducePrims: Pick<PrimTable, 'reduceSum' | 'reduceMean' | 'reduceMax' | 'argmax'
-  | 'topk' | 'softmax' | 'logSoftmax' | 'layerNorm'> = {
+  | 'topk' | 'softmax' | 'logSoftmax'> = {
   reduceSum: reduce('ReduceSum', ([g], n) => [spread(g!, n.inputs[0]!, n.params)]),
   reduceMean: reduce('ReduceMean', ([g], n) => {
     const x = n.inputs[0]!;
@@ -151,47 +145,6 @@ export const reducePrims: Pick<PrimTable, 'reduceSum' | 'reduceMean' | 'reduceMa
     vjp: ([g], n) => {
       const y = n.outputs[0]!;
       return [ops.sub(g!, ops.mul(ops.exp(y), ops.sum(g!, n.params.axis, true)))];
-    },
-  },
-
-  // Outputs y, mean and 1/sqrt(var + eps), the last two [..., 1, ...] over the normalised
-  // axes (ONNX's optional Mean and InvStdDev): the VJP reads the kernel's statistics instead
-  // of reducing x again; toOnnx drops them where nothing reads them.
-  layerNorm: {
-    arity: 3,
-    infer: ([x, scale, bias], p) => {
-      const op = 'LayerNormalization';
-      checkAxes(op, x!, [p.axis]);
-      const normShape = x!.shape.slice(p.axis);
-      for (const [what, t] of [['scale', scale!], ['bias', bias!]] as const) {
-        if (t.shape.length > normShape.length ||
-          t.shape.some((d, i) => d !== 1 && d !== normShape[normShape.length - t.shape.length + i])) {
-          throw new ShapeError(op, `${what} ${fmtShape(t.shape)} must broadcast to the normalised ` +
-            `shape ${fmtShape(normShape)} of input ${fmtShape(x!.shape)}`);
-        }
-        if (t.dtype !== x!.dtype) throw new TypeError(`${op}: ${what} dtype ${t.dtype} != ${x!.dtype}`);
-      }
-      const stat = { shape: x!.shape.map((d, i) => (i < p.axis ? d : 1)), dtype: x!.dtype };
-      return [{ shape: x!.shape, dtype: x!.dtype }, stat, stat];
-    },
-    lower: (cx, ins, outs, p) =>
-      cx.emit('LayerNormalization', ins, outs, { axis: p.axis, epsilon: { float: p.eps } }),
-    // With xh = (x - mean) rstd and dxh = g scale:
-    // dx = rstd (dxh - mean(dxh) - xh mean(dxh xh)); dscale = sum(g xh); dbias = sum(g).
-    // Without an affine (scale 1, bias 0: groupNorm's form) xh is the output y.
-    vjp: ([g, gMean, gRstd], n, needs) => {
-      if (gMean || gRstd) throw new Error('layerNorm: its statistics outputs are not differentiable');
-      const [x, scale, bias] = n.inputs as [Tensor, Tensor, Tensor];
-      const [y, mean, rstd] = n.outputs as [Tensor, Tensor, Tensor];
-      const axes = Array.from({ length: x.rank - n.params.axis }, (_, i) => n.params.axis + i);
-      const unitScale = isConstant(scale, 1);
-      const xh = unitScale && isConstant(bias, 0) ? y : ops.mul(ops.sub(x, mean), rstd);
-      const dxh = unitScale ? g! : ops.mul(g!, scale);
-      const dx = needs[0] ? ops.mul(rstd, ops.sub(ops.sub(dxh, ops.mean(dxh, axes, true)),
-        ops.mul(xh, ops.mean(ops.mul(dxh, xh), axes, true)))) : null;
-      return [dx,
-        needs[1] ? ops.unbroadcast(ops.mul(g!, xh), scale.shape) : null,
-        needs[2] ? ops.unbroadcast(g!, bias.shape) : null];
     },
   },
 };

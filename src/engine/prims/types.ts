@@ -43,6 +43,9 @@ export interface PrimParams {
   /** Normalises over axes [axis, rank); inputs x, scale, bias. A primitive because ORT's
    *  LayerNormalization kernel is one pass where the decomposition is nine ops. */
   layerNorm: { axis: number; eps: number };
+  /** Normalises each of `groups` channel groups of x [N, C, ...] with its spatial extent; inputs
+   *  x and optionally scale and bias [C]. A primitive for its VJP (norm.ts), not its kernel. */
+  groupNorm: { groups: number; eps: number };
   // linear algebra
   matmul: NoParams;
   /** inputs x [N,C,H,W], w [O,C/g,kh,kw], optional bias [O] */
