@@ -229,11 +229,18 @@ for (let r = 0; r < rounds && performance.now() < deadline; r++) {
 console.log(`(${dropped} runs dropped: other processes were busy)`);
 const med = (xs: number[]) => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
 const base = med(built[0]!.times);
+/** Median over rounds of (first variant's time / this one's) in the same round: slow drifts of
+ *  the machine (which move both) cancel. */
+const pairedRatio = (b: Built): number => {
+  const a = built[0]!.times;
+  const n = Math.min(a.length, b.times.length);
+  return med(Array.from({ length: n }, (_, i) => a[i]! / b.times[i]!));
+};
 console.log(`${which} ${mode} batch ${batch}, ${rounds} rounds round-robin, load ${(await import('node:os')).loadavg()[0]!.toFixed(2)}`);
 for (const b of built) {
   const md = med(b.times);
   console.log(`  ${b.name.padEnd(40)} median ${md.toFixed(1).padStart(8)} ms  min ${Math.min(...b.times).toFixed(1).padStart(8)} ms  ` +
-    `${(base / md).toFixed(3)}x  cpu med ${med(b.cpu).toFixed(0)} min ${Math.min(...b.cpu).toFixed(0)} ms  faults/run ${med(b.faults)}  (${b.nodes} nodes)  [${b.times.map((t) => t.toFixed(0)).join(' ')}]`);
+    `${(base / md).toFixed(3)}x  paired ${pairedRatio(b).toFixed(3)}x  cpu med ${med(b.cpu).toFixed(0)} min ${Math.min(...b.cpu).toFixed(0)} ms  faults/run ${med(b.faults)}  (${b.nodes} nodes)  [${b.times.map((t) => t.toFixed(0)).join(' ')}]`);
 }
 for (const b of built) await b.session.release();
 const top = Number(process.env.AB_TOP ?? 25);

@@ -89,3 +89,28 @@ test('vjp pulls back a given cotangent', async () => {
   const r = await f(HostArray.fromNested([1, 2, 3]), HostArray.fromNested([1, 0, -1]));
   close(r.data as Float32Array, [2, 0, -6]);
 });
+
+test('cotangents of slices that tile a tensor join by one concat; gaps are zeros', async () => {
+  const x = HostArray.fromNested([[1, 2, 3, 4, 5, 6], [7, 8, 9, 10, 11, 12]]);
+  const w = HostArray.fromNested([[1, -1], [2, -2]]);
+  const cases: [string, (t: Tensor) => Tensor[], number[]][] = [
+    // q, k, v = split(x): gradient = [w, 2w, 3w] along axis 1 (w's rows: 1 and 2 times [1, -1])
+    ['split', (t) => ops.split(t, 3, 1), [1, -1, 2, -2, 3, -3, 2, -2, 4, -4, 6, -6]],
+    // only the first and last pieces used: zeros between
+    ['gap', (t) => [ops.sliceAxis(t, 1, 0, 2), ops.sliceAxis(t, 1, 6, 6), ops.sliceAxis(t, 1, 4, 6)],
+      [1, -1, 0, 0, 2, -2, 2, -2, 0, 0, 4, -4]],
+    // overlapping pieces are summed
+    ['overlap', (t) => [ops.sliceAxis(t, 1, 0, 2), ops.sliceAxis(t, 1, 1, 3), ops.sliceAxis(t, 1, 4, 6)],
+      [1, 1, -2, 0, 3, -3, 2, 2, -4, 0, 6, -6]],
+  ];
+  for (const [name, pieces, want] of cases) {
+    const loss = (t: Tensor) => pieces(t).filter((p) => p.shape[1] === 2)
+      .reduce((acc, p, i) => ops.add(acc, ops.sum(ops.mul(p, ops.mul(ops.constant(w), i + 1)))), ops.scalarLike(0, 'float32'));
+    const f = compile(grad(loss) as (t: Tensor) => Tensor);
+    const g = await f(x) as HostArray;
+    close(g.data as Float32Array, want);
+    const ops_ = (await import('onnx-proto')).default.onnx.ModelProto.decode(f.onnx(x)).graph!.node!.map((n) => n.opType);
+    if (name !== 'overlap') assert.ok(ops_.includes('Concat') && !ops_.includes('Pad'), `${name}: ${ops_.join(' ')}`);
+    else assert.ok(ops_.includes('Pad'), `${name}: ${ops_.join(' ')}`);
+  }
+});

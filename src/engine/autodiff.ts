@@ -12,7 +12,7 @@ import { fmtShape, sameShape } from './shape.js';
 import { newNodeId, Tensor, type PrimNode } from './tensor.js';
 import { toposort } from './trace.js';
 import { flatten, unflatten, type Tree } from './tree.js';
-import { add, onesLike, zerosLike } from './ops.js';
+import { add, concat, onesLike, zeros, zerosLike } from './ops.js';
 
 const isTensor = (x: unknown): x is Tensor => x instanceof Tensor;
 
@@ -28,10 +28,19 @@ export function backward(outputs: readonly Tensor[], cotangents: readonly Tensor
   for (const node of order) {
     if (node.inputs.some((t) => live.has(t.id))) for (const o of node.outputs) live.add(o.id);
   }
-  const ct = new Map<number, Tensor>();
+  // Contributions are kept apart until a tensor's cotangent is read, so that pieces that
+  // tile it (the VJPs of a split: one zero-padded slice each) join by one concat.
+  const parts = new Map<number, Tensor[]>();
+  const ct = { get: (id: number): Tensor | undefined => {
+    const ps = parts.get(id);
+    if (!ps) return undefined;
+    if (ps.length > 1) parts.set(id, [joinContributions(ps)]);
+    return parts.get(id)![0];
+  } };
   const accumulate = (t: Tensor, g: Tensor): void => {
-    const prev = ct.get(t.id);
-    ct.set(t.id, prev ? add(prev, g) : g);
+    const ps = parts.get(t.id);
+    if (ps) ps.push(g);
+    else parts.set(t.id, [g]);
   };
   outputs.forEach((o, i) => {
     const g = cotangents[i]!;
@@ -61,6 +70,49 @@ export function backward(outputs: readonly Tensor[], cotangents: readonly Tensor
     });
   }
   return wrt.map((t) => ct.get(t.id) ?? null);
+}
+
+/** The one axis a zero pad widens, and its pads before and after; null for any other tensor. */
+function padAlongOneAxis(t: Tensor): { x: Tensor; axis: number; before: number; after: number } | null {
+  const nd = t.node;
+  if (nd.kind !== 'prim' || nd.prim !== 'pad') return null;
+  const { pads, value } = nd.params as { pads: readonly number[]; value: number };
+  const rank = t.rank;
+  const axes = [...Array(rank).keys()].filter((i) => pads[i] !== 0 || pads[i + rank] !== 0);
+  if (value !== 0 || axes.length !== 1) return null;
+  const axis = axes[0]!;
+  return { x: nd.inputs[0]!, axis, before: pads[axis]!, after: pads[axis + rank]! };
+}
+
+/**
+ * The sum of several cotangents of one tensor. Zero pads of disjoint ranges along one axis
+ * (slices' VJPs) become one concat of the pieces, with zeros for any gap: a split of qkv into
+ * q, k and v then costs one copy backward instead of three padded copies and two sums.
+ */
+function joinContributions(gs: readonly Tensor[]): Tensor {
+  const padded = gs.map(padAlongOneAxis);
+  const axis = padded[0]?.axis;
+  if (padded.every((p) => p !== null && p.axis === axis)) {
+    const ps = (padded as NonNullable<(typeof padded)[number]>[]).sort((a, b) => a.before - b.before);
+    const size = gs[0]!.shape[axis!] as number;
+    const pieces: Tensor[] = [];
+    let at = 0;
+    let disjoint = true;
+    for (const p of ps) {
+      if (p.before < at) { disjoint = false; break; }
+      if (p.before > at) pieces.push(zeros(p.x.shape.map((d, i) => (i === axis ? p.before - at : d)), p.x.dtype));
+      pieces.push(p.x);
+      at = size - p.after;
+    }
+    if (disjoint) {
+      if (at < size) {
+        const last = ps[ps.length - 1]!.x;
+        pieces.push(zeros(last.shape.map((d, i) => (i === axis ? size - at : d)), last.dtype));
+      }
+      return concat(pieces, axis);
+    }
+  }
+  return gs.slice(1).reduce((a, b) => add(a, b), gs[0]!);
 }
 
 type Fn = (...args: never[]) => unknown;
