@@ -87,6 +87,12 @@ const cases: Case[] = [
   { name: 'topk indices', fn: (x) => ops.topk(x, 2, 0).indices, inputs: [r([4, 3], 45)],
     ref: (x) => ref.topk(x, 2, 0, true).indices, grad: false },
   { name: 'softmax', fn: (x) => ops.softmax(x, 1), inputs: [r([2, 4, 3], 46)], ref: (x) => ref.softmax(x, 1) },
+  // softmax(q k^T) v with T >= 2D and T >= 16D: the softmax VJP's attention forms
+  // (attentionShiftedGrad: row sums from O; the subtraction inside the product too)
+  ...[[2, 6, 3], [2, 32, 2]].map((shape, i) => ({ name: `attention softmax ${shape.join('x')}`,
+    inputs: [r(shape, 58 + 3 * i), r(shape, 59 + 3 * i), r(shape, 60 + 3 * i)],
+    fn: (q: Tensor, k: Tensor, v: Tensor) => ops.matmul(ops.softmax(ops.matmul(q, ops.transpose(k, [0, 2, 1])), -1), v),
+    ref: (q: HostArray, k: HostArray, v: HostArray) => ref.matmul(ref.softmax(ref.matmul(q, ref.transpose(k, [0, 2, 1])), 2), v) })),
   { name: 'logSoftmax', fn: (x) => ops.logSoftmax(x), inputs: [r([3, 6], 47)], ref: (x) => ref.logSoftmax(x, 1) },
   { name: 'layerNorm affine', fn: (x, s, b) => ops.layerNorm(x, { scale: s, bias: b, eps: 1e-5 }),
     inputs: [r([2, 3, 8], 48), r([8], 49), r([8], 50)], ref: (x, s, b) => ref.layerNorm(x, 2, 1e-5, s, b) },
