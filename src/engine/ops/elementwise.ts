@@ -1,5 +1,5 @@
 /** @file Elementwise ops: arithmetic with numpy broadcasting, functions, comparisons. */
-import { bind1 } from '../bind.js';
+import { bind, bind1 } from '../bind.js';
 import type { DType } from '../dtype.js';
 import { Tensor } from '../tensor.js';
 import { scalarLike } from './creation.js';
@@ -73,7 +73,7 @@ export function clamp(x: Tensor, lo: number, hi: number): Tensor {
 
 export const relu = (x: Tensor): Tensor => maximum(x, 0);
 /** x * sigmoid(x), a.k.a. swish. */
-export const silu = (x: Tensor): Tensor => mul(x, sigmoid(x));
+export const silu = (x: Tensor): Tensor => bind('silu', [x], {})[0]!;
 
 /** GELU: exact (erf) by default, or the tanh approximation used by DiT ('tanh'). */
 export function gelu(x: Tensor, approximate: 'none' | 'tanh' = 'none'): Tensor {

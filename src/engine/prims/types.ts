@@ -26,6 +26,8 @@ export interface PrimParams {
   neg: NoParams; exp: NoParams; log: NoParams; sqrt: NoParams; reciprocal: NoParams;
   sin: NoParams; cos: NoParams; tanh: NoParams; sigmoid: NoParams; erf: NoParams;
   abs: NoParams; sign: NoParams; floor: NoParams;
+  /** x sigmoid(x); outputs y and sigmoid(x). A primitive for its VJP (elementwise.ts). */
+  silu: NoParams;
   // elementwise binary with numpy broadcasting
   add: NoParams; sub: NoParams; mul: NoParams; div: NoParams; pow: NoParams;
   maximum: NoParams; minimum: NoParams;
