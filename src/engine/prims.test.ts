@@ -110,6 +110,11 @@ const cases: Case[] = [
     ref: ref.matmul },
   { name: 'conv2d', fn: (x, w) => ops.conv2d(x, w, { padding: 1 }), inputs: [r([2, 3, 5, 5], 64), r([4, 3, 3, 3], 65)],
     ref: (x, w) => ref.conv2d(x, w, undefined, [1, 1], [1, 1, 1, 1], [1, 1], 1) },
+  // same-size convs: the weight gradient shifts x (fewer input channels) or gy (fewer outputs)
+  { name: 'conv2d narrowing', fn: (x, w) => ops.conv2d(x, w, { padding: 1 }), inputs: [r([2, 4, 5, 5], 75), r([2, 4, 3, 3], 76)],
+    ref: (x, w) => ref.conv2d(x, w, undefined, [1, 1], [1, 1, 1, 1], [1, 1], 1) },
+  { name: 'conv2d 3x1 widening', fn: (x, w) => ops.conv2d(x, w, { padding: [1, 0] }), inputs: [r([2, 2, 4, 5], 77), r([3, 2, 3, 1], 78)],
+    ref: (x, w) => ref.conv2d(x, w, undefined, [1, 1], [1, 0, 1, 0], [1, 1], 1) },
   { name: 'conv2d bias strided', fn: (x, w, b) => ops.conv2d(x, w, { stride: 2, padding: [1, 0], bias: b }),
     inputs: [r([2, 2, 7, 6], 66), r([3, 2, 3, 3], 67), r([3], 68)],
     ref: (x, w, b) => ref.conv2d(x, w, b, [2, 2], [1, 0, 1, 0], [1, 1], 1) },
