@@ -134,6 +134,10 @@ test('CFG: guidance 1 is conditional sampling, guidance 0 unconditional (the nul
     assert.deepEqual(cycled.images.data, await diffusersLoop(p, 'ddim', 3, n, 2, [2, 1, 2, 1]));
     const all = await sampleImages(p, o);
     assert.deepEqual(all.images.data, await diffusersLoop(p, 'ddim', 3, n, 2, [0, 1, 2, 0]));
+    assert.deepEqual([g1, g0, g3].map((r) => r.warnings), [[], [], []], 'trained pipelines do not clip');
+    const clipped = { ...p, scheduler: { ...p.scheduler, clip_sample: true } };
+    assert.match((await sampleImages(clipped, { ...o, guidance: 3 })).warnings.join(), /clips its x0 estimate/);
+    assert.deepEqual((await sampleImages(clipped, { ...o, guidance: 1 })).warnings, []);
   }));
 
 test('torch generator: the latent, then step noise in diffusers order (DDIM, DDPM, Euler a)', () =>

@@ -175,6 +175,9 @@ export interface SampleResult {
   seconds: number;
   /** Model calls (each at most batchSize rows). */
   modelCalls: number;
+  /** What the caller should know about these settings (guidanceClipWarning); the CLIs print
+   *  them before sampling. */
+  warnings: string[];
 }
 
 /** Keys of the x0 post-processing that namedScheduler does not carry over (clip_sample,
@@ -313,6 +316,7 @@ export async function sampleImages(p: Pipeline, o: SampleOptions): Promise<Sampl
   const graph = graphDenoiser(model, scheduler.prediction,
     { name: 'sample_denoiser', ...(o.provider ? { provider: o.provider } : {}) });
   let denoiser = inBatches(graph, o.batchSize ?? 64);
+  const clip = labels ? guidanceClipWarning(o.sampler, p.scheduler, guidance) : undefined;
   if (labels && guidance !== 1) {
     denoiser = classifierFreeGuidance(denoiser,
       { scale: guidance, uncondition: new Array<number>(o.n).fill(p.model.numClasses) });
@@ -326,7 +330,8 @@ export async function sampleImages(p: Pipeline, o: SampleOptions): Promise<Sampl
     });
     const images = new HostArray(Float32Array.from(x.data, (v) => Math.min(1, Math.max(-1, v))),
       shape, 'float32');
-    return { images, seconds: (performance.now() - start) / 1000, modelCalls: graph.stats.calls };
+    return { images, seconds: (performance.now() - start) / 1000, modelCalls: graph.stats.calls,
+      warnings: clip ? [clip] : [] };
   } finally {
     await graph.dispose();
   }
