@@ -1,10 +1,10 @@
 /** @file Reductions, softmax and normalisations. Axes may be negative; none means all. */
 import { bind, bind1 } from '../bind.js';
 import { HostArray } from '../host.js';
-import { fmtShape, normAxis, ShapeError, staticNumel, type Dim, type Shape } from '../shape.js';
+import { fmtShape, normAxis, ShapeError, staticNumel, type Shape } from '../shape.js';
 import type { Tensor } from '../tensor.js';
 import { constant } from './creation.js';
-import { add, mul, neg, sub, log, exp, square, stopGradient } from './elementwise.js';
+import { add, neg, sub, log, exp, square, stopGradient } from './elementwise.js';
 import { reshape } from './movement.js';
 
 export type Axes = number | readonly number[] | undefined;

@@ -81,30 +81,29 @@ function weightGrad(x: Tensor, gy: Tensor, wShape: readonly number[], p: Conv2dP
     ho === h && wo === w && p.pads[2] === pt && p.pads[3] === pl;
   if (!same || typeof n !== 'number') return ops.conv2dWeightGrad(x, gy, wShape, p);
   const k = kh * kw;
-  if (k > 1 && c < o) {
-    // Fewer input than output channels (the first conv of a U-Net, widening resnets): shift x.
-    const xp = ops.pad(x, [[0, 0], [0, 0], [pt, pt], [pl, pl]]);
-    const taps: Tensor[] = [];
-    for (let i = 0; i < kh; i++) {
-      for (let j = 0; j < kw; j++) taps.push(ops.slice(xp, [null, null, [i, i + ho], [j, j + wo]]));
-    }
-    const x9T = ops.transpose(ops.reshape(ops.concat(taps, 1), [n, k * c, ho * wo]), [0, 2, 1]); // [N, HW, K*C]
-    const dw = ops.sum(ops.matmul(ops.reshape(gy, [n, o, ho * wo]), x9T), [0]); // [O, K*C]
-    return ops.transpose(ops.reshape(dw, [o, kh, kw, c]), [0, 3, 1, 2]);
-  }
-  let g9 = gy;
-  if (k > 1) {
-    const gp = ops.pad(gy, [[0, 0], [0, 0], [pt, pt], [pl, pl]]);
-    const taps: Tensor[] = [];
+  /** The k copies of t [N, Ch, H, W], zero-padded like the conv's input and shifted by each tap
+   *  (by its mirror image for gy), stacked along the channels: [N, K*Ch, H*W]. */
+  const taps = (t: Tensor, mirror: boolean): Tensor => {
+    const ch = t.shape[1] as number;
+    if (k === 1) return ops.reshape(t, [n, ch, ho * wo]);
+    const tp = ops.pad(t, [[0, 0], [0, 0], [pt, pt], [pl, pl]]);
+    const shifted: Tensor[] = [];
     for (let i = 0; i < kh; i++) {
       for (let j = 0; j < kw; j++) {
-        taps.push(ops.slice(gp, [null, null, [2 * pt - i, 2 * pt - i + ho], [2 * pl - j, 2 * pl - j + wo]]));
+        const [r, q] = mirror ? [2 * pt - i, 2 * pl - j] : [i, j];
+        shifted.push(ops.slice(tp, [null, null, [r, r + ho], [q, q + wo]]));
       }
     }
-    g9 = ops.concat(taps, 1); // [N, K*O, H, W]
+    return ops.reshape(ops.concat(shifted, 1), [n, k * ch, ho * wo]);
+  };
+  const flat = (t: Tensor) => ops.transpose(taps(t, false), [0, 2, 1]); // [N, HW, K*Ch]
+  if (k > 1 && c < o) {
+    // Fewer input than output channels (the first conv of a U-Net, widening resnets): shift x.
+    const dw = ops.sum(ops.matmul(ops.reshape(gy, [n, o, ho * wo]), flat(x)), [0]); // [O, K*C]
+    return ops.transpose(ops.reshape(dw, [o, kh, kw, c]), [0, 3, 1, 2]);
   }
   const xT = ops.transpose(ops.reshape(x, [n, c, ho * wo]), [0, 2, 1]); // [N, HW, C]
-  const dw = ops.sum(ops.matmul(ops.reshape(g9, [n, k * o, ho * wo]), xT), [0]); // [K*O, C]
+  const dw = ops.sum(ops.matmul(taps(gy, true), xT), [0]); // [K*O, C]
   return ops.transpose(ops.reshape(dw, [kh, kw, o, c]), [2, 3, 0, 1]);
 }
 

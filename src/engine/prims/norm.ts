@@ -6,6 +6,7 @@
 import * as ops from '../ops.js';
 import { fmtShape, ShapeError, staticNumel, type Dim } from '../shape.js';
 import type { Tensor } from '../tensor.js';
+import { checkAxes } from './reduce.js';
 import type { Aval, PrimTable } from './types.js';
 
 /** Whether t is a constant whose every element is `v`. */
@@ -24,9 +25,7 @@ export const normPrims: Pick<PrimTable, 'layerNorm' | 'groupNorm'> = {
     arity: 3,
     infer: ([x, scale, bias], p) => {
       const op = 'LayerNormalization';
-      if (!Number.isInteger(p.axis) || p.axis < 0 || p.axis >= x!.shape.length) {
-        throw new ShapeError(op, `axis ${p.axis} out of range for shape ${fmtShape(x!.shape)}`);
-      }
+      checkAxes(op, x!, [p.axis]);
       const normShape = x!.shape.slice(p.axis);
       for (const [what, t] of [['scale', scale!], ['bias', bias!]] as const) {
         if (t.shape.length > normShape.length ||

@@ -12,7 +12,7 @@ function reducedShape(shape: Shape, axes: readonly number[], keepDims: boolean):
     : shape.filter((_, i) => !axes.includes(i));
 }
 
-function checkAxes(op: string, a: Aval, axes: readonly number[]): void {
+export function checkAxes(op: string, a: Aval, axes: readonly number[]): void {
   for (const ax of axes) {
     if (!Number.isInteger(ax) || ax < 0 || ax >= a.shape.length) {
       throw new ShapeError(op, `axes [${axes.join(', ')}] out of range for shape ${fmtShape(a.shape)}`);
