@@ -6,7 +6,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import ort from 'onnxruntime-node';
 import { tour } from '../docs/examples/engine-tour.js';
-import { repoRoot } from '../src/testing/paths.js';
+import { repoRoot } from './support/paths.js';
 
 test('docs/engine.md embeds docs/examples/engine-tour.ts verbatim', () => {
   const guide = readFileSync(join(repoRoot, 'docs', 'engine.md'), 'utf8');

@@ -12,7 +12,7 @@ import { HostArray } from '../engine/host.js';
 import * as ops from '../engine/ops.js';
 import { compile } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
-import { checkGrad, randn } from '../testing/gradcheck.js';
+import { checkGrad, randn } from '../../test/support/gradcheck.js';
 import { assignComponents, componentFrequencies, momentErrors } from '../data/analytic/metrics.js';
 import { seededRandom } from '../data/analytic/random.js';
 import type { Batch, Denoiser } from './denoiser.js';
@@ -26,7 +26,7 @@ import { withGuidance } from './guidance.js';
 import { toX0 } from './predictions.js';
 import { sampleDdim } from './samplers/ddim.js';
 import { sampleDpmSolverPP } from './samplers/dpm.js';
-import { mixture2d, vp } from './samplers/fixtures.js';
+import { mixture2d, vp } from '../../test/support/sampler-fixtures.js';
 import { karrasLevels, scheduleFromLevels } from './schedule.js';
 
 const mix = mixture2d(); // weights 0.5 / 0.3 / 0.2, full-rank 2-D components

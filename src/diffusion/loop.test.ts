@@ -4,7 +4,7 @@ import { describe, it } from 'node:test';
 import { alphasCumprod, discreteVp, makeBetas } from './process.js';
 import { schedulerFromConfig } from './diffusers/schedulers.js';
 import { runScheduler } from './loop.js';
-import { mixture2d, noiseSource } from './samplers/fixtures.js';
+import { mixture2d, noiseSource } from '../../test/support/sampler-fixtures.js';
 
 describe('runScheduler', () => {
   const acp = alphasCumprod(

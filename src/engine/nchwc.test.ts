@@ -10,7 +10,7 @@ import * as ops from './ops.js';
 import { compile } from './runtime.js';
 import type { Tensor } from './tensor.js';
 import { RngKey } from './random/philox.js';
-import * as ref from '../testing/reference.js';
+import * as ref from '../../test/support/reference.js';
 
 type Pads = [number, number, number, number];
 interface Case { c: number; o: number; k: number; stride: number; pads: Pads; dilation: number; bias: boolean }

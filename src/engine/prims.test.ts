@@ -9,8 +9,8 @@ import { HostArray } from './host.js';
 import { compile } from './runtime.js';
 import type { Tensor } from './tensor.js';
 import * as ops from './ops.js';
-import * as ref from '../testing/reference.js';
-import { checkGrad, randint, randn, type GradCheckOptions } from '../testing/gradcheck.js';
+import * as ref from '../../test/support/reference.js';
+import { checkGrad, randint, randn, type GradCheckOptions } from '../../test/support/gradcheck.js';
 
 interface Case {
   name: string;

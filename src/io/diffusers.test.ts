@@ -19,7 +19,7 @@ import { RngKey } from '../engine/random/philox.js';
 import { readConfig } from '../models/config.js';
 import { Conv2d, GroupNorm, Linear } from '../nn/layers.js';
 import { Module, stateDict, type ParamsOf } from '../nn/module.js';
-import { goldenDir } from '../testing/paths.js';
+import { goldenDir } from '../../test/support/paths.js';
 import {
   DiffusersFolderError, loadModel, readModelFolder, readModelIndex, readSchedulerConfig,
   saveModel, toPythonJson, writeModelIndex, writeSchedulerConfig, type ModelClass,

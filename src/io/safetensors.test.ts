@@ -11,7 +11,7 @@ import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
-import { goldenDir } from '../testing/paths.js';
+import { goldenDir } from '../../test/support/paths.js';
 import {
   floatBitsToHalf, parseSafetensors, parseSafetensorsHeader, SafetensorsError, SafetensorsFile,
   serializeSafetensors, writeSafetensors,

@@ -13,8 +13,8 @@ import { RngKey } from '../engine/random/philox.js';
 import { SafetensorsFile } from '../io/safetensors.js';
 import { stateDict, type ParamsOf } from '../nn/module.js';
 import { loadStateDict } from '../nn/state.js';
-import { goldenDir } from '../testing/paths.js';
-import { maxAbsDiff } from '../testing/reference.js';
+import { goldenDir } from '../../test/support/paths.js';
+import { maxAbsDiff } from '../../test/support/reference.js';
 import {
   AUTOENCODER_KL_DEFAULTS, AUTOENCODER_KL_PRESETS, AutoencoderKL, autoencoderKLClass,
   readAutoencoderKLConfig, renameLegacyVaeAttention, type AutoencoderKLConfig,

@@ -11,7 +11,7 @@ import { mapTree, type Tree } from '../engine/tree.js';
 import type { ParamsOf } from '../nn/module.js';
 import { adamw } from '../nn/optim.js';
 import { compileTrainStep } from '../nn/train.js';
-import { checkGrad, randn } from '../testing/gradcheck.js';
+import { checkGrad, randn } from '../../test/support/gradcheck.js';
 import {
   CLASSIFIER_PRESETS, classifierClass, crossEntropy, DiffuseClassifier, readClassifierConfig,
 } from './classifier.js';

@@ -13,8 +13,8 @@ import { stateDict, type ParamsOf } from '../nn/module.js';
 import { adamw } from '../nn/optim.js';
 import { loadStateDict } from '../nn/state.js';
 import { compileTrainStep } from '../nn/train.js';
-import { checkGrad, randint, randn } from '../testing/gradcheck.js';
-import { maxAbsDiff } from '../testing/reference.js';
+import { checkGrad, randint, randn } from '../../test/support/gradcheck.js';
+import { maxAbsDiff } from '../../test/support/reference.js';
 import {
   DIT_MOE_DEFAULTS, DiTMoEBlock, ditMoEClass, ditMoEPreset, SparseMoeBlock,
   type DiTMoEConfig, type DiTMoETransformer2DModel, type MoeRouting,

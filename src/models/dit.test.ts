@@ -16,9 +16,9 @@ import type { ParamsOf } from '../nn/module.js';
 import { adamw } from '../nn/optim.js';
 import { loadStateDict } from '../nn/state.js';
 import { compileTrainStep } from '../nn/train.js';
-import { randint, randn } from '../testing/gradcheck.js';
-import { goldenDir } from '../testing/paths.js';
-import { maxAbsDiff } from '../testing/reference.js';
+import { randint, randn } from '../../test/support/gradcheck.js';
+import { goldenDir } from '../../test/support/paths.js';
+import { maxAbsDiff } from '../../test/support/reference.js';
 import {
   DIT_DEFAULTS, ditClass, ditCond, ditInitialize, ditPreset, dropClassLabels, sincosPosEmbed2d,
   splitLearnedSigma, DiTTransformer2DModel, type DiTConfig,

@@ -19,8 +19,8 @@ import { stateDict, type ParamsOf } from '../nn/module.js';
 import { adamw } from '../nn/optim.js';
 import { loadStateDict, StateDictError } from '../nn/state.js';
 import { compileTrainStep } from '../nn/train.js';
-import { goldenDir } from '../testing/paths.js';
-import { maxAbsDiff } from '../testing/reference.js';
+import { goldenDir } from '../../test/support/paths.js';
+import { maxAbsDiff } from '../../test/support/reference.js';
 import { ConfigError } from './config.js';
 import {
   readUNet2DConfig, renameLegacyAttention, UNET2D_CLASS, UNET2D_DEFAULTS, UNET2D_PRESETS,

@@ -8,7 +8,7 @@ import type { Tensor } from '../engine/tensor.js';
 import { MultiHeadAttention } from './attention.js';
 import { Conv2d, GroupNorm, Linear } from './layers.js';
 import { Module, stateDict, type ParamsOf } from './module.js';
-import * as ref from '../testing/reference.js';
+import * as ref from '../../test/support/reference.js';
 
 class Resnet extends Module {
   readonly norm1 = new GroupNorm(2, 4);

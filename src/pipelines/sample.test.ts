@@ -16,7 +16,7 @@ import type { Batch } from '../diffusion/denoiser.js';
 import { saveModel, writeSchedulerConfig } from '../io/diffusers.js';
 import { decodePng, encodePng, imageGrid, readPng } from '../io/png.js';
 import { DEFAULT_MODEL_DIR } from '../cli/sample.js';
-import { goldenDir, repoRoot } from '../testing/paths.js';
+import { goldenDir, repoRoot } from '../../test/support/paths.js';
 import { exportPipeline } from './checkpoint.js';
 import { graphDenoiser } from './graph-denoiser.js';
 import { createImageModel, type ModelFamily } from './image-models.js';

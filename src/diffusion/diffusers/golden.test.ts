@@ -10,7 +10,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { HostArray } from '../../engine/host.js';
-import { goldenDir, testDataDir } from '../../testing/paths.js';
+import { goldenDir, testDataDir } from '../../../test/support/paths.js';
 import type { SchedulerClass } from './config.js';
 import { maxUlp, replay, type RecordedLoop, type RecordedStep } from './replay.js';
 import { FlowMatchEulerDiscreteScheduler, schedulerFromConfig } from './schedulers.js';

@@ -6,7 +6,7 @@ import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { testDataDir } from '../../testing/paths.js';
+import { testDataDir } from '../../../test/support/paths.js';
 import {
   fmaF32,
   numpyArange,

@@ -8,7 +8,7 @@ import { describe, it } from 'node:test';
 import { HostArray } from '../../engine/host.js';
 import type { StepRecord } from '../denoiser.js';
 import { karrasLevels, scheduleFromLevels } from '../schedule.js';
-import { flow, mixture2d, noiseSource, predictionFor, SAMPLERS, vp } from './fixtures.js';
+import { flow, mixture2d, noiseSource, predictionFor, SAMPLERS, vp } from '../../../test/support/sampler-fixtures.js';
 
 const mix = mixture2d();
 const x = (): HostArray<'float32'> =>

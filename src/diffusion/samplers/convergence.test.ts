@@ -25,7 +25,7 @@ import {
   predictionFor,
   SAMPLERS,
   type SamplerCase,
-} from './fixtures.js';
+} from '../../../test/support/sampler-fixtures.js';
 
 interface Scores {
   mean: number;

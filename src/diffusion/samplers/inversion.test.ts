@@ -8,7 +8,7 @@ import { describe, it } from 'node:test';
 import { seededRandom } from '../../data/analytic/random.js';
 import { scheduleFromTimes, uniformTimes } from '../schedule.js';
 import { invertDdim, sampleDdim } from './ddim.js';
-import { mixture2d, vp } from './fixtures.js';
+import { mixture2d, vp } from '../../../test/support/sampler-fixtures.js';
 
 describe('DDIM inversion', () => {
   it('round-trips with a first-order error at 10, 100 and 1,000 steps', async (t) => {

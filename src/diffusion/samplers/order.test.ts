@@ -14,7 +14,7 @@ import { scheduleFromTimes, uniformTimes } from '../schedule.js';
 import { sampleDdim } from './ddim.js';
 import { sampleDpmSolverPP } from './dpm.js';
 import { sampleEuler } from './euler.js';
-import { flow, mixture2d, predictionFor, vp, type Sampler } from './fixtures.js';
+import { flow, mixture2d, predictionFor, vp, type Sampler } from '../../../test/support/sampler-fixtures.js';
 import { sampleFlowEuler, sampleFlowHeun } from './flow.js';
 import { sampleHeun } from './heun.js';
 import { sampleUniPc } from './unipc.js';

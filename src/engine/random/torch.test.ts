@@ -7,7 +7,7 @@ import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { describe, test } from 'node:test';
 
-import { testDataDir } from '../../testing/paths.js';
+import { testDataDir } from '../../../test/support/paths.js';
 import { TorchGenerator } from './torch.js';
 
 interface Draw {

@@ -3,14 +3,14 @@
  * difference of <f(x ± eps v), r> along a random direction v against <grad, v>, with a
  * random output cotangent r, so a transposed or misplaced gradient cannot cancel out.
  */
-import { compile } from '../engine/runtime.js';
-import { HostArray } from '../engine/host.js';
-import { RngKey } from '../engine/random/philox.js';
-import { isFloat } from '../engine/dtype.js';
-import * as ops from '../engine/ops.js';
-import { vjp } from '../engine/autodiff.js';
-import { trace } from '../engine/trace.js';
-import type { Tensor } from '../engine/tensor.js';
+import { compile } from '../../src/engine/runtime.js';
+import { HostArray } from '../../src/engine/host.js';
+import { RngKey } from '../../src/engine/random/philox.js';
+import { isFloat } from '../../src/engine/dtype.js';
+import * as ops from '../../src/engine/ops.js';
+import { vjp } from '../../src/engine/autodiff.js';
+import { trace } from '../../src/engine/trace.js';
+import type { Tensor } from '../../src/engine/tensor.js';
 
 export function randn(shape: readonly number[], seed: number, scale = 1): HostArray<'float32'> {
   const n = shape.reduce((a, b) => a * b, 1);

@@ -4,7 +4,7 @@
  */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { HostArray, numel } from '../engine/host.js';
+import { HostArray, numel } from '../../src/engine/host.js';
 import * as ref from './reference.js';
 
 /** Deterministic uniform values in [-1, 1) (a small LCG, so the tests need no RNG module). */

@@ -12,8 +12,8 @@
  * 0/1). Pure data-movement ops (transpose, reshape, slice, concat, pad, expand, gather,
  * where, upsampleNearest2x) keep their input's dtype.
  */
-import { DTYPES, type AnyTypedArray, type DType } from '../engine/dtype.js';
-import { HostArray, numel } from '../engine/host.js';
+import { DTYPES, type AnyTypedArray, type DType } from '../../src/engine/dtype.js';
+import { HostArray, numel } from '../../src/engine/host.js';
 
 // ---------------------------------------------------------------------------------------------
 // Multi-index helpers

@@ -3,18 +3,18 @@
  * Gaussian mixture and a 16-D mixture of rank-2 Gaussians), the sampler table the suites
  * iterate over, and seeded noise sources.
  */
-import { GaussianMixture, randomBasis } from '../../data/analytic/mixture.js';
-import { seededRandom } from '../../data/analytic/random.js';
-import type { Batch, Denoiser, NoiseSource, SamplerOptions } from '../denoiser.js';
-import { cosineVp, rectifiedFlow, type Process } from '../process.js';
-import type { Schedule } from '../schedule.js';
-import { sampleDdim } from './ddim.js';
-import { sampleDdpm } from './ddpm.js';
-import { sampleDpmSolverPP } from './dpm.js';
-import { sampleEuler, sampleEulerAncestral } from './euler.js';
-import { sampleFlowEuler, sampleFlowHeun } from './flow.js';
-import { sampleHeun } from './heun.js';
-import { sampleUniPc } from './unipc.js';
+import { GaussianMixture, randomBasis } from '../../src/data/analytic/mixture.js';
+import { seededRandom } from '../../src/data/analytic/random.js';
+import type { Batch, Denoiser, NoiseSource, SamplerOptions } from '../../src/diffusion/denoiser.js';
+import { cosineVp, rectifiedFlow, type Process } from '../../src/diffusion/process.js';
+import type { Schedule } from '../../src/diffusion/schedule.js';
+import { sampleDdim } from '../../src/diffusion/samplers/ddim.js';
+import { sampleDdpm } from '../../src/diffusion/samplers/ddpm.js';
+import { sampleDpmSolverPP } from '../../src/diffusion/samplers/dpm.js';
+import { sampleEuler, sampleEulerAncestral } from '../../src/diffusion/samplers/euler.js';
+import { sampleFlowEuler, sampleFlowHeun } from '../../src/diffusion/samplers/flow.js';
+import { sampleHeun } from '../../src/diffusion/samplers/heun.js';
+import { sampleUniPc } from '../../src/diffusion/samplers/unipc.js';
 
 /** Three full-rank components in 2-D (weights 0.5 / 0.3 / 0.2). */
 export function mixture2d(): GaussianMixture {
