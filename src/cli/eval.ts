@@ -1,6 +1,6 @@
 /** @file `diffuse eval`: MNIST-FID, its floor, class accuracy and speed of a model's samples. */
 import { InvalidArgumentError, type Command } from 'commander';
-import { SAMPLER_NAMES } from '../diffusion/sampler-names.js';
+import { SAMPLER_NAMES } from '../diffusion/sampling.js';
 import { writeFileAtomic, writePng } from '../io/png.js';
 import {
   CSV_COLUMNS, evaluateRuns, floorLine, parseRuns, pipelineSource, prepareMnistFid, resultsCsv,

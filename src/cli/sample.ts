@@ -4,7 +4,7 @@ import { join } from 'node:path';
 import { InvalidArgumentError, type Command } from 'commander';
 import { HostArray } from '../engine/host.js';
 import type { Provider } from '../engine/runtime.js';
-import { SAMPLER_NAMES } from '../diffusion/sampler-names.js';
+import { SAMPLER_NAMES } from '../diffusion/sampling.js';
 import { imageGrid, writePng } from '../io/png.js';
 import { classCount, guidanceClipWarning, loadPipeline, sampleImages } from '../pipelines/sample.js';
 import { packageRoot } from '../util/package-root.js';
@@ -73,7 +73,7 @@ export function registerSample(program: Command): void {
       }
       const pipeline = await loadPipeline(dir);
       for (const note of pipeline.notes) console.error(`note: ${note}`);
-      const flow = String(pipeline.scheduler._class_name ?? '').startsWith('FlowMatch');
+      const flow = pipeline.scheduler.family === 'flow';
       const sampler = o.sampler ?? (flow ? 'flow-euler' : 'dpm++2m');
       const k = classCount(pipeline.model);
       const guidance = o.guidance ?? (k ? DEFAULT_GUIDANCE : 1);

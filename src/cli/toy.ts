@@ -2,7 +2,7 @@
 import type { Command } from 'commander';
 import { scatterPanels } from '../io/plot.js';
 import { writePng } from '../io/png.js';
-import { SAMPLER_NAMES } from '../diffusion/sampler-names.js';
+import { SAMPLER_NAMES } from '../diffusion/sampling.js';
 import { sampleToy, TOY_DATASETS, toyDistance, trainToy } from '../pipelines/toy.js';
 import { progress } from './progress.js';
 import { choice, positiveInt, positiveNumber } from './parse.js';

@@ -2,18 +2,10 @@
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { InvalidArgumentError, type Command } from 'commander';
-import { HostArray } from '../engine/host.js';
-import * as ops from '../engine/ops.js';
-import { RngKey } from '../engine/random/philox.js';
-import { mapTree, type Tree } from '../engine/tree.js';
-import { runScheduler } from '../diffusion/loop.js';
-import { namedScheduler } from '../diffusion/sampler-names.js';
 import { loadImageFolder } from '../data/image-folder.js';
 import { mnistSplits } from '../data/mnist.js';
-import { imageGrid, writePng } from '../io/png.js';
-import { graphDenoiser } from '../pipelines/graph-denoiser.js';
-import { MODEL_FAMILIES, presetNames, type ImageModel, type ModelFamily } from '../pipelines/image-models.js';
-import { schedulerFor, train, type TrainOptions } from '../pipelines/train.js';
+import { MODEL_FAMILIES, presetNames, type ModelFamily } from '../pipelines/image-models.js';
+import { train, type TrainOptions } from '../pipelines/train.js';
 import { choice, positiveInt, positiveNumber, UsageError } from './parse.js';
 import { progress } from './progress.js';
 
@@ -58,30 +50,6 @@ function readConfigFile(path: string): Partial<Flags> {
   return out as Partial<Flags>;
 }
 
-/** A grid of EMA samples during training: DDIM, 25 steps, fixed noise, a row per class. */
-async function trainingGrid(out: string, objective: TrainOptions['objective']) {
-  return async (model: ImageModel, ema: Tree<HostArray>, step: number): Promise<string> => {
-    const consts = mapTree(ema, (x): x is HostArray => x instanceof HostArray, (a) => ops.constant(a));
-    const k = model.numClasses;
-    const n = k ? Math.min(k, 10) * 4 : 16;
-    const denoiser = graphDenoiser((x, t, y) => model.apply(consts, x, t, y).out,
-      objective === 'flow' ? 'flow' : objective === 'v' ? 'v' : 'eps', { name: 'train_samples' });
-    const key = RngKey.fromSeed(1234);
-    try {
-      const images = await runScheduler(denoiser,
-        namedScheduler(objective === 'flow' ? 'flow-euler' : 'ddim', schedulerFor(objective)), {
-          steps: 25, shape: [n, ...model.sampleShape], noise: (m, s) => key.fold(s + 1).normal(m),
-          ...(k ? { condition: Int32Array.from({ length: n }, (_, i) => Math.floor(i / 4) % k) } : {}),
-        });
-      const path = join(out, 'samples', `step-${String(step).padStart(6, '0')}.png`);
-      await writePng(path, imageGrid(images as HostArray, { cols: k ? 8 : 4 }));
-      return path;
-    } finally {
-      await denoiser.dispose();
-    }
-  };
-}
-
 export function registerTrain(program: Command): void {
   program.command('train')
     .description('train an image diffusion model (U-Net, DiT or DiT-MoE); checkpoints in diffusers\' ' +
@@ -91,7 +59,7 @@ export function registerTrain(program: Command): void {
     .option('--model <family>', `model family: ${MODEL_FAMILIES.join(' | ')}`, choice(MODEL_FAMILIES), DEFAULTS.model)
     .option('--size <preset>', `size preset: unet ${presetNames('unet').join('|')}, dit ${presetNames('dit').join('|')}, ` +
       `dit-moe ${presetNames('dit-moe').join('|')}`, DEFAULTS.size)
-    .option('--objective <kind>', 'eps | v | flow', choice(['eps', 'v', 'flow']), DEFAULTS.objective)
+    .option('--objective <kind>', 'what the model predicts: eps | v | x0 | flow', choice(['eps', 'v', 'x0', 'flow']), DEFAULTS.objective)
     .option('--weighting <kind>', 'uniform | min-snr', choice(['uniform', 'min-snr']), DEFAULTS.weighting)
     .option('--min-snr-gamma <x>', 'gamma of Min-SNR weighting', num, DEFAULTS.minSnrGamma)
     .option('--unconditional', 'ignore labels (default: class-conditional when the data has labels)')
@@ -136,7 +104,7 @@ export function registerTrain(program: Command): void {
       process.once('SIGTERM', onSignal);
       const bar = progress('train', o.steps, ['loss', 'img/s']);
       const r = await train(o, data, f.resume, {
-        signal: stop.signal, sampleGrid: await trainingGrid(o.out, o.objective),
+        signal: stop.signal,
         onStep: (s) => bar.update(s.step, { loss: s.smoothed.toFixed(4), 'img/s': s.imagesPerSecond.toFixed(1) }),
         onSample: (step, path) => process.stderr.write(`\nstep ${step}: samples in ${path}\n`),
       });

@@ -9,7 +9,6 @@ export * from './process.js';
 export * from './schedule.js';
 export * from './training.js';
 export * from './guidance.js';
-export * from './loop.js';
 export { postprocessX0, type X0Options } from './samplers/common.js';
 export * from './samplers/ddpm.js';
 export * from './samplers/ddim.js';
@@ -28,5 +27,6 @@ export {
   type RecordedStep,
   type ReplayReport,
 } from './diffusers/replay.js';
-export * from './sampler-names.js';
+export * from './sampling.js';
+export * from './diffusers/spec.js';
 export * from './gradient-guidance.js';

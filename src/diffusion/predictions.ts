@@ -33,6 +33,14 @@ export const DIFFUSERS_PREDICTION: Record<string, Prediction> = {
   flow_prediction: 'flow',
 };
 
+/** diffusers' `prediction_type` for each of ours (FlowMatch configs have no such key). */
+export const DIFFUSERS_PREDICTION_TYPE: Readonly<Record<Prediction, string>> = {
+  eps: 'epsilon',
+  x0: 'sample',
+  v: 'v_prediction',
+  flow: 'flow_prediction',
+};
+
 /** x0 estimate from a prediction `p` at x = alpha x0 + sigma eps. */
 export function toX0(
   pred: Prediction,

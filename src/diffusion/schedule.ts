@@ -30,6 +30,19 @@ export interface Schedule {
   readonly targetAlphaBars?: Float64Array;
   /** Model time of the end point, where it has one (sigma > 0); DDIM inversion starts there. */
   readonly endTime?: number;
+  /**
+   * How level-frame samplers (Euler, Heun) turn the process-frame start x into xs = x * scale.
+   * Default 1 / alpha_0 (= sqrt(level_0^2 + 1) for VP). diffusers' Euler-type schedulers scale
+   * unit noise by their init_noise_sigma instead, which for `linspace` and `trailing` spacing
+   * is sigma_max rather than sqrt(sigma_max^2 + 1); schedules built from their configs record
+   * it here so that the same noise gives the same image.
+   */
+  readonly startScale?: number;
+}
+
+/** The factor from the process-frame start state to the noise-level frame (see startScale). */
+export function startScale(s: Schedule): number {
+  return s.startScale ?? 1 / s.alphas[0]!;
 }
 
 /** Number of steps. */

@@ -2,23 +2,50 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { seededRandom } from '../data/analytic/random.js';
-import { lossWeight, noisySample, sampleTimesteps, trainingTarget } from './training.js';
+import { HostArray } from '../engine/host.js';
+import { compile } from '../engine/runtime.js';
+import type { Tensor } from '../engine/tensor.js';
+import { trainTables } from './diffusers/tables.js';
+import { fromX0Eps, PREDICTIONS } from './predictions.js';
+import {
+  lossWeight, noisySample, pointsAt, sampleTimesteps, trainingPoints, trainingScheduler,
+  trainingTarget,
+} from './training.js';
 
 describe('training', () => {
-  const x0 = Float64Array.of(1, 2, 3, 4);
-  const eps = Float64Array.of(0.5, -0.5, 1, -1);
-  it('noisy samples and targets per row', () => {
-    const alpha = [0.6, 1];
-    const sigma = [0.8, 0];
-    assert.deepEqual(Array.from(noisySample(x0, eps, alpha, sigma)), [0.6 + 0.4, 1.2 - 0.4, 3, 4]);
-    assert.deepEqual(Array.from(trainingTarget('eps', x0, eps, alpha, sigma)), Array.from(eps));
-    assert.deepEqual(Array.from(trainingTarget('x0', x0, eps, alpha, sigma)), Array.from(x0));
-    assert.deepEqual(
-      Array.from(trainingTarget('flow', x0, eps, alpha, sigma)),
-      [-0.5, -2.5, -2, -5],
-    );
-    const v = trainingTarget('v', x0, eps, alpha, sigma);
-    assert.ok(Math.abs(v[0]! - (0.6 * 0.5 - 0.8 * 1)) < 1e-15);
+  it('traced noisy samples and targets equal the host conversions (predictions.ts) per row', async () => {
+    const x0 = HostArray.fromNested([[1, 2], [3, 4]]);
+    const eps = HostArray.fromNested([[0.5, -0.5], [1, -1]]);
+    const alpha = HostArray.fromNested([[0.6], [1]]);
+    const sigma = HostArray.fromNested([[0.8], [0]]);
+    const xt = await compile((a: Tensor, b: Tensor, c: Tensor, d: Tensor) => noisySample(a, b, c, d))(
+      x0, eps, alpha, sigma);
+    const want = [0.6 + 0.4, 1.2 - 0.4, 3, 4];
+    (xt.data as Float32Array).forEach((v, i) => assert.ok(Math.abs(v - want[i]!) < 1e-6, `${v}`));
+    for (const pred of PREDICTIONS) {
+      const f = compile((a: Tensor, b: Tensor, c: Tensor, d: Tensor) =>
+        trainingTarget(pred, a, b, c, d));
+      const got = Array.from((await f(x0, eps, alpha, sigma)).data as Float32Array);
+      const want = [0, 1].flatMap((r) => Array.from(fromX0Eps(pred,
+        (x0.data as Float32Array).subarray(2 * r, 2 * r + 2),
+        (eps.data as Float32Array).subarray(2 * r, 2 * r + 2), [0.6, 1][r]!, [0.8, 0][r]!)));
+      assert.deepEqual(got, want, pred);
+      await f.dispose();
+    }
+  });
+  it('training points: DDPM steps read alphas_cumprod, flow times are s T', () => {
+    const ddpm = trainingScheduler('eps');
+    const acp = trainTables(ddpm.config).alphasCumprod;
+    const p = trainingPoints(ddpm, [0, 0.5, 0.9999999]);
+    assert.deepEqual(Array.from(p.t), [0, 500, 999]);
+    assert.equal(p.alpha[1], Math.fround(Math.sqrt(acp[500]!)));
+    assert.equal(p.sigma[2], Math.fround(Math.sqrt(1 - acp[999]!)));
+    assert.throws(() => pointsAt(ddpm, [1000]), /1000 is not a step in \[0, 1000\)/);
+    const flow = trainingPoints(trainingScheduler('flow'), [0.25]);
+    assert.deepEqual([flow.t[0], flow.alpha[0], flow.sigma[0]], [250, 0.75, 0.25]);
+    assert.equal(trainingScheduler('v').config.prediction_type, 'v_prediction');
+    assert.equal(trainingScheduler('x0').prediction, 'x0');
+    assert.equal(trainingScheduler('eps').config.clip_sample, false);
   });
   it('Min-SNR-gamma: min(snr, g) / snr for eps, / (snr + 1) for v, min(snr, g) for x0', () => {
     const [alpha, sigma] = [0.6, 0.8];

@@ -11,43 +11,103 @@
  * - EDM (Karras et al. 2022, sec. 5, eq. 8): lambda(sigma) = (sigma^2 + sigma_data^2) /
  *   (sigma sigma_data)^2 on x0, with sigma the noise level sigma / alpha.
  */
+import * as ops from '../engine/ops.js';
 import type { RandomSource } from '../engine/random/source.js';
-import { zerosLike, type FloatArray } from './arith.js';
-import { fromX0Eps, type Prediction } from './predictions.js';
+import type { Tensor } from '../engine/tensor.js';
+import { parseScheduler, type SchedulerSpec } from './diffusers/spec.js';
+import { trainTables } from './diffusers/tables.js';
+import { DIFFUSERS_PREDICTION_TYPE, type Prediction } from './predictions.js';
 
-/** x_t = alpha x0 + sigma eps, one (alpha, sigma) per row. */
-export function noisySample(
-  x0: FloatArray,
-  eps: FloatArray,
-  alpha: ArrayLike<number>,
-  sigma: ArrayLike<number>,
-): FloatArray {
-  const rows = alpha.length;
-  const per = x0.length / rows;
-  const out = zerosLike(x0);
-  for (let b = 0; b < rows; b++) {
-    for (let i = b * per; i < (b + 1) * per; i++)
-      out[i] = alpha[b]! * x0[i]! + sigma[b]! * eps[i]!;
+/**
+ * The process Diffuse trains on, as the diffusers scheduler spec its pipelines ship: DDPM's
+ * linear betas 1e-4 .. 0.02 over 1,000 steps (Ho et al. 2020, sec. 4) for eps / x0 / v, or
+ * rectified flow (diffusers' FlowMatch, shift 1). clip_sample is off: DDIM clips its x0
+ * estimate but keeps the guided noise estimate, and under classifier-free guidance the two
+ * disagree (MNIST U-Net, DDIM-50 at guidance 3: 25% class accuracy with clipping, 99-100%
+ * without; README, "Shipped models").
+ */
+export function trainingScheduler(prediction: Prediction): SchedulerSpec {
+  if (prediction === 'flow') {
+    return parseScheduler({ _class_name: 'FlowMatchEulerDiscreteScheduler',
+      num_train_timesteps: 1000, shift: 1 });
   }
-  return out;
+  return parseScheduler({ _class_name: 'DDPMScheduler', num_train_timesteps: 1000,
+    beta_schedule: 'linear', beta_start: 0.0001, beta_end: 0.02, clip_sample: false,
+    prediction_type: DIFFUSERS_PREDICTION_TYPE[prediction], variance_type: 'fixed_small' });
 }
 
-/** The regression target for `pred`, one (alpha, sigma) per row. */
+/** Where each row of a training batch is noised: model time t and x_t = alpha x0 + sigma eps. */
+export interface TrainingPoints {
+  readonly t: Float32Array;
+  readonly alpha: Float32Array;
+  readonly sigma: Float32Array;
+}
+
+const tables = new WeakMap<SchedulerSpec, Float32Array>();
+
+function alphasCumprodOf(spec: SchedulerSpec): Float32Array {
+  let acp = tables.get(spec);
+  if (!acp) tables.set(spec, (acp = trainTables(spec.config).alphasCumprod));
+  return acp;
+}
+
+/**
+ * The points at model times `t`: DDPM family, t a training step, alpha^2 = alphas_cumprod[t];
+ * flow, s = t / T, alpha = 1 - s, sigma = s (diffusers' FlowMatch).
+ */
+export function pointsAt(spec: SchedulerSpec, t: ArrayLike<number>): TrainingPoints {
+  const n = t.length;
+  const T = spec.config.num_train_timesteps as number;
+  const pts = { t: Float32Array.from(t), alpha: new Float32Array(n), sigma: new Float32Array(n) };
+  const acp = spec.family === 'flow' ? null : alphasCumprodOf(spec);
+  for (let i = 0; i < n; i++) {
+    if (acp) {
+      const a = acp[t[i]!];
+      if (a === undefined) throw new RangeError(`pointsAt: ${t[i]} is not a step in [0, ${T})`);
+      pts.alpha[i] = Math.sqrt(a);
+      pts.sigma[i] = Math.sqrt(1 - a);
+    } else {
+      pts.alpha[i] = 1 - t[i]! / T;
+      pts.sigma[i] = t[i]! / T;
+    }
+  }
+  return pts;
+}
+
+/**
+ * Training points from one uniform draw u in [0, 1) per row: a training step uniform over the
+ * T steps (Ho et al. 2020, Algorithm 1), or for flow a uniform s with model time s T.
+ */
+export function trainingPoints(spec: SchedulerSpec, u: ArrayLike<number>): TrainingPoints {
+  const T = spec.config.num_train_timesteps as number;
+  const t = Float64Array.from(u, (v) =>
+    spec.family === 'flow' ? T * v : Math.min(Math.floor(v * T), T - 1));
+  return pointsAt(spec, t);
+}
+
+/** x_t = alpha x0 + sigma eps inside a training graph; alpha, sigma broadcast per row. */
+export function noisySample(x0: Tensor, eps: Tensor, alpha: Tensor, sigma: Tensor): Tensor {
+  return ops.add(ops.mul(x0, alpha), ops.mul(eps, sigma));
+}
+
+/** The regression target of a model predicting `pred` (predictions.ts, traced). */
 export function trainingTarget(
   pred: Prediction,
-  x0: FloatArray,
-  eps: FloatArray,
-  alpha: ArrayLike<number>,
-  sigma: ArrayLike<number>,
-): FloatArray {
-  const rows = alpha.length;
-  const per = x0.length / rows;
-  const out = zerosLike(x0);
-  for (let b = 0; b < rows; b++) {
-    const s = (a: FloatArray): FloatArray => a.subarray(b * per, (b + 1) * per);
-    out.set(fromX0Eps(pred, s(x0), s(eps), alpha[b]!, sigma[b]!), b * per);
+  x0: Tensor,
+  eps: Tensor,
+  alpha: Tensor,
+  sigma: Tensor,
+): Tensor {
+  switch (pred) {
+    case 'eps':
+      return eps;
+    case 'x0':
+      return x0;
+    case 'v':
+      return ops.sub(ops.mul(eps, alpha), ops.mul(x0, sigma)); // alpha eps - sigma x0
+    case 'flow':
+      return ops.sub(eps, x0); // the rectified-flow velocity
   }
-  return out;
 }
 
 export type Weighting =
@@ -80,7 +140,10 @@ export function lossWeight(w: Weighting, pred: Prediction, alpha: number, sigma:
   return ((level * level + sd * sd) / (level * sd) ** 2) * c2;
 }
 
-export type { RandomSource };
+/** One loss weight per training point. */
+export function lossWeights(w: Weighting, pred: Prediction, p: TrainingPoints): Float32Array {
+  return Float32Array.from(p.alpha, (a, i) => lossWeight(w, pred, a, p.sigma[i]!));
+}
 
 export type TimestepSampling =
   /** Integers in [0, T): DDPM training (Ho et al. 2020, Algorithm 1). */

@@ -13,6 +13,7 @@ import { existsSync } from 'node:fs';
 import { mkdir, readFile, rename, rm } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { HostArray } from '../engine/host.js';
+import { specToJson, type SchedulerSpec } from '../diffusion/diffusers/spec.js';
 import { flatten, unflatten, type Tree } from '../engine/tree.js';
 import { loadModel, saveModel, writeModelIndex, writeSchedulerConfig } from '../io/diffusers.js';
 import { writeFileAtomic } from '../io/png.js';
@@ -24,16 +25,17 @@ const isHost = (x: unknown): x is HostArray => x instanceof HostArray;
 
 export interface PipelineFiles {
   model: ImageModel;
-  scheduler: Record<string, unknown>;
+  scheduler: SchedulerSpec;
 }
 
 async function writePipeline(dir: string, f: PipelineFiles, params: Tree<HostArray>): Promise<void> {
   const pipelineClass = f.model.component === 'unet' ? 'DDPMPipeline' : 'DiffusePipeline';
   await saveModel(join(dir, f.model.component), f.model.cls, f.model.config, params as never);
-  await writeSchedulerConfig(dir, String(f.scheduler._class_name), f.scheduler, { subfolder: 'scheduler' });
+  await writeSchedulerConfig(dir, f.scheduler.className, specToJson(f.scheduler),
+    { subfolder: 'scheduler' });
   await writeModelIndex(dir, pipelineClass, {
     [f.model.component]: ['diffusers', f.model.cls.className],
-    scheduler: ['diffusers', String(f.scheduler._class_name)],
+    scheduler: ['diffusers', f.scheduler.className],
   });
 }
 

@@ -24,7 +24,9 @@ import * as ops from '../engine/ops.js';
 import { RngKey } from '../engine/random/philox.js';
 import type { Tensor } from '../engine/tensor.js';
 import type { Tree } from '../engine/tree.js';
-import { alphasCumprod, makeBetas } from '../diffusion/process.js';
+import {
+  pointsAt, trainingPoints, trainingScheduler, type TrainingPoints,
+} from '../diffusion/training.js';
 import { batchAt, datasetSize, type ImageDataset } from '../data/dataset.js';
 import { saveModel } from '../io/diffusers.js';
 import {
@@ -78,9 +80,11 @@ export interface TrainedClassifier {
 }
 
 /** The DDPM process the noise-aware classifier is trained on (as `diffuse train`'s eps runs). */
-const ABAR = alphasCumprod(makeBetas({ numTrainTimesteps: 1000, betaStart: 1e-4, betaEnd: 0.02,
-  betaSchedule: 'linear' }));
-const logSnr = (t: number): number => Math.log(ABAR[t]! / (1 - ABAR[t]!));
+const PROCESS = trainingScheduler('eps');
+
+/** The classifier's noise conditioning: log(alpha^2 / sigma^2) per row. */
+const logSnr = (p: TrainingPoints): Float32Array =>
+  Float32Array.from(p.alpha, (a, i) => Math.log((a * a) / p.sigma[i]! ** 2));
 
 /**
  * Shifts each image [C, H, W] of a batch by (dx, dy) = (shifts[2i], shifts[2i + 1]) pixels,
@@ -118,12 +122,11 @@ function drawBatch(o: ClassifierTrainOptions, data: ImageDataset, key: RngKey, s
   const shifts = ks!.uniformInt(2 * n, 2 * o.shift + 1).map((v) => v - o.shift);
   const x = o.shift > 0 ? shiftImages(b.images, shifts) : b.images;
   if (!o.noiseAware) return { x, y: b.labels! };
-  const ts = kt!.uniformInt(n, ABAR.length);
+  const pts = trainingPoints(PROCESS, kt!.uniform(n));
   return {
     x, y: b.labels!, eps: new HostArray(kn!.normal(x.size), x.shape),
-    a: new HostArray(Float32Array.from(ts, (t) => Math.sqrt(ABAR[t]!)), [n, 1, 1, 1]),
-    s: new HostArray(Float32Array.from(ts, (t) => Math.sqrt(1 - ABAR[t]!)), [n, 1, 1, 1]),
-    level: new HostArray(Float32Array.from(ts, logSnr), [n]),
+    a: new HostArray(pts.alpha, [n, 1, 1, 1]), s: new HostArray(pts.sigma, [n, 1, 1, 1]),
+    level: new HostArray(logSnr(pts), [n]),
   };
 }
 
@@ -193,10 +196,11 @@ async function heldOutAccuracy(config: ClassifierConfig,
     const noisy = [];
     for (const t of ts) {
       const eps = RngKey.fromSeed(t).normal(d.images.size);
-      const [a, s] = [Math.sqrt(ABAR[t]!), Math.sqrt(1 - ABAR[t]!)];
+      const p = pointsAt(PROCESS, [t]);
+      const [a, s] = [p.alpha[0]!, p.sigma[0]!];
       const xt = new HostArray(Float32Array.from(d.images.data, (v, i) => a * v + s * eps[i]!),
         d.images.shape);
-      noisy.push({ t, accuracy: classAccuracy(await ex.outputs(xt, { noiseLevel: logSnr(t) }),
+      noisy.push({ t, accuracy: classAccuracy(await ex.outputs(xt, { noiseLevel: logSnr(p)[0]! }),
         d.labels!) });
     }
     return { clean, noisy };

@@ -18,7 +18,7 @@ import {
 } from './eval.js';
 import { createImageModel } from './image-models.js';
 import { loadPipeline } from './sample.js';
-import { schedulerFor } from './train.js';
+import { trainingScheduler } from '../diffusion/training.js';
 
 test('parseRuns: sampler:steps lists, and errors that show the expected form', () => {
   assert.deepEqual(parseRuns('ddim:10, dpm++2m:25,'), [
@@ -98,7 +98,7 @@ describe('diffuse eval', () => {
   test('a conditional pipeline: classes cycled, accuracy scored', async () => {
     const model = createImageModel('unet', 'tiny', 10, [1, 32, 32]);
     const params = model.module.init(RngKey.fromSeed(3)) as Tree<HostArray>;
-    await exportPipeline(join(dir, 'pipe'), { model, scheduler: schedulerFor('eps') }, params);
+    await exportPipeline(join(dir, 'pipe'), { model, scheduler: trainingScheduler('eps') }, params);
     const p = await loadPipeline(join(dir, 'pipe'));
     const source = pipelineSource(p, { n: 20, seed: 1 });
     const s = await source({ sampler: 'ddim', steps: 2 });

@@ -10,7 +10,7 @@
  */
 import { HostArray } from '../engine/host.js';
 import { RngKey } from '../engine/random/philox.js';
-import { SAMPLER_NAMES } from '../diffusion/sampler-names.js';
+import { SAMPLER_NAMES } from '../diffusion/sampling.js';
 import { subset } from '../data/dataset.js';
 import { mnistSplits } from '../data/mnist.js';
 import { linePlot, type LineSeries } from '../io/plot.js';

@@ -20,8 +20,11 @@ import { goldenDir, repoRoot } from '../../test/support/paths.js';
 import { exportPipeline } from './checkpoint.js';
 import { graphDenoiser } from './graph-denoiser.js';
 import { createImageModel, type ModelFamily } from './image-models.js';
-import { guidanceClipWarning, loadPipeline, sampleImages, samplerFor, type Pipeline } from './sample.js';
-import { schedulerFor } from './train.js';
+import { guidanceClipWarning, loadPipeline, sampleImages, type Pipeline } from './sample.js';
+import { schedulerFromConfig } from '../diffusion/diffusers/schedulers.js';
+import { parseScheduler, specToJson } from '../diffusion/diffusers/spec.js';
+import { samplerSpec } from '../diffusion/sampling.js';
+import { trainingScheduler } from '../diffusion/training.js';
 
 const SHAPE = [1, 8, 8] as const;
 
@@ -38,7 +41,7 @@ async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
 async function tinyPipeline(dir: string, family: ModelFamily, classes: number): Promise<string> {
   const model = createImageModel(family, 'tiny', classes, SHAPE);
   const params = model.module.init(RngKey.fromSeed(7)) as Tree<HostArray>;
-  await exportPipeline(dir, { model, scheduler: schedulerFor('eps') }, params);
+  await exportPipeline(dir, { model, scheduler: trainingScheduler('eps') }, params);
   return dir;
 }
 
@@ -50,7 +53,8 @@ const pngBytes = (images: HostArray) => encodePng(imageGrid(images));
  */
 async function diffusersLoop(p: Pipeline, sampler: 'ddim' | 'ddpm' | 'euler-a', steps: number,
   n: number, seed: number, labels?: number[]): Promise<Float32Array> {
-  const scheduler = samplerFor(sampler, p.scheduler);
+  // the adapter classes (set-then-step), an implementation independent of sample()'s loop
+  const scheduler = schedulerFromConfig(specToJson(samplerSpec(sampler, p.scheduler)));
   scheduler.setTimesteps(steps);
   const consts = mapTree(p.params, (x): x is HostArray => x instanceof HostArray,
     (a) => ops.constant(a));
@@ -97,7 +101,7 @@ test('bare model folders: a sibling scheduler/, a root scheduler_config.json, or
     const pipe = await tinyPipeline(join(dir, 'pipe'), 'unet', 0);
     const sibling = await loadPipeline(join(pipe, 'unet'));
     assert.deepEqual(sibling.notes, []);
-    assert.equal(sibling.scheduler.clip_sample, false, 'as schedulerFor writes it (DDIM + CFG)');
+    assert.equal(sibling.scheduler.config.clip_sample, false, 'as trainingScheduler writes it');
     // diffusers' google/ddpm-cifar10-32 layout: the model and scheduler_config.json at the root.
     const model = createImageModel('unet', 'tiny', 0, SHAPE);
     const params = model.module.init(RngKey.fromSeed(2));
@@ -105,14 +109,14 @@ test('bare model folders: a sibling scheduler/, a root scheduler_config.json, or
     await saveModel(root, model.cls, model.config, params as never);
     await writeSchedulerConfig(root, 'DDPMScheduler', { beta_end: 0.012, clip_sample: false });
     const r = await loadPipeline(root);
-    assert.equal(r.scheduler.beta_end, 0.012);
+    assert.equal(r.scheduler.config.beta_end, 0.012);
     assert.deepEqual(r.notes, []);
     const bare = join(dir, 'lonely', 'm');
     await saveModel(bare, model.cls, model.config, params as never);
     const d = await loadPipeline(bare);
     assert.match(d.notes.join('\n'), /no scheduler_config\.json .* DDPMScheduler defaults/);
-    assert.equal(d.scheduler._class_name, 'DDPMScheduler');
-    assert.equal(d.scheduler.beta_end, 0.02);
+    assert.equal(d.scheduler.className, 'DDPMScheduler');
+    assert.equal(d.scheduler.config.beta_end, 0.02);
     const s = await sampleImages(d, { sampler: 'ddpm', steps: 2, n: 2 });
     assert.deepEqual(s.images.shape, [2, ...SHAPE]);
   }));
@@ -135,7 +139,7 @@ test('CFG: guidance 1 is conditional sampling, guidance 0 unconditional (the nul
     const all = await sampleImages(p, o);
     assert.deepEqual(all.images.data, await diffusersLoop(p, 'ddim', 3, n, 2, [0, 1, 2, 0]));
     assert.deepEqual([g1, g0, g3].map((r) => r.warnings), [[], [], []], 'trained pipelines do not clip');
-    const clipped = { ...p, scheduler: { ...p.scheduler, clip_sample: true } };
+    const clipped = { ...p, scheduler: parseScheduler({ ...specToJson(p.scheduler), clip_sample: true }) };
     assert.match((await sampleImages(clipped, { ...o, guidance: 3 })).warnings.join(), /clips its x0 estimate/);
     assert.deepEqual((await sampleImages(clipped, { ...o, guidance: 1 })).warnings, []);
   }));
@@ -219,24 +223,29 @@ test('diffuse sample end to end: a grid, same seed same bytes, --out-dir, no def
   }));
 
 test('the scheduler keeps what the config says about clipping, thresholding and variance', () => {
-  const ddpm = { _class_name: 'DDPMScheduler', clip_sample: false, thresholding: true,
-    dynamic_thresholding_ratio: 0.9, sample_max_value: 2, variance_type: 'fixed_large' };
-  const ddim = samplerFor('ddim', ddpm).config;
+  const ddpm = parseScheduler({ _class_name: 'DDPMScheduler', clip_sample: false,
+    thresholding: true, dynamic_thresholding_ratio: 0.9, sample_max_value: 2,
+    variance_type: 'fixed_large' });
+  const ddim = samplerSpec('ddim', ddpm).config;
   assert.deepEqual([ddim.clip_sample, ddim.thresholding, ddim.dynamic_thresholding_ratio,
     ddim.sample_max_value], [false, true, 0.9, 2]);
-  assert.equal(samplerFor('ddpm', ddpm).config.variance_type, 'fixed_large');
-  const dpm = samplerFor('dpm++3m', ddpm).config; // DPM-Solver's variance_type means another thing
+  assert.deepEqual(samplerSpec('ddim', ddpm).x0, { clipSample: null,
+    thresholding: { ratio: 0.9, maxValue: 2 } });
+  assert.equal(samplerSpec('ddpm', ddpm).config.variance_type, 'fixed_large');
+  const dpm = samplerSpec('dpm++3m', ddpm).config; // DPM-Solver's variance_type means another thing
   assert.deepEqual([dpm.variance_type, dpm.solver_order, dpm.thresholding], [null, 3, true]);
 });
 
 test('DDIM with clipping and guidance is warned about; other combinations are not', () => {
-  const clipped = { _class_name: 'DDPMScheduler', clip_sample: true };
+  const spec = (json: Record<string, unknown>) =>
+    parseScheduler({ _class_name: 'DDPMScheduler', clip_sample: true, ...json });
+  const clipped = spec({});
   assert.match(guidanceClipWarning('ddim', clipped, 3) ?? '', /ddim clips its x0 estimate \(clip_sample\) while guidance 3/);
-  assert.match(guidanceClipWarning('ddim', { ...clipped, clip_sample: false, thresholding: true }, 2) ?? '',
+  assert.match(guidanceClipWarning('ddim', spec({ clip_sample: false, thresholding: true }), 2) ?? '',
     /\(thresholding\)/);
   assert.equal(guidanceClipWarning('ddim', clipped, 1), undefined, 'no guidance');
-  assert.equal(guidanceClipWarning('ddim', { ...clipped, clip_sample: false }, 3), undefined);
+  assert.equal(guidanceClipWarning('ddim', spec({ clip_sample: false }), 3), undefined);
   assert.equal(guidanceClipWarning('ddpm', clipped, 3), undefined, 'DDPM mixes x0 and x_t, not the noise estimate');
   assert.equal(guidanceClipWarning('dpm++2m', clipped, 3), undefined);
-  assert.equal(schedulerFor('eps').clip_sample, false, 'trained pipelines ship without clipping');
+  assert.equal(trainingScheduler('eps').config.clip_sample, false, 'trained pipelines ship without clipping');
 });

@@ -9,9 +9,8 @@
  * (`randn_tensor` in DDPMPipeline / DDIMPipeline), then one [N, C, H, W] draw at each step
  * whose scheduler needs noise (DDPM at every step with t > 0, Euler ancestral at every step,
  * DDIM with eta 0 never), so a diffusers checkpoint sampled with the same scheduler and seed
- * gives diffusers' image. runScheduler asks for a step's noise before every step; a
- * deterministic sampler gets a placeholder (no draw), and a stochastic one a fresh draw,
- * which matches diffusers' order: the only draw diffusers skips (DDPM at t = 0) is the last.
+ * gives diffusers' image. The samplers ask for a step's noise exactly where diffusers draws
+ * one, so one sequential generator serves both.
  *
  * The model sees at most `batchSize` rows per call; sampling itself runs over all N images at
  * once (one latent, one noise stream), so results do not depend on the batch size.
@@ -19,7 +18,7 @@
 import { existsSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { HostArray } from '../engine/host.js';
+import { HostArray, numel } from '../engine/host.js';
 import * as ops from '../engine/ops.js';
 import { RngKey } from '../engine/random/philox.js';
 import { TorchGenerator } from '../engine/random/torch.js';
@@ -27,12 +26,9 @@ import type { Provider } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
 import { mapTree, type Tree } from '../engine/tree.js';
 import { withData, type Batch, type Denoiser, type NoiseSource } from '../diffusion/denoiser.js';
-import {
-  schedulerFromConfig, type DiffusersScheduler,
-} from '../diffusion/diffusers/schedulers.js';
+import { parseScheduler, type SchedulerSpec } from '../diffusion/diffusers/spec.js';
 import { classifierFreeGuidance } from '../diffusion/guidance.js';
-import { runScheduler } from '../diffusion/loop.js';
-import { namedScheduler, SAMPLERS, type SamplerName } from '../diffusion/sampler-names.js';
+import { sample, samplerSpec } from '../diffusion/sampling.js';
 import {
   CONFIG_NAME, DiffusersFolderError, loadModel, MODEL_INDEX_NAME, readModelIndex,
   readSchedulerConfig, SCHEDULER_CONFIG_NAME, type ModelClass,
@@ -50,8 +46,8 @@ export interface Pipeline {
   model: ImageModel;
   /** The model's weights (float32). */
   params: Tree<HostArray>;
-  /** scheduler_config.json as read (or DDPMScheduler's defaults, with a note). */
-  scheduler: Record<string, unknown>;
+  /** scheduler_config.json, parsed (or DDPMScheduler's defaults, with a note). */
+  scheduler: SchedulerSpec;
   /** The folder the model's config.json and weights were read from. */
   modelFolder: string;
   /** Things a user should know: a default scheduler, config keys ignored. */
@@ -68,11 +64,6 @@ const MODEL_CLASSES: Record<ModelFamily, ModelClass<Module, unknown>> = {
 
 const COMPONENTS = ['unet', 'transformer'] as const;
 const isFile = (p: string) => existsSync(p) && statSync(p).isFile();
-
-/** diffusers' DDPMScheduler() with every argument at its default (v0.31). */
-export function defaultSchedulerConfig(): Record<string, unknown> {
-  return schedulerFromConfig({ _class_name: 'DDPMScheduler' }).toConfig();
-}
 
 /**
  * Loads `dir` for sampling: (a) a pipeline folder (model_index.json naming a `unet` or
@@ -134,17 +125,25 @@ export async function loadPipeline(dir: string): Promise<Pipeline> {
 }
 
 async function findScheduler(dir: string, modelDir: string, isPipeline: boolean,
-  notes: string[]): Promise<Record<string, unknown>> {
+  notes: string[]): Promise<SchedulerSpec> {
   const candidates = [join(dir, 'scheduler'), dir];
   if (!isPipeline) candidates.push(join(dirname(modelDir), 'scheduler'));
   for (const folder of candidates) {
     if (isFile(join(folder, SCHEDULER_CONFIG_NAME))) {
-      return (await readSchedulerConfig(folder, { subfolder: '' })).config; // '': folder itself
+      const file = await readSchedulerConfig(folder, { subfolder: '' }); // '': folder itself
+      let spec: SchedulerSpec;
+      try {
+        spec = parseScheduler(file.config);
+      } catch (e) {
+        throw new DiffusersFolderError(file.path, (e as Error).message, { cause: e });
+      }
+      for (const k of spec.ignoredKeys) notes.push(`${file.path}: unknown key '${k}' ignored`);
+      return spec;
     }
   }
   notes.push(`no ${SCHEDULER_CONFIG_NAME} in ${candidates.join(', ')}: using diffusers' ` +
     `DDPMScheduler defaults (linear betas 1e-4..0.02, 1000 steps, epsilon, clip_sample)`);
-  return defaultSchedulerConfig();
+  return parseScheduler({ _class_name: 'DDPMScheduler' });
 }
 
 // ---- sampling ----
@@ -180,37 +179,17 @@ export interface SampleResult {
   warnings: string[];
 }
 
-/** Keys of the x0 post-processing that namedScheduler does not carry over (clip_sample,
- *  clip_sample_range and thresholding it does). */
-const X0_KEYS = ['dynamic_thresholding_ratio', 'sample_max_value'];
-
-/**
- * The scheduler for sampler `name` on a model's process: namedScheduler's (the process keys,
- * the sampler's variant), plus the thresholding parameters, plus, when the sampler is the
- * config's own class, every other key (DDPM's variance_type, DDIM's set_alpha_to_one), as
- * diffusers' pipelines use a folder's scheduler. Other keys are not carried across classes:
- * a name can mean different things there (variance_type in DDPM and in DPM-Solver).
- */
-export function samplerFor(name: string, config: Record<string, unknown>): DiffusersScheduler {
-  const named = namedScheduler(name, config); // checks the name and that it fits the process
-  const cls = named.config._class_name;
-  const extra = Object.entries(config).filter(([k]) => !k.startsWith('_') &&
-    k in named.config && (config._class_name === cls || X0_KEYS.includes(k)));
-  if (extra.length === 0) return named;
-  return schedulerFromConfig({ ...named.toConfig(), ...Object.fromEntries(extra),
-    ...SAMPLERS[name as SamplerName].overrides, _class_name: cls }, { className: cls });
-}
-
 /** A warning when a sampler would clip its x0 estimate while guidance extrapolates the noise
  *  estimate (DDIM-style updates with clip_sample or thresholding): the update then mixes a
  *  clipped x0 with a noise estimate that no longer matches it, and samples degrade badly (see
  *  schedulerFor in train.ts). diffusers behaves the same; the fix is in the folder's config. */
-export function guidanceClipWarning(name: string, config: Record<string, unknown>,
+export function guidanceClipWarning(name: string, model: SchedulerSpec,
   guidance: number): string | undefined {
   if (guidance === 1) return undefined;
-  const s = samplerFor(name, config).toConfig();
-  if (s._class_name !== 'DDIMScheduler' || !(s.clip_sample || s.thresholding)) return undefined;
-  return `${name} clips its x0 estimate (${s.clip_sample ? 'clip_sample' : 'thresholding'}) ` +
+  const s = samplerSpec(name, model);
+  const { clipSample, thresholding } = s.x0;
+  if (s.className !== 'DDIMScheduler' || !(clipSample != null || thresholding)) return undefined;
+  return `${name} clips its x0 estimate (${thresholding ? 'thresholding' : 'clip_sample'}) ` +
     `while guidance ${guidance} extrapolates the noise estimate; the two disagree and samples ` +
     `degrade (MNIST U-Net, DDIM-50, guidance 3: 25% class accuracy instead of 99%). Set ` +
     `"clip_sample": false in the scheduler_config.json, or use another sampler (dpm++2m, ddpm).`;
@@ -249,23 +228,17 @@ function labelsFor(m: ImageModel, o: SampleOptions): number[] | undefined {
   return Array.from({ length: o.n }, (_, i) => list[i % list.length]!);
 }
 
-/** Standard normal noise for runScheduler (stream -1 is the initial latent). */
+/**
+ * Standard normal noise: stream -1 is the initial latent, stream k the noise of step k. The
+ * torch generator draws in call order, as diffusers' pipelines do.
+ */
 function noiseSource(o: SampleOptions, shape: readonly number[]): NoiseSource {
-  const stochastic = SAMPLERS[o.sampler as SamplerName].stochastic;
-  let placeholder: Float32Array | undefined;
-  let draw: NoiseSource;
   if (o.generator === 'torch') {
     const g = new TorchGenerator(o.seed ?? 0);
-    draw = () => g.randn(shape);
-  } else {
-    const key = RngKey.fromSeed(o.seed ?? 0);
-    draw = (n, k) => key.fold(k + 1).normal(n);
+    return () => g.randn(shape);
   }
-  return (n, k) => {
-    if (k < 0 || stochastic) return draw(n, k);
-    // A deterministic sampler never reads its step noise: NaN makes a mistake here loud.
-    return (placeholder ??= new Float32Array(n).fill(NaN));
-  };
+  const key = RngKey.fromSeed(o.seed ?? 0);
+  return (n, k) => key.fold(k + 1).normal(n);
 }
 
 /** Splits model calls into batches of at most `rows` rows (conditions: one label per row). */
@@ -291,7 +264,7 @@ function inBatches(base: Denoiser, rows: number): Denoiser {
 
 /** Samples n images from a loaded pipeline. */
 export async function sampleImages(p: Pipeline, o: SampleOptions): Promise<SampleResult> {
-  const scheduler = samplerFor(o.sampler, p.scheduler);
+  const spec = samplerSpec(o.sampler, p.scheduler); // checks the name and the process
   checkInt(o.steps, 'steps', 1);
   checkInt(o.n, 'n', 1);
   checkInt(o.batchSize ?? 64, 'batchSize', 1);
@@ -313,7 +286,7 @@ export async function sampleImages(p: Pipeline, o: SampleOptions): Promise<Sampl
     // Learned-sigma models (DiT's out_channels = 2C) return the variance after the mean.
     return out.shape[1] === c ? out : ops.sliceAxis(out, 1, 0, c);
   };
-  const graph = graphDenoiser(model, scheduler.prediction,
+  const graph = graphDenoiser(model, spec.prediction,
     { name: 'sample_denoiser', ...(o.provider ? { provider: o.provider } : {}) });
   let denoiser = inBatches(graph, o.batchSize ?? 64);
   const clip = labels ? guidanceClipWarning(o.sampler, p.scheduler, guidance) : undefined;
@@ -323,10 +296,12 @@ export async function sampleImages(p: Pipeline, o: SampleOptions): Promise<Sampl
   }
   const start = performance.now();
   try {
-    const x = await runScheduler(denoiser, scheduler, {
-      steps: o.steps, shape, noise: noiseSource(o, shape), condition: labels,
+    const noise = noiseSource(o, shape);
+    const x0 = new HostArray<'float32'>(noise(numel(shape), -1), shape, 'float32');
+    const x = await sample(denoiser, x0, p.scheduler, {
+      sampler: o.sampler, steps: o.steps, noise, condition: labels,
       ...(o.signal ? { signal: o.signal } : {}),
-      onProgress: (s) => o.onStep?.(s.step, s.total),
+      onStep: (s) => o.onStep?.(s.index, s.total),
     });
     const images = new HostArray(Float32Array.from(x.data, (v) => Math.min(1, Math.max(-1, v))),
       shape, 'float32');

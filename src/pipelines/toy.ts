@@ -9,9 +9,10 @@ import { RngKey } from '../engine/random/philox.js';
 import { RngStream } from '../engine/random/stream.js';
 import type { Tensor } from '../engine/tensor.js';
 import { mapTree, type Tree } from '../engine/tree.js';
-import { runScheduler } from '../diffusion/loop.js';
-import { alphasCumprod, makeBetas } from '../diffusion/process.js';
-import { namedScheduler } from '../diffusion/sampler-names.js';
+import { sample } from '../diffusion/sampling.js';
+import {
+  noisySample, trainingPoints, trainingScheduler, trainingTarget,
+} from '../diffusion/training.js';
 import { slicedWasserstein } from '../data/analytic/metrics.js';
 import { sampleToy2D, type Toy2D } from '../data/analytic/toy2d.js';
 import { ToyMlp, type ToyMlpConfig } from '../models/toy-mlp.js';
@@ -25,11 +26,8 @@ export const TOY_DATASETS: Record<string, Toy2D> = {
   moons: 'two_moons', swissroll: 'swiss_roll', '8gaussians': 'eight_gaussians', checkerboard: 'checkerboard',
 };
 
-/** The training process, as a diffusers scheduler config (what samplers are built from). */
-export const TOY_SCHEDULER_CONFIG = {
-  _class_name: 'DDPMScheduler', num_train_timesteps: 1000, beta_schedule: 'linear',
-  beta_start: 0.0001, beta_end: 0.02, prediction_type: 'epsilon', clip_sample: false,
-};
+/** The training process: DDPM's linear betas, an eps-prediction model. */
+const TOY_SCHEDULER = trainingScheduler('eps');
 
 export interface ToyTrainOptions {
   data: Toy2D;
@@ -54,12 +52,11 @@ export async function trainToy(o: ToyTrainOptions): Promise<ToyModel> {
   const model = new ToyMlp({ in_features: 2, hidden: 256, layers: 4, time_features: 32, ...o.model });
   const batchSize = o.batchSize ?? 512;
   const key = RngKey.fromSeed(o.seed ?? 0);
-  const abar = alphasCumprod(makeBetas({ numTrainTimesteps: 1000, betaStart: 1e-4, betaEnd: 0.02,
-    betaSchedule: 'linear' }));
   const loss = (p: Tree<Tensor>, b: Tree<Tensor>): Tensor => {
     const { x0, eps, t, alpha, sigma } = b as Record<string, Tensor>;
-    const xt = ops.add(ops.mul(x0!, alpha!), ops.mul(eps!, sigma!)); // [B, 2]
-    return ops.mean(ops.square(ops.sub(model.forward(p as ParamsOf<ToyMlp>, xt, t!), eps!)));
+    const xt = noisySample(x0!, eps!, alpha!, sigma!); // [B, 2]
+    const target = trainingTarget(TOY_SCHEDULER.prediction, x0!, eps!, alpha!, sigma!);
+    return ops.mean(ops.square(ops.sub(model.forward(p as ParamsOf<ToyMlp>, xt, t!), target)));
   };
   const trainer = compileTrainStep(loss, adamw({ lr: cosineLr(o.lr ?? 1e-3, o.steps, 100, 1e-5), weightDecay: 0 }),
     { ema: { maxDecay: 0.995 }, clipGradNorm: 1, runtime: { name: 'toy_train' } });
@@ -69,13 +66,13 @@ export async function trainToy(o: ToyTrainOptions): Promise<ToyModel> {
   const start = performance.now();
   for (let i = 0; i < o.steps; i++) {
     if (o.signal?.aborted) throw o.signal.reason ?? new Error('aborted');
-    const ts = data.uniformInt(batchSize, 1000);
+    const pts = trainingPoints(TOY_SCHEDULER, data.uniform(batchSize));
     const batch = {
       x0: new HostArray(Float32Array.from(sampleToy2D(o.data, batchSize, data)), [batchSize, 2]),
       eps: new HostArray(data.normal32(batchSize * 2), [batchSize, 2]),
-      t: new HostArray(Float32Array.from(ts), [batchSize]),
-      alpha: new HostArray(Float32Array.from(ts, (t) => Math.sqrt(abar[t]!)), [batchSize, 1]),
-      sigma: new HostArray(Float32Array.from(ts, (t) => Math.sqrt(1 - abar[t]!)), [batchSize, 1]),
+      t: new HostArray(pts.t, [batchSize]),
+      alpha: new HostArray(pts.alpha, [batchSize, 1]),
+      sigma: new HostArray(pts.sigma, [batchSize, 1]),
     };
     const r = await trainer.step(state, batch);
     state = r.state;
@@ -100,14 +97,17 @@ export interface ToySampleOptions {
 export async function sampleToy(m: ToyModel, o: ToySampleOptions): Promise<{ samples: Float32Array; seconds: number }> {
   const consts = mapTree(m.params as Tree<HostArray>, (x): x is HostArray => x instanceof HostArray,
     (a) => ops.constant(a)) as ParamsOf<ToyMlp>;
-  const denoiser = graphDenoiser((x, t) => m.model.forward(consts, x, t), 'eps', { name: 'toy_denoiser' });
+  const denoiser = graphDenoiser((x, t) => m.model.forward(consts, x, t), TOY_SCHEDULER.prediction,
+    { name: 'toy_denoiser' });
   const key = RngKey.fromSeed(o.seed ?? 1);
   const start = performance.now();
   try {
-    const out = await runScheduler(denoiser, namedScheduler(o.sampler, TOY_SCHEDULER_CONFIG), {
-      steps: o.steps, shape: [o.n, 2], noise: (n, step) => key.fold(step + 1).normal(n),
+    const noise = (n: number, step: number): Float32Array => key.fold(step + 1).normal(n);
+    const x = new HostArray<'float32'>(noise(o.n * 2, -1), [o.n, 2], 'float32');
+    const out = await sample(denoiser, x, TOY_SCHEDULER, {
+      sampler: o.sampler, steps: o.steps, noise,
       ...(o.signal ? { signal: o.signal } : {}),
-      onProgress: (p) => o.onStep?.(p.step, p.total),
+      onStep: (r) => o.onStep?.(r.index, r.total),
     });
     return { samples: Float32Array.from(out.data), seconds: (performance.now() - start) / 1000 };
   } finally {

@@ -12,15 +12,22 @@ import * as ops from '../engine/ops.js';
 import { RngKey } from '../engine/random/philox.js';
 import type { Tensor } from '../engine/tensor.js';
 import type { Tree } from '../engine/tree.js';
-import { alphasCumprod, makeBetas } from '../diffusion/process.js';
+import type { Prediction } from '../diffusion/predictions.js';
+import { specToJson, type SchedulerSpec } from '../diffusion/diffusers/spec.js';
+import {
+  lossWeights, noisySample, trainingPoints, trainingScheduler, trainingTarget, type Weighting,
+} from '../diffusion/training.js';
+import { imageGrid, writePng } from '../io/png.js';
 import { batchAt, datasetSize, type ImageDataset } from '../data/dataset.js';
 import { adamw } from '../nn/optim.js';
 import { constantLr, cosineLr, warmupLr } from '../nn/schedules.js';
 import { compileTrainStep, type TrainState } from '../nn/train.js';
 import { exportPipeline, loadCheckpoint, saveCheckpoint, type PipelineFiles } from './checkpoint.js';
 import { createImageModel, type ImageModel, type ModelFamily } from './image-models.js';
+import { sampleImages, type Pipeline } from './sample.js';
 
-export type Objective = 'eps' | 'v' | 'flow';
+/** What the model learns to predict (the regression target; diffusion/predictions.ts). */
+export type Objective = Prediction;
 
 export interface TrainOptions {
   model: ModelFamily;
@@ -49,22 +56,8 @@ export interface TrainEvents {
   onStep?: (s: { step: number; loss: number; smoothed: number; imagesPerSecond: number; lr: number }) => void;
   onCheckpoint?: (step: number, dir: string) => void;
   onSample?: (step: number, path: string) => void;
-  /** Returns a sample grid for the EMA params at a step (left to the caller: sampling lives
-   *  in the sample pipeline). */
-  sampleGrid?: (model: ImageModel, ema: Tree<HostArray>, step: number) => Promise<string>;
   /** Stops the run after the current step, with a checkpoint. */
   signal?: AbortSignal;
-}
-
-/** The scheduler config of the process a run trains (what samplers are built from).
- *  clip_sample is off: DDIM clips its x0 estimate but keeps the guided noise estimate, and with
- *  classifier-free guidance the two disagree (measured on the MNIST U-Net, DDIM-50 at guidance
- *  3: 25% class accuracy with clipping, 99-100% without; DDPM is unaffected either way). */
-export function schedulerFor(objective: Objective): Record<string, unknown> {
-  if (objective === 'flow') return { _class_name: 'FlowMatchEulerDiscreteScheduler', num_train_timesteps: 1000, shift: 1 };
-  return { _class_name: 'DDPMScheduler', num_train_timesteps: 1000, beta_schedule: 'linear', beta_start: 0.0001,
-    beta_end: 0.02, prediction_type: objective === 'v' ? 'v_prediction' : 'epsilon', clip_sample: false,
-    variance_type: 'fixed_small' };
 }
 
 /** Options a resumed run must share with the checkpoint (the others may change). */
@@ -73,39 +66,23 @@ const RUN_KEYS: (keyof TrainOptions)[] = ['model', 'size', 'objective', 'weighti
 
 interface HostBatch { x0: HostArray; eps: HostArray; t: HostArray; a: HostArray; s: HostArray; w: HostArray; labels?: HostArray }
 
+/** The loss weighting `o` asks for. */
+function weightingOf(o: TrainOptions): Weighting {
+  return o.weighting === 'min-snr' ? { kind: 'min_snr', gamma: o.minSnrGamma } : { kind: 'uniform' };
+}
+
 /** Everything random about step `step`, from the run's key: data order, noise, times, labels. */
-function drawBatch(o: TrainOptions, data: ImageDataset, model: ImageModel, abar: Float32Array, key: RngKey,
-  step: number): HostBatch {
+function drawBatch(o: TrainOptions, data: ImageDataset, model: ImageModel, spec: SchedulerSpec,
+  key: RngKey, step: number): HostBatch {
   const b = batchAt(data, key.fold(0), step, o.batchSize);
-  const k = key.fold(1).fold(step);
-  const [kn, kt, kd] = k.split(3);
+  const [kn, kt, kd] = key.fold(1).fold(step).split(3);
   const n = o.batchSize;
-  const per = b.images.size / n;
-  const a = new Float32Array(n);
-  const s = new Float32Array(n);
-  const t = new Float32Array(n);
-  const w = new Float32Array(n).fill(1);
-  if (o.objective === 'flow') {
-    // Rectified flow: x_t = (1 - s) x0 + s eps, model time s * 1000 (diffusers' FlowMatch).
-    const u = kt!.uniform(n);
-    for (let i = 0; i < n; i++) (s[i] = u[i]!, a[i] = 1 - u[i]!, t[i] = 1000 * u[i]!);
-  } else {
-    const ts = kt!.uniformInt(n, 1000);
-    for (let i = 0; i < n; i++) {
-      t[i] = ts[i]!;
-      a[i] = Math.sqrt(abar[ts[i]!]!);
-      s[i] = Math.sqrt(1 - abar[ts[i]!]!);
-      if (o.weighting === 'min-snr') {
-        // Hang et al. 2023: min(SNR, gamma) / SNR for eps, / (SNR + 1) for v.
-        const snr = abar[ts[i]!]! / (1 - abar[ts[i]!]!);
-        w[i] = Math.min(snr, o.minSnrGamma) / (o.objective === 'v' ? snr + 1 : snr);
-      }
-    }
-  }
+  const pts = trainingPoints(spec, kt!.uniform(n));
   const batch: HostBatch = {
-    x0: b.images, eps: new HostArray(kn!.normal(n * per), b.images.shape),
-    t: new HostArray(t, [n]), a: new HostArray(a, [n, 1, 1, 1]), s: new HostArray(s, [n, 1, 1, 1]),
-    w: new HostArray(w, [n]),
+    x0: b.images, eps: new HostArray(kn!.normal(b.images.size), b.images.shape),
+    t: new HostArray(pts.t, [n]), a: new HostArray(pts.alpha, [n, 1, 1, 1]),
+    s: new HostArray(pts.sigma, [n, 1, 1, 1]),
+    w: new HostArray(lossWeights(weightingOf(o), o.objective, pts), [n]),
   };
   if (o.conditional) {
     const drop = kd!.uniform(n);
@@ -119,15 +96,31 @@ function drawBatch(o: TrainOptions, data: ImageDataset, model: ImageModel, abar:
 function lossFn(o: TrainOptions, model: ImageModel) {
   return (p: Tree<Tensor>, bt: Tree<Tensor>): Tensor => {
     const b = bt as unknown as Record<keyof HostBatch, Tensor>;
-    const xt = ops.add(ops.mul(b.x0, b.a), ops.mul(b.eps, b.s)); // [B, C, H, W]
-    const target = o.objective === 'eps' ? b.eps
-      : o.objective === 'v' ? ops.sub(ops.mul(b.eps, b.a), ops.mul(b.x0, b.s)) // v = alpha eps - sigma x0
-        : ops.sub(b.eps, b.x0); // flow velocity
+    const xt = noisySample(b.x0, b.eps, b.a, b.s); // [B, C, H, W]
+    const target = trainingTarget(o.objective, b.x0, b.eps, b.a, b.s);
     const r = model.apply(p, xt, b.t, o.conditional ? b.labels : undefined);
     const perSample = ops.mean(ops.square(ops.sub(r.out, target)), [1, 2, 3]); // [B]
     const loss = ops.mean(ops.mul(perSample, b.w));
     return r.aux ? ops.add(loss, r.aux) : loss;
   };
+}
+
+/**
+ * A grid of EMA samples during training: DDIM (flow-Euler for flow runs), 25 steps, fixed
+ * noise, four images per class in turn. Returns the PNG's path.
+ */
+async function writeTrainingGrid(o: TrainOptions, model: ImageModel, spec: SchedulerSpec,
+  ema: Tree<HostArray>, step: number): Promise<string> {
+  const k = model.numClasses;
+  const n = k ? Math.min(k, 10) * 4 : 16;
+  const pipeline: Pipeline = { model, params: ema, scheduler: spec, modelFolder: o.out, notes: [] };
+  const r = await sampleImages(pipeline, {
+    sampler: spec.family === 'flow' ? 'flow-euler' : 'ddim', steps: 25, n, seed: 1234,
+    ...(k ? { classes: Array.from({ length: n }, (_, i) => Math.floor(i / 4) % k) } : {}),
+  });
+  const path = join(o.out, 'samples', `step-${String(step).padStart(6, '0')}.png`);
+  await writePng(path, imageGrid(r.images, { cols: k ? 8 : 4 }));
+  return path;
 }
 
 export interface TrainResult {
@@ -155,9 +148,8 @@ export async function train(o: TrainOptions, data: ImageDataset, resume: boolean
   const [, dc, dh, dw] = data.images.shape as [number, number, number, number];
   if (dh !== dw) throw new Error(`images must be square, the dataset's are ${dh}x${dw}`);
   const model = createImageModel(o.model, o.size, classes, [dc, dh, dw]);
-  const scheduler = schedulerFor(o.objective);
-  const files: PipelineFiles = { model, scheduler };
-  const abar = alphasCumprod(makeBetas({ numTrainTimesteps: 1000, betaStart: 1e-4, betaEnd: 0.02, betaSchedule: 'linear' }));
+  const spec = trainingScheduler(o.objective);
+  const files: PipelineFiles = { model, scheduler: spec };
   const lr = o.lrSchedule === 'cosine' ? cosineLr(o.lr, o.steps, o.warmupSteps, o.lr / 100)
     : o.warmupSteps > 0 ? warmupLr(o.lr, o.warmupSteps) : constantLr(o.lr);
   const trainer = compileTrainStep(lossFn(o, model), adamw({ lr, weightDecay: 0 }),
@@ -188,7 +180,7 @@ export async function train(o: TrainOptions, data: ImageDataset, resume: boolean
   let interrupted = false;
   try {
     while (state.step < o.steps) {
-      const r = await trainer.step(state, drawBatch(o, data, model, abar, key, state.step) as never);
+      const r = await trainer.step(state, drawBatch(o, data, model, spec, key, state.step) as never);
       state = r.state;
       losses.push(r.metrics.loss);
       smoothed = Number.isNaN(smoothed) ? r.metrics.loss : 0.95 * smoothed + 0.05 * r.metrics.loss;
@@ -200,8 +192,8 @@ export async function train(o: TrainOptions, data: ImageDataset, resume: boolean
         await appendFile(logPath, `${JSON.stringify({ step: state.step, loss: r.metrics.loss, lr: r.metrics.lr,
           grad_norm: r.metrics.gradNorm, images_per_s: rate, elapsed_s: (performance.now() - start) / 1000 })}\n`);
       }
-      if (ev.sampleGrid && o.sampleEvery > 0 && state.step % o.sampleEvery === 0) {
-        ev.onSample?.(state.step, await ev.sampleGrid(model, state.ema!, state.step));
+      if (o.sampleEvery > 0 && state.step % o.sampleEvery === 0) {
+        ev.onSample?.(state.step, await writeTrainingGrid(o, model, spec, state.ema!, state.step));
       }
       if (ev.signal?.aborted) {
         interrupted = true;

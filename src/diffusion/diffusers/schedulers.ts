@@ -98,15 +98,6 @@ export class DDIMScheduler extends DiffusersScheduler {
   }
 }
 
-/** diffusers' init_noise_sigma for level-frame classes (sigma_max for linspace / trailing). */
-function levelInitNoiseSigma(levels: Float64Array, spacing: unknown): number {
-  const max = Math.max(...levels);
-  const r = Math.fround;
-  return spacing === 'linspace' || spacing === 'trailing'
-    ? max
-    : r(Math.sqrt(r(r(max * max) + 1)));
-}
-
 /** Euler-type classes sample in the level frame and scale inputs by 1 / sqrt(level^2 + 1). */
 abstract class LevelFrameScheduler extends DiffusersScheduler {
   override addNoise(original: Batch, noise: Batch, timesteps: ArrayLike<number>): Batch {
@@ -114,7 +105,7 @@ abstract class LevelFrameScheduler extends DiffusersScheduler {
   }
 
   override get initNoiseSigma(): number {
-    return levelInitNoiseSigma(this.sigmas, this.config['timestep_spacing']);
+    return this.s.startScale!;
   }
 
   override scaleModelInput(sample: Batch, t: number): Batch {
@@ -212,7 +203,7 @@ export class HeunDiscreteScheduler extends TwoStageScheduler {
   }
 
   override get initNoiseSigma(): number {
-    return levelInitNoiseSigma(this.sigmas, this.config['timestep_spacing']);
+    return this.s.startScale!;
   }
 
   override scaleModelInput(sample: Batch, t: number): Batch {

@@ -151,7 +151,14 @@ export function eulerSchedule(c: SchedulerConfig, n: number): Schedule {
     sigmas,
     levels: Float64Array.from(all),
     alphaBars: alphas.map((a) => a * a),
+    startScale: initNoiseSigma(all, spacing),
   });
+}
+
+/** diffusers' init_noise_sigma of the level-frame classes (sigma_max for linspace / trailing). */
+function initNoiseSigma(levels: Float32Array, spacing: Spacing): number {
+  const max = Math.max(...levels);
+  return spacing === 'linspace' || spacing === 'trailing' ? max : f(Math.sqrt(f(f(max * max) + 1)));
 }
 
 /** DPMSolverMultistep / UniPCMultistep: integer timesteps, n + 1 linspace, Karras rounded. */

@@ -63,7 +63,7 @@ export function ddpmStep(
 
 /**
  * DDPM ancestral sampler (Ho et al. 2020, Algorithm 2) over a VP schedule. Noise is added on
- * every step except one that lands on alpha-bar = 1.
+ * every step that starts at t > 0 (all but a last step from training step 0).
  */
 export async function sampleDdpm(
   denoiser: Denoiser,
@@ -81,7 +81,8 @@ export async function sampleDdpm(
     const x0 = toX0(denoiser.prediction, cur, p, schedule.alphas[i]!, schedule.sigmas[i]!);
     postprocessX0(x0, x.shape, opts);
     const target = schedule.targetAlphaBars?.[i] ?? schedule.alphaBars[i + 1]!;
-    const z = target < 1 ? drawNoise(opts, cur, i) : null;
+    // diffusers adds noise whenever t > 0, even where the variance is clamped at 1e-20
+    const z = t > 0 ? drawNoise(opts, cur, i) : null;
     cur = ddpmStep(cur, x0, schedule.alphaBars[i]!, target, opts.variance ?? 'fixed_small', z);
     report(opts, 'ddpm', schedule, i, t, x, cur, x0);
   }

@@ -19,7 +19,7 @@ import {
 } from '../denoiser.js';
 import { toX0Scaled } from '../predictions.js';
 import type { Process } from '../process.js';
-import type { Schedule } from '../schedule.js';
+import { startScale, type Schedule } from '../schedule.js';
 import { drawNoise, report, requireProcess } from './common.js';
 
 /**
@@ -110,9 +110,11 @@ export interface EulerOptions extends SamplerOptions {
   churn?: ChurnOptions;
 }
 
-function toScaled(x: FloatArray, alpha: number): FloatArray {
+/** The start state in the noise-level frame, xs = x * startScale (see Schedule.startScale). */
+export function toLevelFrame(x: FloatArray, schedule: Schedule): FloatArray {
   const r = roundOf(x);
-  return x.map((v) => r(v / alpha));
+  const scale = r(startScale(schedule));
+  return x.map((v) => r(v * scale));
 }
 
 function fromScaled(xs: FloatArray, alpha: number): FloatArray {
@@ -132,7 +134,7 @@ export async function sampleEuler(
   const n = schedule.timesteps.length;
   const r = roundOf(x.data);
   if (opts.churn?.churn) requireNoise(opts, 'sampleEuler', 'churn > 0 adds noise');
-  let xs: FloatArray = toScaled(x.data, schedule.alphas[0]!);
+  let xs: FloatArray = toLevelFrame(x.data, schedule);
   for (let i = 0; i < n; i++) {
     throwIfAborted(opts.signal);
     const level = schedule.levels[i]!;
@@ -172,7 +174,7 @@ export async function sampleEulerAncestral(
   const vp = schedule.process === 'vp';
   const n = schedule.timesteps.length;
   const r = roundOf(x.data);
-  let xs: FloatArray = toScaled(x.data, schedule.alphas[0]!);
+  let xs: FloatArray = toLevelFrame(x.data, schedule);
   for (let i = 0; i < n; i++) {
     throwIfAborted(opts.signal);
     const level = schedule.levels[i]!;

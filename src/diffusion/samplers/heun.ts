@@ -16,8 +16,17 @@ import {
 } from '../denoiser.js';
 import { toX0Scaled } from '../predictions.js';
 import type { Schedule } from '../schedule.js';
-import { drawNoise, report, requireProcess } from './common.js';
-import { addChurnNoise, churnLevel, scaleModelInput, type EulerOptions } from './euler.js';
+import { drawNoise, postprocessX0, report, requireProcess, type X0Options } from './common.js';
+import {
+  addChurnNoise,
+  churnLevel,
+  scaleModelInput,
+  toLevelFrame,
+  type EulerOptions,
+} from './euler.js';
+
+/** Heun's options: Euler's, and diffusers' clip_sample of the x0 estimate. */
+export interface HeunOptions extends EulerOptions, X0Options {}
 
 /** First stage: slope d = (xs - D) / hat, dt = next - hat, Euler point x2 = xs + d dt. */
 export function heunFirst(
@@ -62,15 +71,14 @@ export async function sampleHeun(
   denoiser: Denoiser,
   x: Batch,
   schedule: Schedule,
-  opts: EulerOptions = {},
+  opts: HeunOptions = {},
 ): Promise<Batch> {
   requireProcess(schedule, 'sampleHeun', ['vp', 've']);
   const vp = schedule.process === 'vp';
   const n = schedule.timesteps.length;
   const r = roundOf(x.data);
   if (opts.churn?.churn) requireNoise(opts, 'sampleHeun', 'churn > 0 adds noise');
-  const alpha0 = schedule.alphas[0]!;
-  let xs: FloatArray = x.data.map((v) => r(v / alpha0));
+  let xs: FloatArray = toLevelFrame(x.data, schedule);
   const denoise = async (at: FloatArray, level: number, t: number): Promise<FloatArray> => {
     const p = await evaluate(
       denoiser,
@@ -78,7 +86,7 @@ export async function sampleHeun(
       t,
       opts.condition,
     );
-    return toX0Scaled(denoiser.prediction, at, p, level, vp);
+    return postprocessX0(toX0Scaled(denoiser.prediction, at, p, level, vp), x.shape, opts);
   };
   for (let i = 0; i < n; i++) {
     throwIfAborted(opts.signal);
