@@ -1,6 +1,6 @@
 /**
  * @file Diffusion on the host: processes, prediction conversions, training targets, samplers
- * over a Denoiser, guidance, and the diffusers scheduler adapter (DESIGN "Diffusion conventions").
+ * over a Denoiser, guidance, and the diffusers scheduler adapter (docs/architecture.md).
  */
 export * from './arith.js';
 export * from './denoiser.js';

@@ -1,5 +1,5 @@
 /**
- * @file Prediction types and every conversion between them, in one place (STYLE 11).
+ * @file Prediction types and every conversion between them, in one place (docs/architecture.md, convention 11).
  *
  * Process: x = alpha x0 + sigma eps (Principles of Diffusion Models, arXiv 2510.21890, sec. 2).
  *

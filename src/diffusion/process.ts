@@ -1,6 +1,6 @@
 /**
  * @file Forward processes x_t = alpha_t x0 + sigma_t eps, each as (alpha_t, sigma_t) of the
- * model's own time t (DESIGN "Diffusion conventions"):
+ * model's own time t (docs/architecture.md):
  *
  * - discrete VP (DDPM, Ho et al. 2020): a beta table over T training steps, alpha_t^2 =
  *   alphas_cumprod[t]; betas `linear`, `scaled_linear`, `squaredcos_cap_v2` (Nichol & Dhariwal

@@ -1,5 +1,5 @@
 /**
- * @file Sampling schedules as immutable data (STYLE 10): which model times a sampler visits and
+ * @file Sampling schedules as immutable data (docs/architecture.md, convention 10): which model times a sampler visits and
  * the process coefficients at each point. Samplers only index a schedule; diffusers configs
  * become schedules in diffusers/tables.ts, once, at the boundary.
  *

@@ -1,6 +1,6 @@
 /**
  * @file The public ops over symbolic tensors. Each normalises its arguments and binds a
- * primitive, or composes others (STYLE.md convention 6); user code never sees the table.
+ * primitive, or composes others (docs/architecture.md, convention 6); user code never sees the table.
  */
 export * from './ops/creation.js';
 export * from './ops/elementwise.js';

@@ -1,5 +1,5 @@
 /**
- * The primitive table's tests (STYLE.md convention 7): one line per op with its inputs;
+ * The primitive table's tests (docs/architecture.md, convention 7): one line per op with its inputs;
  * one harness checks the forward value against a plain-TypeScript reference and the VJP
  * against central finite differences along a random direction.
  */

@@ -141,11 +141,12 @@ export function ditInitialize<P extends Tree<HostArray>>(params: P, key: RngKey)
 
 /** Named configs; unnamed keys take diffusers' defaults. */
 export const DIT_PRESETS = {
-  /** BASELINE.md's pixel DiT (= golden/dit): 256 tokens, width 128. num_embeds_ada_norm
-   *  1000 as the peer's; 10 (MNIST's classes) would save 760,320 parameters. */
+  /** The benchmark's pixel DiT (bench/models.ts; the golden DiT's config): 256 tokens, width
+   *  128. num_embeds_ada_norm 1000 as the peer's; 10 (MNIST's classes) would save 760,320
+   *  parameters. */
   'DiT-S/2-mnist': { sample_size: 32, in_channels: 1, patch_size: 2, num_layers: 6,
     num_attention_heads: 4, attention_head_dim: 32, num_embeds_ada_norm: 1000 },
-  /** BASELINE.md's latent DiT: 16 x 16 x 4 latents (the tiny VAE's), 64 tokens. */
+  /** The benchmark's latent DiT: 16 x 16 x 4 latents (the tiny VAE's), 64 tokens. */
   'DiT-S/2-latent': { sample_size: 16, in_channels: 4, patch_size: 2, num_layers: 6,
     num_attention_heads: 4, attention_head_dim: 32, num_embeds_ada_norm: 1000 },
   /** facebook/DiT-XL-2-256: diffusers' defaults with learned sigma. */

@@ -450,8 +450,8 @@ const mnistS = preset({
 });
 
 /**
- * Named configs. `mnist-s` is BASELINE.md's U-Net (4,023,233 params, 1.2 GFLOP per 32x32
- * image); `mnist-s-cond` adds a label table of 11 rows, the digits and the CFG null class 10;
+ * Named configs. `mnist-s` is the benchmark U-Net of bench/models.ts (4,023,233 params,
+ * 1.2 GFLOP per 32x32 image); `mnist-s-cond` adds a label table of 11 rows, the digits and the CFG null class 10;
  * `ddpm-cifar10` is google/ddpm-cifar10-32 (35,746,307 params; one attention head, the
  * original DDPM layout).
  */

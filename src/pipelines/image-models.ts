@@ -86,9 +86,10 @@ const unetIo = (k: number, [c, h]: Shape3) =>
   ({ in_channels: c, out_channels: c, sample_size: h, num_class_embeds: k ? k + 1 : null });
 const ditIo = (k: number, [c, h]: Shape3) => ({ in_channels: c, sample_size: h, num_embeds_ada_norm: Math.max(k, 1) });
 
-/** Size presets by family, for images of shape [C, H, W] (MNIST: [1, 32, 32]). `s` is
- *  BASELINE.md's config; `xs` is about 4x cheaper per image (a U-Net with attention only at
- *  the lowest resolution, a DiT with 4x4 patches); `tiny` is for tests and smoke runs. */
+/** Size presets by family, for images of shape [C, H, W] (MNIST: [1, 32, 32]). `s` is the
+ *  benchmark U-Net's config (bench/models.ts); `xs` is about 4x cheaper per image (a U-Net
+ *  with attention only at the lowest resolution, a DiT with 4x4 patches); `tiny` is for tests
+ *  and smoke runs. */
 const PRESETS: Record<ModelFamily, Record<string, (classes: number, shape: Shape3) => unknown>> = {
   unet: {
     s: (k, x) => ({ ...unetBase, ...unetIo(k, x) }),

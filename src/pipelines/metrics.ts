@@ -1,5 +1,5 @@
 /**
- * @file MNIST-FID and class accuracy (DESIGN, "Quality measures"), computed with the project's
+ * @file MNIST-FID and class accuracy (README, "Shipped models"), computed with the project's
  * own MNIST classifier (`models/mnist-classifier`, trained by `diffuse train-classifier`).
  *
  * MNIST-FID is the Fréchet distance between Gaussians fitted to that classifier's penultimate

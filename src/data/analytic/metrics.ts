@@ -1,6 +1,6 @@
 /**
- * @file Distances between a sample set and a known distribution (DESIGN "Quality measures":
- * exact metrics on analytic data): moment errors, sliced Wasserstein distance, distance to
+ * @file Distances between a sample set and a known distribution (the exact metrics of
+ * analytic data): moment errors, sliced Wasserstein distance, distance to
  * the union of a low-rank mixture's subspaces, and component frequencies.
  */
 import { meanAndCovariance } from './linalg.js';

@@ -1,5 +1,5 @@
 /**
- * @file The randomness analytic datasets draw from, as an argument (STYLE 12). The project's
+ * @file The randomness analytic datasets draw from, as an argument (docs/architecture.md, convention 12). The project's
  * counter-based RNG (engine/random) adapts to `RandomSource`; `seededRandom` is a small
  * deterministic stand-in (SplitMix32 + Box-Muller) for tests and toys, not a replacement.
  */

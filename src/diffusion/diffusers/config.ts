@@ -1,5 +1,5 @@
 /**
- * @file diffusers `scheduler_config.json`, parsed once at the boundary (STYLE 10): keys keep
+ * @file diffusers `scheduler_config.json`, parsed once at the boundary (docs/architecture.md, convention 10): keys keep
  * diffusers' snake_case names and defaults (v0.31); unknown keys warn; bad or unsupported
  * values throw a ConfigError naming the key, the value and the allowed set.
  */

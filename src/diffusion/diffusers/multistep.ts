@@ -20,7 +20,7 @@ import {
   type UniPcSolverType,
 } from '../samplers/unipc.js';
 import type { SchedulerClass } from './config.js';
-import { DiffusersScheduler, x0Options } from './scheduler.js';
+import { DiffusersScheduler } from './scheduler.js';
 
 /** Multistep classes keep the x0 history of the last `solver_order` points. */
 abstract class MultistepScheduler extends DiffusersScheduler {
@@ -47,7 +47,7 @@ abstract class MultistepScheduler extends DiffusersScheduler {
   protected convert(m: FloatArray, i: number, sample: Batch): FloatArray {
     const p = this.point(i);
     return postprocessX0(toX0(this.prediction, sample.data, m, p.alpha, p.sigma), sample.shape, {
-      thresholding: x0Options(this.config).thresholding ?? null,
+      thresholding: this.spec.x0.thresholding ?? null,
     });
   }
 

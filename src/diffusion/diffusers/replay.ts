@@ -1,5 +1,5 @@
 /**
- * @file Replaying a recorded diffusers sampling loop (the golden files in shared/golden and
+ * @file Replaying a recorded diffusers sampling loop (the golden files in test/data/golden and
  * test/data/diffusion) through the adapter, measuring the distance in float32 ulps at every
  * step. Used by the tests; handy for checking a new config against a diffusers recording.
  */

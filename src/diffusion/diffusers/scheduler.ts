@@ -1,16 +1,15 @@
 /**
  * @file The diffusers scheduler contract as a base class: setTimesteps, timesteps,
  * initNoiseSigma, scaleModelInput, step -> {prevSample, predOriginalSample}, addNoise,
- * getVelocity, toConfig. A thin adapter (STYLE 9): the schedule comes from tables.ts and every
+ * getVelocity, toConfig. A thin adapter (docs/architecture.md, convention 9): the schedule comes from tables.ts and every
  * update from the samplers' step functions; subclasses keep only diffusers' step index and
  * history. The classes are in schedulers.ts and multistep.ts.
  */
 import { HostArray } from '../../engine/host.js';
 import { roundOf, zerosLike, type FloatArray } from '../arith.js';
 import type { Batch } from '../denoiser.js';
-import { DIFFUSERS_PREDICTION, fromX0Eps, type Prediction } from '../predictions.js';
+import { fromX0Eps, type Prediction } from '../predictions.js';
 import type { Schedule } from '../schedule.js';
-import type { X0Options } from '../samplers/common.js';
 import {
   configToJson,
   parseSchedulerConfig,
@@ -18,6 +17,7 @@ import {
   type SchedulerClass,
   type SchedulerConfig,
 } from './config.js';
+import { specOf, type SchedulerSpec } from './spec.js';
 import { buildSchedule, trainTables } from './tables.js';
 
 export interface StepOptions {
@@ -56,6 +56,8 @@ export type SchedulerCtor<T extends DiffusersScheduler> = (new (
 /** Common state and the contract; subclasses supply only `update`. */
 export abstract class DiffusersScheduler {
   readonly config: SchedulerConfig;
+  /** The config's typed view: family, prediction, x0 post-processing. */
+  readonly spec: SchedulerSpec;
   protected schedule: Schedule | null = null;
   protected index: number | null = null;
   readonly alphasCumprod: Float32Array | null;
@@ -77,15 +79,12 @@ export abstract class DiffusersScheduler {
     protected readonly opts: AdapterOptions = {},
   ) {
     this.config = config;
-    this.alphasCumprod = config._class_name.startsWith('FlowMatch')
-      ? null
-      : trainTables(config).alphasCumprod;
+    this.spec = specOf(config);
+    this.alphasCumprod = this.spec.family === 'flow' ? null : trainTables(config).alphasCumprod;
   }
 
   get prediction(): Prediction {
-    return DIFFUSERS_PREDICTION[
-      (this.config['prediction_type'] as string | undefined) ?? 'flow_prediction'
-    ]!;
+    return this.spec.prediction;
   }
 
   /** Computes the schedule for n inference steps (and resets the step index and history). */
@@ -228,17 +227,6 @@ export abstract class DiffusersScheduler {
     return configToJson(this.config);
   }
 }
-
-export const x0Options = (c: SchedulerConfig): X0Options => ({
-  clipSample: c['clip_sample'] === true ? (c['clip_sample_range'] as number) : null,
-  thresholding:
-    c['thresholding'] === true
-      ? {
-          ratio: c['dynamic_thresholding_ratio'] as number,
-          maxValue: c['sample_max_value'] as number,
-        }
-      : null,
-});
 
 export function needNoise(o: StepOptions, who: string): FloatArray {
   if (!o.noise)

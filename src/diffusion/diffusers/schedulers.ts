@@ -3,7 +3,7 @@
  * diffusers code and for replaying diffusers' own files): DDPM, DDIM, Euler, Euler ancestral,
  * Heun, FlowMatch Euler / Heun here, the multistep ones in multistep.ts, and `fromConfig`.
  * Each class only maps diffusers' step index onto the schedule and calls the samplers' step
- * functions (STYLE 9).
+ * functions (docs/architecture.md, convention 9).
  */
 import { roundOf, type FloatArray } from '../arith.js';
 import type { Batch } from '../denoiser.js';
@@ -32,7 +32,6 @@ import {
   DiffusersScheduler,
   needNoise,
   out,
-  x0Options,
   type AdapterOptions,
   type StepOptions,
   type StepOutput,
@@ -50,7 +49,7 @@ export class DDPMScheduler extends DiffusersScheduler {
     const x0 = postprocessX0(
       toX0(this.prediction, x, m, s.alphas[i]!, s.sigmas[i]!),
       sample.shape,
-      x0Options(this.config),
+      this.spec.x0,
     );
     const target = s.targetAlphaBars?.[i] ?? s.alphaBars[i + 1]!;
     const z = t > 0 ? needNoise(o, 'DDPMScheduler') : null;
@@ -82,7 +81,7 @@ export class DDIMScheduler extends DiffusersScheduler {
     const x0 = postprocessX0(
       toX0(this.prediction, x, m, a, sg),
       sample.shape,
-      x0Options(this.config),
+      this.spec.x0,
     );
     const eps = o.useClippedModelOutput
       ? toEps('x0', x, x0, a, sg)
@@ -211,11 +210,7 @@ export class HeunDiscreteScheduler extends TwoStageScheduler {
   }
 
   protected denoised(x: FloatArray, m: FloatArray, level: number): FloatArray {
-    const clip =
-      this.config['clip_sample'] === true ? (this.config['clip_sample_range'] as number) : null;
-    return postprocessX0(toX0Scaled(this.prediction, x, m, level, true), [1], {
-      clipSample: clip,
-    });
+    return postprocessX0(toX0Scaled(this.prediction, x, m, level, true), [1], this.spec.x0);
   }
 }
 

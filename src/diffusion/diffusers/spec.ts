@@ -1,6 +1,6 @@
 /**
  * @file A diffusers `scheduler_config.json` as one typed, immutable value, made once when a
- * folder is loaded (STYLE 10): the validated config (diffusers' key names and defaults), the
+ * folder is loaded (docs/architecture.md, convention 10): the validated config (diffusers' key names and defaults), the
  * trained process family and prediction type, the x0 post-processing it asks for, and the keys
  * it ignored. Pipelines carry this value; nothing downstream parses the JSON again or guesses
  * the process from a class name.

@@ -1,5 +1,5 @@
 /**
- * The contract every sampler keeps (STYLE 18): shape and precision preserved (a float32
+ * The contract every sampler keeps (docs/architecture.md, convention 18): shape and precision preserved (a float32
  * HostArray in, a HostArray out), deterministic under a seeded noise source, one typed step
  * record per step, abortable, and clear errors for missing noise or a wrong process.
  */

@@ -1,6 +1,6 @@
 /**
  * @file The primitive set and the record every primitive has: shape rule, ONNX
- * lowering and VJP side by side (STYLE.md convention 1). `PrimParams` is the list;
+ * lowering and VJP side by side (docs/architecture.md, convention 1). `PrimParams` is the list;
  * the table in `index.ts` is typed over it, so tsc rejects a primitive missing a rule.
  */
 import type { DType } from '../dtype.js';

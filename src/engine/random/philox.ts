@@ -5,7 +5,7 @@
  * Reference: J. K. Salmon, M. A. Moraes, R. O. Dror, D. E. Shaw, "Parallel random numbers: as
  * easy as 1, 2, 3", SC11 (2011); constants and known-answer vectors as in Random123.
  * Why: a counter-based generator needs no hidden state, so every stochastic function can take its
- * noise as an argument (STYLE.md, convention 12) and a run can be replayed from a key.
+ * noise as an argument (docs/architecture.md, convention 12) and a run can be replayed from a key.
  *
  * Purity: a key's draws are a pure function of the key. Calling `normal(8)` twice on one key
  * gives the same eight numbers; to get fresh numbers, derive new keys with `split` (n children)

@@ -1,5 +1,5 @@
 /**
- * @file What randomness consumers draw from, passed as an argument (STYLE 12): RngKey
+ * @file What randomness consumers draw from, passed as an argument (docs/architecture.md, convention 12): RngKey
  * (Philox), RngStream, the torch generator and data/analytic's seededRandom all fit.
  */
 export interface RandomSource {
