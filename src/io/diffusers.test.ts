@@ -4,7 +4,7 @@
  * user can meet (each must name the path and the problem), and saves that crash half-way.
  *
  * Reference: diffusers v0.31.0 `save_pretrained` / `from_pretrained` file names, and the
- * golden folder /work/shared/golden/unet2d (see its README). Expected JSON text below was
+ * golden folder test/data/golden/unet2d (see its README). Expected JSON text below was
  * printed by Python's `json.dumps(v, indent=2, sort_keys=True)`.
  */
 import assert from 'node:assert/strict';
@@ -19,6 +19,7 @@ import { RngKey } from '../engine/random/philox.js';
 import { readConfig } from '../models/config.js';
 import { Conv2d, GroupNorm, Linear } from '../nn/layers.js';
 import { Module, stateDict, type ParamsOf } from '../nn/module.js';
+import { goldenModelFolder } from '../../test/support/golden.js';
 import { goldenDir } from '../../test/support/paths.js';
 import {
   DiffusersFolderError, loadModel, readModelFolder, readModelIndex, readSchedulerConfig,
@@ -235,7 +236,9 @@ describe('round trip', () => {
 // ---- diffusers' own files ----
 
 describe('golden folder written by diffusers 0.31', () => {
-  const dir = join(goldenDir, 'unet2d');
+  const data = join(goldenDir, 'unet2d'); // config.json, provenance: diffusers' files
+  let dir = ''; // a copy of config.json and the weights file, regenerated from the seed
+  before(async () => { dir = await goldenModelFolder('unet2d'); });
 
   test('UNet2DModel: 320 tensors, the shapes diffusers listed, 4,023,233 numbers', async () => {
     const read = await readModelFolder(dir);
@@ -243,7 +246,7 @@ describe('golden folder written by diffusers 0.31', () => {
     assert.equal(read.config._diffusers_version, '0.31.0');
     assert.deepEqual(read.config.block_out_channels, [32, 64, 128]);
     assert.equal(read.stateDict.size, 320);
-    const provenance = JSON.parse(await readFile(join(dir, 'weights_provenance.json'), 'utf8'));
+    const provenance = JSON.parse(await readFile(join(data, 'weights_provenance.json'), 'utf8'));
     const shapes: Record<string, number[]> = provenance.state_dict_keys_and_shapes;
     let total = 0;
     for (const [name, shape] of Object.entries(shapes)) {
@@ -259,7 +262,7 @@ describe('golden folder written by diffusers 0.31', () => {
   });
 
   test('config.json written back is what diffusers wrote, but for 0.0 -> 0', async () => {
-    const text = await readFile(join(dir, 'config.json'), 'utf8');
+    const text = await readFile(join(data, 'config.json'), 'utf8');
     const read = await readModelFolder(dir);
     // JSON.parse reads 0.0 as 0, and nothing says it was a float: ints and floats are one type
     // here. Python reads `"dropout": 0` as int 0, which diffusers accepts wherever a float goes.

@@ -2,15 +2,17 @@
  * @file Tests for the safetensors reader and writer.
  *
  * Reference: the format checks of huggingface/safetensors `tensor.rs`, and the golden files of
- * /work/shared/golden (written by diffusers' tooling, see its README). Why: round trips must be
+ * test/data/golden (written by diffusers' tooling, see its README). Why: round trips must be
  * bit-exact, every safety rule must fire on a file crafted to break it, and no mutation of a
  * valid file may escape as anything but a SafetensorsError.
  */
 import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
 import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
+import { goldenModelFolder } from '../../test/support/golden.js';
 import { goldenDir } from '../../test/support/paths.js';
 import {
   floatBitsToHalf, parseSafetensors, parseSafetensorsHeader, SafetensorsError, SafetensorsFile,
@@ -191,12 +193,15 @@ describe('half floats', () => {
 });
 
 describe('golden files', () => {
+  // diffusers' weights file, rebuilt from the seed by test/support/golden.ts: its SHA-256 is
+  // the one weights.sha256 recorded from diffusers' file, so the rewrite below reproduces a file
+  // that another writer wrote.
   test('unet2d weights: 320 F32 tensors, provenance shapes, byte-identical rewrite', async () => {
     const dir = join(goldenDir, 'unet2d');
     const provenance = JSON.parse(await readFile(join(dir, 'weights_provenance.json'), 'utf8')) as
       { num_params: number; state_dict_keys_and_shapes: Record<string, number[]> };
     const shapes = provenance.state_dict_keys_and_shapes;
-    const path = join(dir, 'diffusion_pytorch_model.safetensors');
+    const path = join(await goldenModelFolder('unet2d'), 'diffusion_pytorch_model.safetensors');
     const file = await SafetensorsFile.open(path);
     try {
       assert.deepEqual(file.metadata, { format: 'pt' });
@@ -214,6 +219,8 @@ describe('golden files', () => {
       const bias = await file.read('conv_in.bias');
       assert.equal(bias.data.length, 32);
       const bytes = await readFile(path);
+      const sums = await readFile(join(goldenDir, 'weights.sha256'), 'utf8');
+      assert.ok(sums.includes(`${createHash('sha256').update(bytes).digest('hex')}  unet2d/`));
       const parsed = parseSafetensors(bytes);
       assert.ok(bytesOf(parsed.tensors.get('conv_in.bias')!.data).equals(bytesOf(bias.data)));
       assert.ok(Buffer.from(serializeSafetensors(parsed.tensors, parsed.metadata)).equals(bytes));

@@ -1,4 +1,4 @@
-/** AutoencoderKL against diffusers' golden run (/work/shared/golden/autoencoder_kl), the KL
+/** AutoencoderKL against diffusers' golden run (test/data/golden/autoencoder_kl), the KL
  *  loss and posterior sample against hand computations, legacy attention names, configs. */
 import assert from 'node:assert/strict';
 import { readFile } from 'node:fs/promises';
@@ -13,6 +13,7 @@ import { RngKey } from '../engine/random/philox.js';
 import { SafetensorsFile } from '../io/safetensors.js';
 import { stateDict, type ParamsOf } from '../nn/module.js';
 import { loadStateDict } from '../nn/state.js';
+import { goldenModelFolder } from '../../test/support/golden.js';
 import { goldenDir } from '../../test/support/paths.js';
 import { maxAbsDiff } from '../../test/support/reference.js';
 import {
@@ -41,7 +42,9 @@ const goldenConfig = async (): Promise<Json> =>
 async function goldenModel(): Promise<{ model: AutoencoderKL; weights: Map<string, HostArray> }> {
   const raw = await goldenConfig();
   const model = autoencoderKLClass.create(autoencoderKLClass.readConfig(raw, { warn: () => {} }));
-  return { model, weights: await readTensors(join(dir, 'diffusion_pytorch_model.safetensors')) };
+  const folder = await goldenModelFolder('autoencoder_kl'); // weights regenerated from the seed
+  const weights = await readTensors(join(folder, 'diffusion_pytorch_model.safetensors'));
+  return { model, weights };
 }
 
 const constants = <M>(p: Tree<HostArray>) => mapTree(p, isHost, (a) => ops.constant(a)) as M;

@@ -16,7 +16,8 @@ import type { Batch } from '../diffusion/denoiser.js';
 import { saveModel, writeSchedulerConfig } from '../io/diffusers.js';
 import { decodePng, encodePng, imageGrid, readPng } from '../io/png.js';
 import { DEFAULT_MODEL_DIR } from '../cli/sample.js';
-import { goldenDir, repoRoot } from '../../test/support/paths.js';
+import { goldenModelFolder } from '../../test/support/golden.js';
+import { repoRoot } from '../../test/support/paths.js';
 import { exportPipeline } from './checkpoint.js';
 import { graphDenoiser } from './graph-denoiser.js';
 import { createImageModel, type ModelFamily } from './image-models.js';
@@ -156,7 +157,7 @@ test('torch generator: the latent, then step noise in diffusers order (DDIM, DDP
   }));
 
 test('a folder diffusers wrote (golden UNet2DModel, no scheduler) loads and samples', async () => {
-  const p = await loadPipeline(join(goldenDir, 'unet2d'));
+  const p = await loadPipeline(await goldenModelFolder('unet2d')); // weights from the seed
   assert.match(p.notes.join('\n'), /DDPMScheduler defaults/);
   const r = await sampleImages(p, { sampler: 'ddim', steps: 2, n: 2 });
   assert.deepEqual(r.images.shape, [2, 1, 32, 32]);

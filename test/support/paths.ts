@@ -1,4 +1,4 @@
-/** @file Where tests find the repository, its test data and the shared golden files. */
+/** @file Where tests find the repository, its test data and the golden files. */
 import { existsSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -19,6 +19,11 @@ export const repoRoot = findRepoRoot(dirname(fileURLToPath(import.meta.url)));
 /** Test data committed with the project. */
 export const testDataDir = join(repoRoot, 'test', 'data');
 
-/** `../shared/` beside the repository: golden files written by diffusers (read-only). */
+/** The golden files written by diffusers 0.31 that the tests read, without the weights (see
+ * test/data/golden/README.md; golden.ts regenerates the weights from the seed). */
+export const goldenDir = join(testDataDir, 'golden');
+
+/** `../shared/` beside the repository, when there is one (a developer's machine, not a fresh
+ * clone): the full golden set, weights included. Only optional cross-checks read it. */
 export const sharedDir = resolve(repoRoot, '..', 'shared');
-export const goldenDir = join(sharedDir, 'golden');
+export const sharedGoldenDir = join(sharedDir, 'golden');

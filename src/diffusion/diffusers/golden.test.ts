@@ -1,6 +1,6 @@
 /**
  * Scheduler replays against diffusers' own recordings: the default configs in
- * shared/golden/schedulers/*.json (diffusers 0.31.0, torch 1.13.1) and other configs in
+ * test/data/golden/schedulers/*.json (diffusers 0.31.0, torch 1.13.1) and other configs in
  * test/data/diffusion/schedulers_extra.json (diffusers 0.31.0's scheduler code, same stack;
  * see generate_schedulers_extra.py there). Every table and every step output must be
  * bit-exact (0 float32 ulps).
@@ -39,7 +39,7 @@ const host = (t: Tensor | number[], shape?: number[]): HostArray<'float32'> =>
 const scalar = (v: number | Tensor | undefined): number | undefined =>
   v === undefined ? undefined : typeof v === 'number' ? v : v.data[0];
 
-describe('golden scheduler replays (shared/golden/schedulers, diffusers defaults)', () => {
+describe('golden scheduler replays (test/data/golden/schedulers, diffusers defaults)', () => {
   for (const name of GOLDEN) {
     const path = join(goldenDir, 'schedulers', `${name}.json`);
     it(

@@ -79,6 +79,35 @@ describe('TorchGenerator', () => {
     assert.throws(() => new TorchGenerator(0.5), RangeError);
   });
 
+  // Pinned by torch itself through the golden weights (test/data/golden/README.md): diffusers'
+  // UNet2DModel conv_in, built right after torch.manual_seed(0), is Conv2d(1, 32, 3): weight
+  // kaiming_uniform_(a=sqrt(5)), bound sqrt(3) sqrt(2/6) / sqrt(9), then bias uniform(-1/3, 1/3).
+  // (test/support/torch-init.test.ts checks all 7.5M golden weights the same way.)
+  test('uniform matches nn.Conv2d(1, 32, 3) default init after torch.manual_seed(0)', () => {
+    const g = new TorchGenerator(0);
+    const a2 = Math.sqrt(5) * Math.sqrt(5); // Python's math.sqrt(5) ** 2, 5.000000000000001
+    const bound = Math.sqrt(3) * (Math.sqrt(2 / (1 + a2)) / Math.sqrt(9));
+    const weight = g.uniform([32, 1, 3, 3], -bound, bound);
+    const bias = g.uniform([32], -1 / 3, 1 / 3);
+    assert.deepEqual(mismatches(weight.subarray(0, 6), [
+      -0.0024956068955361843, 0.17881453037261963, -0.2743483781814575, -0.24531301856040955,
+      -0.1283847987651825, 0.08938579261302948,
+    ]), []);
+    assert.deepEqual(mismatches(bias.subarray(0, 4), [
+      -0.0762253999710083, -0.014823715202510357, -0.20301473140716553, 0.11273364722728729,
+    ]), []);
+    const sum = (a: Float32Array) => a.reduce((s, v) => s + v, 0);
+    assert.equal(sum(weight), -4.403385692101438);
+    assert.equal(sum(bias), -0.4370788736268878);
+  });
+
+  test('uniform(0, 1) is rand; uniform(a, b) stays in [a, b)', () => {
+    assert.deepEqual(new TorchGenerator(3).uniform([40], 0, 1), new TorchGenerator(3).rand([40]));
+    for (const v of new TorchGenerator(4).uniform([1000], -2, 0.5)) {
+      assert.ok(v >= -2 && v < 0.5, `${v}`);
+    }
+  });
+
   test('empty shapes draw nothing; bad shapes throw', () => {
     const g = new TorchGenerator(0);
     assert.equal(g.randn([0, 3]).length, 0);

@@ -1,6 +1,7 @@
 /**
- * @file A host generator that reproduces torch.randn and torch.rand (float32, CPU) bit for bit,
- * so that a seed gives Diffuse the same noise, and so the same images, as diffusers.
+ * @file A host generator that reproduces torch.randn, torch.rand and Tensor.uniform_ (float32,
+ * CPU) bit for bit, so that a seed gives Diffuse the same noise, and so the same images, as
+ * diffusers (and the tests the same seeded weights as torch's default init).
  *
  * Reference (PyTorch 1.13, read from source and checked against Debian's python3-torch by
  * test/data/torch-randn.json): aten/src/ATen/core/MT19937RNGEngine.h (the engine),
@@ -11,6 +12,7 @@
  *
  * What torch does for a float32 tensor of n elements:
  * - rand: one engine word per element, u = (word & (2^24 - 1)) / 2^24.
+ * - uniform_(from, to): the same u, then u (to - from) + from in float32 with one rounding.
  * - randn, n >= 16: n such uniforms, then Box-Muller in blocks of 16, pairing element j with
  *   j + 8: u1 = 1 - d[j], u2 = d[j + 8], radius = sqrt(-2 log u1), theta = 2 pi u2,
  *   d[j] = radius cos theta, d[j + 8] = radius sin theta, all in float32. If n % 16 != 0 the
@@ -254,6 +256,25 @@ export class TorchGenerator {
     const n = numel('rand', shape);
     const d = new Float32Array(n);
     for (let i = 0; i < n; i++) d[i] = this.mt.uniform24();
+    return d;
+  }
+
+  /**
+   * `tensor.uniform_(from, to)` for a float32 tensor on the CPU (what nn.init's uniform_ and
+   * kaiming_uniform_ call): per element one engine word w, x = (w & (2^24 - 1)) 2^-24, then
+   * x (to - from) + from with from and to first rounded to float32 (uniform_kernel), in float32
+   * arithmetic (dist_acctype<float> is float in TransformationHelper.h) where GCC fuses the
+   * multiply-add, as in the AVX2 kernel above: rounding the product first misses about half of
+   * torch's values. Checked through nn.init against 7.5M weights of the golden models
+   * (test/support/torch-init.test.ts); a double multiply-add rounded to float32 would match
+   * them too (it differs from the FMA only at exact float32 halfway points).
+   */
+  uniform(shape: readonly number[], from: number, to: number): Float32Array {
+    const n = numel('uniform', shape);
+    const lo = fr(from);
+    const range = fr(fr(to) - lo);
+    const d = new Float32Array(n);
+    for (let i = 0; i < n; i++) d[i] = fma32(this.mt.uniform24(), range, lo);
     return d;
   }
 
