@@ -22,8 +22,12 @@ import { RngKey } from '../src/engine/random/philox.js';
 import { compile, type RuntimeOptions } from '../src/engine/runtime.js';
 import type { Tensor } from '../src/engine/tensor.js';
 import { mapTree, type Tree } from '../src/engine/tree.js';
-import { schedulerFromConfig } from '../src/diffusion/diffusers/schedulers.js';
-import { alphasCumprod, makeBetas } from '../src/diffusion/process.js';
+import type { Batch, Denoiser } from '../src/diffusion/denoiser.js';
+import { parseScheduler } from '../src/diffusion/diffusers/spec.js';
+import { sample } from '../src/diffusion/sampling.js';
+import {
+  noisySample, trainingPoints, trainingScheduler, trainingTarget,
+} from '../src/diffusion/training.js';
 import { adamw } from '../src/nn/optim.js';
 import { compileTrainStep } from '../src/nn/train.js';
 import { UNet2DModel, UNET2D_PRESETS } from '../src/models/unet2d.js';
@@ -92,18 +96,18 @@ export function forwardInputs(m: BenchModel, n: number, seed = 1): [HostArray, H
     ints(kt!.uniformInt(n, 1000)), ints(kl!.uniformInt(n, 10))];
 }
 
-/** The training step of BASELINE.md on a batch of `n`: the trainer and a batch maker. */
+/**
+ * The peer's training step (noise, random t, add_noise, forward, MSE on eps, AdamW) on a
+ * batch of `n`, with the training maths `diffuse train` uses: the trainer and a batch maker.
+ */
 export function trainStepFor(m: BenchModel, n: number, opts: RuntimeOptions = {}) {
-  const acp = alphasCumprod(makeBetas({ numTrainTimesteps: 1000, betaStart: 1e-4, betaEnd: 0.02,
-    betaSchedule: 'linear' }));
-  const sqrtA = new HostArray(Float32Array.from(acp, (a) => Math.sqrt(a)), [1000]);
-  const sqrt1mA = new HostArray(Float32Array.from(acp, (a) => Math.sqrt(1 - a)), [1000]);
+  const spec = trainingScheduler('eps');
   const loss = (p: Tree<Tensor>, b: Tree<Tensor>) => {
-    const { x0, noise, t, labels } = b as Record<'x0' | 'noise' | 't' | 'labels', Tensor>;
-    const col = (table: HostArray) => ops.reshape(ops.gather(ops.constant(table), t, 0), [n, 1, 1, 1]);
-    const xt = ops.add(ops.mul(x0, col(sqrtA)), ops.mul(noise, col(sqrt1mA))); // add_noise
+    const { x0, noise, t, alpha, sigma, labels } =
+      b as Record<'x0' | 'noise' | 't' | 'alpha' | 'sigma' | 'labels', Tensor>;
+    const xt = noisySample(x0, noise, alpha, sigma); // add_noise
     const eps = m.apply(p, xt, t, labels);
-    return ops.mean(ops.square(ops.sub(eps, noise)));
+    return ops.mean(ops.square(ops.sub(eps, trainingTarget('eps', x0, noise, alpha, sigma))));
   };
   // torch.optim.AdamW defaults (lr 1e-3, betas (0.9, 0.999), eps 1e-8, weight decay 0.01).
   const trainer = compileTrainStep(loss, adamw({ lr: 1e-3, weightDecay: 0.01 }),
@@ -115,8 +119,11 @@ export function trainStepFor(m: BenchModel, n: number, opts: RuntimeOptions = {}
   const batch = () => {
     const [kn, kt, next] = key.split(3);
     key = next!;
+    const pts = trainingPoints(spec, kt!.uniform(n));
     return { x0, noise: new HostArray(kn!.normal(n * numel(m.sample)), [n, ...m.sample]),
-      t: ints(kt!.uniformInt(n, 1000)), labels: ints(RngKey.fromSeed(13).uniformInt(n, 10)) };
+      t: ints(pts.t), alpha: new HostArray(pts.alpha, [n, 1, 1, 1]),
+      sigma: new HostArray(pts.sigma, [n, 1, 1, 1]),
+      labels: ints(RngKey.fromSeed(13).uniformInt(n, 10)) };
   };
   return { trainer, batch };
 }
@@ -181,20 +188,17 @@ export async function modelSuite(report: Report, peak: number, m: BenchModel,
   await fwd.dispose();
 }
 
-/** diffusers' DDIMPipeline loop (linear betas, eta 0, clip_sample as its default) on the model. */
+/** diffusers' DDIMPipeline (linear betas, eta 0, clip_sample as its default) through `sample`. */
 export async function ddimTime(m: BenchModel, fwd: ReturnType<typeof inferenceFn>, steps: number,
   n: number): Promise<number> {
-  const sched = schedulerFromConfig({ _class_name: 'DDIMScheduler' });
+  const spec = parseScheduler({ _class_name: 'DDIMScheduler' });
   const [x0, , labels] = forwardInputs(m, n, 21);
-  const run = async () => {
-    sched.setTimesteps(steps);
-    let x: HostArray = x0;
-    for (const t of sched.timesteps) {
-      const eps = await fwd(x, ints(new Array<number>(n).fill(t)), labels);
-      x = sched.step(eps as HostArray<'float32'>, t, x as HostArray<'float32'>).prevSample as HostArray;
-    }
-    return x;
+  const denoiser: Denoiser = {
+    prediction: spec.prediction,
+    predict: async (x: Batch, t: Float64Array) =>
+      (await fwd(x as HostArray, ints(t), labels)) as HostArray<'float32'>,
   };
+  const run = () => sample(denoiser, x0 as HostArray<'float32'>, spec, { sampler: 'ddim', steps });
   await fwd(x0, ints(new Array<number>(n).fill(999)), labels); // session already warm
   return (await time(run, { warmup: 0, reps: 1 })).medianMs;
 }
