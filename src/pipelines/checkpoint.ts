@@ -10,8 +10,8 @@
  * model/                          what `diffuse sample --model` reads: EMA weights as <component>/
  */
 import { existsSync } from 'node:fs';
-import { mkdir, readFile, rename, rm } from 'node:fs/promises';
-import { join, resolve } from 'node:path';
+import { readFile, stat } from 'node:fs/promises';
+import { join } from 'node:path';
 import { HostArray } from '../engine/host.js';
 import { specToJson, type SchedulerSpec } from '../diffusion/diffusers/spec.js';
 import { flatten, unflatten, type Tree } from '../engine/tree.js';
@@ -19,6 +19,7 @@ import { loadModel, saveModel, writeModelIndex, writeSchedulerConfig } from '../
 import { writeFileAtomic } from '../io/png.js';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
 import type { TrainState } from '../nn/train.js';
+import { recoverFolder, replaceFolder, type ReplaceFolderOptions } from '../util/atomic.js';
 import type { ImageModel } from './image-models.js';
 
 const isHost = (x: unknown): x is HostArray => x instanceof HostArray;
@@ -39,32 +40,9 @@ async function writePipeline(dir: string, f: PipelineFiles, params: Tree<HostArr
   });
 }
 
-/** Builds `dir` in a sibling temp folder and swaps it in: readers never see half a folder. */
-async function replaceFolder(dir: string, build: (tmp: string) => Promise<void>): Promise<void> {
-  const target = resolve(dir);
-  const tmp = `${target}.tmp-${process.pid}`;
-  const old = `${target}.old-${process.pid}`;
-  await rm(tmp, { recursive: true, force: true });
-  await mkdir(tmp, { recursive: true });
-  try {
-    await build(tmp);
-  } catch (e) {
-    await rm(tmp, { recursive: true, force: true });
-    throw e;
-  }
-  try {
-    if (existsSync(target)) await rename(target, old);
-  } catch (e) {
-    await rm(tmp, { recursive: true, force: true });
-    throw e;
-  }
-  await rename(tmp, target);
-  await rm(old, { recursive: true, force: true });
-}
-
 /** Writes the final pipeline (EMA weights) that `diffuse sample` loads. */
 export async function exportPipeline(dir: string, f: PipelineFiles, params: Tree<HostArray>): Promise<void> {
-  await replaceFolder(dir, (tmp) => writePipeline(tmp, f, params));
+  await replaceFolder(dir, (tmp) => writePipeline(tmp, f, params)); // model_index.json last
 }
 
 export interface TrainerMeta {
@@ -74,7 +52,9 @@ export interface TrainerMeta {
   diffuse: string;
 }
 
-export async function saveCheckpoint(dir: string, f: PipelineFiles, state: TrainState, meta: TrainerMeta): Promise<void> {
+/** Writes a checkpoint folder; trainer_state.json, written last, marks it complete. */
+export async function saveCheckpoint(dir: string, f: PipelineFiles, state: TrainState, meta: TrainerMeta,
+  opts: ReplaceFolderOptions = {}): Promise<void> {
   await replaceFolder(dir, async (tmp) => {
     await writePipeline(tmp, f, state.params);
     if (state.ema) await saveModel(join(tmp, `${f.model.component}_ema`), f.model.cls, f.model.config, state.ema as never);
@@ -82,7 +62,37 @@ export async function saveCheckpoint(dir: string, f: PipelineFiles, state: Train
     await writeSafetensors(join(tmp, 'optimizer.safetensors'),
       new Map(opt.leaves.map((a, i) => [opt.paths[i]!, { dtype: 'F32' as const, shape: [...a.shape], data: a.data as Float32Array }])));
     await writeFileAtomic(join(tmp, 'trainer_state.json'), `${JSON.stringify(meta, null, 2)}\n`);
-  });
+  }, opts);
+}
+
+/** The step of a complete checkpoint folder, or null. */
+async function checkpointStep(dir: string): Promise<number | null> {
+  try {
+    const meta = JSON.parse(await readFile(join(dir, 'trainer_state.json'), 'utf8')) as TrainerMeta;
+    return Number.isInteger(meta.step) ? meta.step : null;
+  } catch {
+    return null;
+  }
+}
+
+/** When a complete exported pipeline was finished (its model_index.json), or null. */
+async function pipelineTime(dir: string): Promise<number | null> {
+  try {
+    return (await stat(join(dir, 'model_index.json'))).mtimeMs;
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * Puts back what a crash in the middle of a folder swap left under temp names in run folder
+ * `out` (the newest complete checkpoint/ and model/) and removes the rest. Returns the
+ * folders restored.
+ */
+export async function recoverRunFolders(out: string): Promise<string[]> {
+  const restored = [await recoverFolder(join(out, 'checkpoint'), checkpointStep),
+    await recoverFolder(join(out, 'model'), pipelineTime)];
+  return restored.filter((r): r is string => r !== null);
 }
 
 export class CheckpointError extends Error {
