@@ -2,7 +2,7 @@
 // gradient, compile it to an ONNX Runtime session, train with it, and export it.
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { compile, exportOnnx, grad, HostArray, ops, printGraph, trace, type Tensor } from '../../src/index.js';
+import { compile, exportOnnx, grad, HostArray, ops, printGraph, trace, type Tensor } from 'diffuse';
 
 // 1. A model is a plain function of tensors: here a line y = w x + b, with params as a tree.
 type Params = { w: Tensor; b: Tensor };

@@ -1,0 +1,47 @@
+/**
+ * @file `diffuse/pipelines`: the application layer, between the CLI and the libraries. Each
+ * `diffuse` command is a thin parser over one of these: load a pipeline folder and sample it
+ * (`loadPipeline`, `sampleImages`), train an image model (`train`), evaluate samplers by
+ * MNIST-FID and class accuracy (`prepareMnistFid`, `evaluateRuns`), the 2-D toy demo, and the
+ * classifier the metrics use. `graphDenoiser` is the bridge from a traced model to the
+ * samplers of diffuse/diffusion.
+ *
+ * Checkpoint files (checkpoint.ts: `train` writes and resumes them) and the MNIST-FID building
+ * blocks in metrics.ts (feature statistics and their cache) stay internal; the CLI reaches
+ * them only through the functions here.
+ */
+
+// ---- sampling ----
+export {
+  classCount, guidanceClipWarning, loadPipeline, sampleImages, type Pipeline, type SampleOptions,
+  type SampleResult,
+} from './sample.js';
+export { graphDenoiser, type GraphDenoiser, type ModelFn } from './graph-denoiser.js';
+export {
+  createImageModel, familyOfClass, imageModelOf, MODEL_FAMILIES, presetNames, type ImageModel,
+  type ModelFamily,
+} from './image-models.js';
+
+// ---- training ----
+export {
+  train, type Objective, type TrainEvents, type TrainOptions, type TrainResult,
+} from './train.js';
+
+// ---- evaluation: MNIST-FID (the shipped classifier's features, not Inception-FID) ----
+export {
+  CSV_COLUMNS, evaluateRuns, floorLine, parseRuns, pipelineSource, prepareMnistFid, resultsCsv,
+  resultsTable, scoreImages, speedQualityPlot, type ImageSource, type MnistFid,
+  type MnistFidOptions, type Run, type RunResult, type Score,
+} from './eval.js';
+
+// ---- the 2-D toy demo ----
+export {
+  sampleToy, TOY_DATASETS, toyDistance, trainToy, type ToyModel, type ToySampleOptions,
+  type ToyTrainOptions,
+} from './toy.js';
+
+// ---- the MNIST classifier behind the metrics ----
+export {
+  CLASSIFIER_TRAIN_DEFAULTS, classifierSteps, saveClassifier, trainClassifier,
+  type ClassifierTrainEvents, type ClassifierTrainOptions, type TrainedClassifier,
+} from './classifier.js';
