@@ -1,59 +1,47 @@
 /** @file `diffuse eval`: MNIST-FID, its floor, class accuracy and speed of a model's samples. */
-import { InvalidArgumentError, type Command } from 'commander';
-import { SAMPLER_NAMES } from '../diffusion/sampling.js';
-import { writeFileAtomic, writePng } from '../io/png.js';
+import type { Command } from 'commander';
 import {
-  CSV_COLUMNS, evaluateRuns, floorLine, parseRuns, pipelineSource, prepareMnistFid, resultsCsv,
-  resultsTable, speedQualityPlot, type Run,
+  CSV_COLUMNS, evaluateRuns, floorLine, parseRuns, pipelineSource, prepareMnistFid,
+  resultsTable, writeSweep,
 } from '../pipelines/eval.js';
-import { classCount, guidanceClipWarning, loadPipeline } from '../pipelines/sample.js';
-import { choice, positiveInt } from './parse.js';
+import {
+  classCount, guidanceClipWarning, loadPipeline, SAMPLER_NAMES,
+} from '../pipelines/sample.js';
+import { addOptions, commandOptions, custom, int, num, oneOf, path } from './options.js';
 import { progress, type Progress } from './progress.js';
+import { GUIDANCE_RANGE } from './sample.js';
 
-const runs = (v: string): Run[] => {
-  try {
-    return parseRuns(v);
-  } catch (e) {
-    throw new InvalidArgumentError((e as Error).message);
-  }
-};
-
-const guidanceWeight = (v: string): number => {
-  const w = Number(v);
-  if (v.trim() === '' || !Number.isFinite(w) || w < 0) {
-    throw new InvalidArgumentError(`expected a number >= 0, got '${v}'`);
-  }
-  return w;
+export const EVAL_OPTIONS = {
+  model: path({ arg: '<dir>', help: 'pipeline or model folder to sample (as diffuse sample ' +
+    'reads it)' }),
+  n: int({ min: 1, help: 'images per run', default: 1000 }),
+  sampler: oneOf(SAMPLER_NAMES, { help: 'sampler', default: 'ddim' }),
+  steps: int({ min: 1, help: 'sampling steps', default: 50 }),
+  guidance: num({ range: GUIDANCE_RANGE, arg: '<w>', help: 'classifier-free guidance weight ' +
+    '(conditional models; 1: none)', default: 1 }),
+  sweep: custom((v) => parseRuns(v), { arg: '<runs>', expected: 'sampler:steps runs such as ' +
+    'ddim:10,dpm++2m:25', help: 'sampler:steps runs to compare instead of --sampler/--steps, ' +
+    'e.g. ddim:10,ddim:25,ddim:50,dpm++2m:10,dpm++2m:25' }),
+  csv: path({ arg: '<file>', help: `sweep results (columns ${CSV_COLUMNS.join(', ')})`,
+    default: 'mnist-fid-sweep.csv' }),
+  plot: path({ arg: '<file.png>', help: 'sweep plot: MNIST-FID against seconds per image',
+    default: 'mnist-fid-sweep.png' }),
+  seed: int({ min: 0, help: 'sampling seed', default: 0 }),
+  batchSize: int({ min: 1, help: 'most images per model call', default: 64 }),
+  classifier: path({ arg: '<dir>', help: 'classifier folder (default: the shipped ' +
+    'models/mnist-classifier)' }),
+  cacheDir: path({ arg: '<dir>', help: 'where training-split statistics are cached ' +
+    '(default: .cache/diffuse in the package)' }),
 };
 
 export function registerEval(program: Command): void {
-  program.command('eval')
+  addOptions(program.command('eval')
     .description('score a model\'s samples by MNIST-FID (Fréchet distance on the features ' +
       'of the shipped MNIST classifier; not Inception-FID) against the MNIST training split, ' +
       'print the floor (held-out digits against the same split), class accuracy for conditional ' +
-      'models and seconds per image; without --model, print the floor only')
-    .option('--model <dir>', 'pipeline or model folder to sample (as diffuse sample reads it)')
-    .option('--n <n>', 'images per run', (v: string) => positiveInt(v), 1000)
-    .option('--sampler <name>', `sampler: ${SAMPLER_NAMES.join(' | ')}`, choice(SAMPLER_NAMES),
-      'ddim')
-    .option('--steps <n>', 'sampling steps', (v: string) => positiveInt(v), 50)
-    .option('--guidance <w>', 'classifier-free guidance weight (conditional models; 1: none)',
-      guidanceWeight, 1)
-    .option('--sweep <runs>', 'sampler:steps runs to compare instead of --sampler/--steps, ' +
-      'e.g. ddim:10,ddim:25,ddim:50,dpm++2m:10,dpm++2m:25', runs)
-    .option('--csv <file>', `sweep results (columns ${CSV_COLUMNS.join(', ')})`,
-      'mnist-fid-sweep.csv')
-    .option('--plot <file.png>', 'sweep plot: MNIST-FID against seconds per image',
-      'mnist-fid-sweep.png')
-    .option('--seed <n>', 'sampling seed', (v: string) => positiveInt(v, true), 0)
-    .option('--batch-size <n>', 'most images per model call', (v: string) => positiveInt(v), 64)
-    .option('--classifier <dir>',
-      'classifier folder (default: the shipped models/mnist-classifier)')
-    .option('--cache-dir <dir>', 'where training-split statistics are cached ' +
-      '(default: .cache/diffuse in the package)')
-    .action(async (o: { model?: string; n: number; sampler: string; steps: number; guidance: number;
-      sweep?: Run[]; csv: string; plot: string; seed: number; batchSize: number;
-      classifier?: string; cacheDir?: string }) => {
+      'models and seconds per image; without --model, print the floor only'), EVAL_OPTIONS)
+    .action(async (_: unknown, cmd: Command) => {
+      const o = commandOptions(EVAL_OPTIONS, cmd).values;
       const pipeline = o.model === undefined ? undefined : await loadPipeline(o.model);
       for (const note of pipeline?.notes ?? []) console.log(`note: ${note}`);
       const list = o.sweep ?? [{ sampler: o.sampler, steps: o.steps }];
@@ -98,8 +86,7 @@ export function registerEval(program: Command): void {
           return;
         }
         console.log(resultsTable(rows, m));
-        await writeFileAtomic(o.csv, resultsCsv(rows));
-        await writePng(o.plot, speedQualityPlot(rows, m.floor));
+        await writeSweep(rows, m.floor, { csv: o.csv, plot: o.plot });
         console.log(`wrote ${o.csv} and ${o.plot}`);
       } finally {
         await m.dispose();

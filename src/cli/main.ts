@@ -1,9 +1,12 @@
 /**
  * @file The `diffuse` command. Subcommands live one per file beside this one and register
- * themselves on the program here.
+ * themselves on the program here; each declares its options in one table (options.ts) and
+ * calls pipelines/. Exit codes (errors.ts): 0 done, 1 failed while running, 2 bad command line
+ * or config file, 130 interrupted.
  */
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
+import { EXIT, exitCodeOf } from './errors.js';
 import { registerEval } from './eval.js';
 import { registerSample } from './sample.js';
 import { registerToy } from './toy.js';
@@ -20,7 +23,10 @@ export function buildProgram(): Command {
       'compiled to ONNX and run on ONNX Runtime.')
     .version(pkg.version, '-v, --version', 'print the version')
     .showHelpAfterError('(run diffuse --help for usage)')
-    .configureOutput({ outputError: (s, write) => write(s) });
+    .configureOutput({ outputError: (s, write) => write(s) })
+    // Before the subcommands are added, so they inherit it: commander's errors are thrown to
+    // main (exit code 2), not ended with process.exit(1) inside a subcommand.
+    .exitOverride();
   registerTrain(program);
   registerToy(program);
   registerSample(program);
@@ -30,14 +36,13 @@ export function buildProgram(): Command {
 }
 
 export async function main(argv: readonly string[]): Promise<number> {
-  const program = buildProgram().exitOverride();
+  const program = buildProgram();
   try {
     await program.parseAsync([...argv], { from: 'user' });
-    if (argv.length === 0) program.outputHelp();
-    return 0;
+    return EXIT.ok;
   } catch (e) {
-    if (e instanceof CommanderError) return e.exitCode;
-    console.error(`diffuse: ${(e as Error).message}`);
-    return 1;
+    // Commander has printed its own messages (unknown option, missing argument, --help).
+    if (!(e instanceof CommanderError)) console.error(`diffuse: ${(e as Error).message}`);
+    return exitCodeOf(e);
   }
 }

@@ -1,14 +1,14 @@
 /** @file `diffuse sample`: sample a diffusers UNet2DModel / DiT folder into a PNG grid or PNGs. */
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { InvalidArgumentError, type Command } from 'commander';
-import { HostArray } from '../engine/host.js';
-import type { Provider } from '../engine/runtime.js';
-import { SAMPLER_NAMES } from '../diffusion/sampling.js';
-import { imageGrid, writePng } from '../io/png.js';
-import { classCount, guidanceClipWarning, loadPipeline, sampleImages } from '../pipelines/sample.js';
+import type { Command } from 'commander';
+import {
+  classCount, guidanceClipWarning, loadPipeline, PROVIDERS, SAMPLER_NAMES, sampleImages,
+  writeSamples,
+} from '../pipelines/sample.js';
 import { packageRoot } from '../util/package-root.js';
-import { choice, positiveInt } from './parse.js';
+import { Interrupted } from './errors.js';
+import { addOptions, commandOptions, custom, int, num, oneOf, path } from './options.js';
 import { progress } from './progress.js';
 
 /** The model `diffuse sample` reads without --model: models/mnist-unet in the package. */
@@ -19,53 +19,49 @@ export const DEFAULT_MODEL_DIR = join(packageRoot(), 'models', 'mnist-unet');
  *  (README, "Shipped models"). */
 export const DEFAULT_GUIDANCE = 1.5;
 
+/** The range of a classifier-free guidance weight: useful weights are below about 10; 1000
+ *  keeps a typo (1e9) from silently producing noise. */
+export const GUIDANCE_RANGE = '[0, 1000]';
+
 /** `--class`: a label, a comma list of labels, or `all`. */
 export function parseClasses(v: string): number[] | 'all' {
   if (v === 'all') return 'all';
   const parts = v.split(',').map((s) => s.trim());
-  if (parts.some((s) => !/^\d+$/.test(s))) {
-    throw new InvalidArgumentError(`expected a class number, a comma list such as 1,3,7, or ` +
-      `'all', got '${v}'`);
+  if (parts.some((s) => !/^\d+$/.test(s) || !Number.isSafeInteger(Number(s)))) {
+    throw new RangeError(`not a class number: '${parts.find((s) => !/^\d+$/.test(s)) ?? v}'`);
   }
   return parts.map(Number);
 }
 
-function nonNegativeNumber(v: string): number {
-  const n = Number(v);
-  if (v.trim() === '' || !Number.isFinite(n) || n < 0) {
-    throw new InvalidArgumentError(`expected a number >= 0, got '${v}'`);
-  }
-  return n;
-}
-
-interface SampleCliOptions {
-  model?: string; sampler: string; steps: number; guidance?: number; class?: number[] | 'all';
-  n: number; seed: number; generator: 'philox' | 'torch'; batchSize: number; provider: Provider;
-  out: string; outDir?: string;
-}
+export const SAMPLE_OPTIONS = {
+  model: path({ arg: '<dir>', help: `pipeline or model folder (default: ${DEFAULT_MODEL_DIR})` }),
+  sampler: oneOf(SAMPLER_NAMES, { help: 'sampler (default dpm++2m, flow-euler for ' +
+    'flow-matching models)' }),
+  steps: int({ min: 1, help: 'sampling steps', default: 20 }),
+  guidance: num({ range: GUIDANCE_RANGE, arg: '<w>', help: 'classifier-free guidance weight ' +
+    `(1: none, 0: unconditional; default ${DEFAULT_GUIDANCE} for class-conditional models, ` +
+    '1 otherwise)' }),
+  class: custom(parseClasses, { arg: '<c>', expected: "a class number, a comma list such as " +
+    "1,3,7, or 'all'", help: "class labels: a number, a comma list (cycled), or 'all' " +
+    '(0..K-1 cycled; the default for conditional models)' }),
+  n: int({ min: 1, help: 'number of images', default: 64 }),
+  seed: int({ min: 0, help: 'seed', default: 0 }),
+  generator: oneOf(['philox', 'torch'], { arg: '<g>', help: 'noise: philox (Diffuse) or torch ' +
+    '(torch.randn on the CPU, as diffusers draws it)', default: 'philox' }),
+  batchSize: int({ min: 1, help: 'most images per model call', default: 64 }),
+  provider: oneOf(PROVIDERS, { arg: '<p>', help: 'ONNX Runtime provider', default: 'cpu' }),
+  out: path({ arg: '<file.png>', help: 'the PNG grid to write', default: 'samples.png' }),
+  outDir: path({ arg: '<dir>', help: 'write DIR/000000.png, DIR/000001.png, ... instead of a ' +
+    'grid' }),
+};
 
 export function registerSample(program: Command): void {
-  program.command('sample')
+  addOptions(program.command('sample')
     .description('sample images from a diffusers UNet2DModel or DiT folder (a pipeline with ' +
-      'model_index.json, or a bare model folder) and write a PNG grid or one PNG per image')
-    .option('--model <dir>', `pipeline or model folder (default: ${DEFAULT_MODEL_DIR})`)
-    .option('--sampler <name>', `sampler: ${SAMPLER_NAMES.join(' | ')} (default dpm++2m, ` +
-      'flow-euler for flow-matching models)', choice(SAMPLER_NAMES))
-    .option('--steps <n>', 'sampling steps', (v: string) => positiveInt(v, false, 'steps'), 20)
-    .option('--guidance <w>', 'classifier-free guidance weight (1: none, 0: unconditional; ' +
-      `default ${DEFAULT_GUIDANCE} for class-conditional models, 1 otherwise)`, nonNegativeNumber)
-    .option('--class <c>', "class labels: a number, a comma list (cycled), or 'all' " +
-      '(0..K-1 cycled; the default for conditional models)', parseClasses)
-    .option('--n <n>', 'number of images', (v: string) => positiveInt(v, false, 'n'), 64)
-    .option('--seed <n>', 'seed', (v: string) => positiveInt(v, true, 'seed'), 0)
-    .option('--generator <g>', 'noise: philox (Diffuse) | torch (torch.randn on the CPU, as ' +
-      'diffusers draws it)', choice(['philox', 'torch']), 'philox')
-    .option('--batch-size <n>', 'most images per model call',
-      (v: string) => positiveInt(v, false, 'batch size'), 64)
-    .option('--provider <p>', 'cpu | webgpu | cuda', choice(['cpu', 'webgpu', 'cuda']), 'cpu')
-    .option('--out <file.png>', 'the PNG grid to write', 'samples.png')
-    .option('--out-dir <dir>', 'write DIR/000000.png, DIR/000001.png, ... instead of a grid')
-    .action(async (o: SampleCliOptions) => {
+      'model_index.json, or a bare model folder) and write a PNG grid or one PNG per image'),
+  SAMPLE_OPTIONS)
+    .action(async (_: unknown, cmd: Command) => {
+      const o = commandOptions(SAMPLE_OPTIONS, cmd).values;
       const dir = o.model ?? DEFAULT_MODEL_DIR;
       if (o.model === undefined && !existsSync(dir)) {
         throw new Error(`no model at ${dir}: train one with \`diffuse train\` (its pipeline is ` +
@@ -83,7 +79,8 @@ export function registerSample(program: Command): void {
         `(${k ? `${k} classes` : 'unconditional'}): ${o.n} images, ${sampler}, ${o.steps} steps` +
         `${guidance !== 1 ? `, guidance ${guidance}` : ''}, seed ${o.seed} (${o.generator})`);
       const stop = new AbortController();
-      const onInt = () => stop.abort(new Error('interrupted'));
+      const onInt = () =>
+        stop.abort(new Interrupted('interrupted while sampling; nothing written'));
       process.once('SIGINT', onInt);
       let bar: ReturnType<typeof progress> | undefined;
       try {
@@ -97,26 +94,13 @@ export function registerSample(program: Command): void {
         bar = undefined;
         console.log(`sampled ${o.n} images in ${r.seconds.toFixed(2)} s ` +
           `(${((1000 * r.seconds) / o.n).toFixed(1)} ms per image, ${r.modelCalls} model calls)`);
-        await writeImages(r.images, o);
+        const files = await writeSamples(r.images,
+          o.outDir === undefined ? { out: o.out } : { outDir: o.outDir });
+        console.log(o.outDir === undefined ? `wrote ${o.out}`
+          : `wrote ${files.length} images to ${o.outDir}`);
       } finally {
         bar?.stop();
         process.off('SIGINT', onInt);
       }
     });
-}
-
-async function writeImages(images: HostArray<'float32'>, o: SampleCliOptions): Promise<void> {
-  if (o.outDir === undefined) {
-    await writePng(o.out, imageGrid(images));
-    console.log(`wrote ${o.out}`);
-    return;
-  }
-  const [n, c, h, w] = images.shape as [number, number, number, number];
-  const per = c * h * w;
-  for (let i = 0; i < n; i++) {
-    const one = new HostArray(images.data.subarray(i * per, (i + 1) * per), [1, c, h, w]);
-    await writePng(join(o.outDir, `${String(i).padStart(6, '0')}.png`),
-      imageGrid(one, { cols: 1, pad: 0 }));
-  }
-  console.log(`wrote ${n} images to ${o.outDir}`);
 }

@@ -39,6 +39,9 @@ import { cosineLr } from '../nn/schedules.js';
 import { compileTrainStep } from '../nn/train.js';
 import { classAccuracy, featureExtractor, metricClassifier } from './metrics.js';
 
+/** The names of the classifier presets (CLASSIFIER_PRESETS in models/classifier.ts). */
+export const CLASSIFIER_PRESET_NAMES: readonly string[] = Object.keys(CLASSIFIER_PRESETS);
+
 export interface ClassifierTrainOptions {
   /** A key of CLASSIFIER_PRESETS ('mnist' for the shipped classifier). */
   preset: string;

@@ -14,7 +14,7 @@ import { SAMPLER_NAMES } from '../diffusion/sampling.js';
 import { subset } from '../data/dataset.js';
 import { mnistSplits } from '../data/mnist.js';
 import { linePlot, type LineSeries } from '../io/plot.js';
-import type { Image } from '../io/png.js';
+import { writeFileAtomic, writePng, type Image } from '../io/png.js';
 import {
   classAccuracy, featureExtractor, frechetDistance, gaussianStats, loadMetricClassifier,
   referenceStats, type FeatureExtractor, type ReferenceStats,
@@ -199,4 +199,11 @@ export function speedQualityPlot(rows: readonly RunResult[], floor: number): Ima
   const n = rows[0]?.n ?? 0;
   return linePlot(series, { title: `MNIST-FID against sampling time (n = ${n})`,
     xLabel: 'seconds per image', yLabel: 'MNIST-FID', hlines: [{ y: floor, label: 'floor' }] });
+}
+
+/** Writes a sweep's results: the CSV (resultsCsv) and the speed-quality plot PNG. */
+export async function writeSweep(rows: readonly RunResult[], floor: number,
+  to: { csv: string; plot: string }): Promise<void> {
+  await writeFileAtomic(to.csv, resultsCsv(rows));
+  await writePng(to.plot, speedQualityPlot(rows, floor));
 }

@@ -214,7 +214,7 @@ test('diffuse sample end to end: a grid, same seed same bytes, --out-dir, no def
     const one = decodePng(await readFile(join(dir, 'd', files[0]!)));
     assert.deepEqual([one.width, one.height], [8, 8]);
     const bad = await cli(['sample', '--model', model, '--class', 'two']);
-    assert.equal(bad.code, 1);
+    assert.equal(bad.code, 2, 'a bad flag is a usage error');
     assert.match(bad.stderr, /expected a class number, a comma list .* got 'two'/);
     if (!existsSync(DEFAULT_MODEL_DIR)) {
       const none = await cli(['sample', '--out', join(dir, 'x.png')]);

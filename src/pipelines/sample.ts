@@ -14,6 +14,7 @@
  *
  * The model sees at most `batchSize` rows per call; sampling itself runs over all N images at
  * once (one latent, one noise stream), so results do not depend on the batch size.
+ * `writeSamples` writes the result as a PNG grid or one PNG per image.
  */
 import { existsSync, statSync } from 'node:fs';
 import { readFile } from 'node:fs/promises';
@@ -29,6 +30,7 @@ import { withData, type Batch, type Denoiser, type NoiseSource } from '../diffus
 import { parseScheduler, type SchedulerSpec } from '../diffusion/diffusers/spec.js';
 import { classifierFreeGuidance } from '../diffusion/guidance.js';
 import { sample, samplerSpec } from '../diffusion/sampling.js';
+import { imageGrid, writePng } from '../io/png.js';
 import {
   CONFIG_NAME, DiffusersFolderError, loadModel, MODEL_INDEX_NAME, readModelIndex,
   readSchedulerConfig, SCHEDULER_CONFIG_NAME, type ModelClass,
@@ -39,6 +41,12 @@ import { UNET2D_CLASS } from '../models/unet2d.js';
 import type { Module } from '../nn/module.js';
 import { graphDenoiser } from './graph-denoiser.js';
 import { familyOfClass, imageModelOf, type ImageModel, type ModelFamily } from './image-models.js';
+
+export { SAMPLER_NAMES, type SamplerName } from '../diffusion/sampling.js';
+export type { Provider };
+
+/** The ONNX Runtime providers a pipeline can run on. */
+export const PROVIDERS: readonly Provider[] = ['cpu', 'webgpu', 'cuda'];
 
 // ---- loading ----
 
@@ -310,4 +318,31 @@ export async function sampleImages(p: Pipeline, o: SampleOptions): Promise<Sampl
   } finally {
     await graph.dispose();
   }
+}
+
+// ---- writing ----
+
+/** Where sampled images go: one PNG grid (`out`), or one PNG per image in `outDir`. */
+export type SampleDestination = { out: string } | { outDir: string };
+
+/**
+ * Writes images [N, C, H, W] in [-1, 1] as a PNG grid, or as DIR/000000.png, DIR/000001.png,
+ * ... (one image each, no padding). Returns the files written.
+ */
+export async function writeSamples(images: HostArray<'float32'>, to: SampleDestination):
+  Promise<string[]> {
+  if ('out' in to) {
+    await writePng(to.out, imageGrid(images));
+    return [to.out];
+  }
+  const [n, c, h, w] = images.shape as [number, number, number, number];
+  const per = c * h * w;
+  const files: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const one = new HostArray(images.data.subarray(i * per, (i + 1) * per), [1, c, h, w]);
+    const file = join(to.outDir, `${String(i).padStart(6, '0')}.png`);
+    await writePng(file, imageGrid(one, { cols: 1, pad: 0 }));
+    files.push(file);
+  }
+  return files;
 }

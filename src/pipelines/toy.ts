@@ -9,12 +9,15 @@ import { RngKey } from '../engine/random/philox.js';
 import { RngStream } from '../engine/random/stream.js';
 import type { Tensor } from '../engine/tensor.js';
 import { mapTree, type Tree } from '../engine/tree.js';
-import { sample } from '../diffusion/sampling.js';
+import { SCHEDULER_FAMILY } from '../diffusion/diffusers/spec.js';
+import { sample, SAMPLER_NAMES, SAMPLERS, type SamplerName } from '../diffusion/sampling.js';
 import {
   noisySample, trainingPoints, trainingScheduler, trainingTarget,
 } from '../diffusion/training.js';
 import { slicedWasserstein } from '../data/analytic/metrics.js';
 import { sampleToy2D, type Toy2D } from '../data/analytic/toy2d.js';
+import { scatterPanels } from '../io/plot.js';
+import { writePng } from '../io/png.js';
 import { ToyMlp, type ToyMlpConfig } from '../models/toy-mlp.js';
 import type { ParamsOf } from '../nn/module.js';
 import { adamw } from '../nn/optim.js';
@@ -28,6 +31,10 @@ export const TOY_DATASETS: Record<string, Toy2D> = {
 
 /** The training process: DDPM's linear betas, an eps-prediction model. */
 const TOY_SCHEDULER = trainingScheduler('eps');
+
+/** The samplers that fit the toy model's process (not the flow-matching ones). */
+export const TOY_SAMPLERS: readonly SamplerName[] = SAMPLER_NAMES.filter((name) =>
+  SCHEDULER_FAMILY[SAMPLERS[name].className] === TOY_SCHEDULER.family);
 
 export interface ToyTrainOptions {
   data: Toy2D;
@@ -124,4 +131,13 @@ export function toyDistance(data: Toy2D, samples: ArrayLike<number>, seed = 99):
   const other = sampleToy2D(data, n, rng);
   const proj = () => new RngStream(RngKey.fromSeed(seed + 1));
   return { sw: slicedWasserstein(samples, heldOut, 2, proj()), floor: slicedWasserstein(other, heldOut, 2, proj()), heldOut };
+}
+
+/** Writes a PNG of held-out data and samples side by side on shared axes. */
+export async function writeToyPicture(path: string, o: { data: string; heldOut: ArrayLike<number>;
+  samples: ArrayLike<number>; sampler: string; steps: number }): Promise<void> {
+  await writePng(path, scatterPanels([
+    { title: `data: ${o.data}`, points: o.heldOut },
+    { title: `samples: ${o.sampler}, ${o.steps} steps`, points: o.samples },
+  ]));
 }

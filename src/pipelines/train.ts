@@ -12,7 +12,7 @@ import * as ops from '../engine/ops.js';
 import { RngKey } from '../engine/random/philox.js';
 import type { Tensor } from '../engine/tensor.js';
 import type { Tree } from '../engine/tree.js';
-import type { Prediction } from '../diffusion/predictions.js';
+import { PREDICTIONS, type Prediction } from '../diffusion/predictions.js';
 import { specToJson, type SchedulerSpec } from '../diffusion/diffusers/spec.js';
 import {
   lossWeights, noisySample, trainingPoints, trainingScheduler, trainingTarget, type Weighting,
@@ -28,6 +28,7 @@ import { sampleImages, type Pipeline } from './sample.js';
 
 /** What the model learns to predict (the regression target; diffusion/predictions.ts). */
 export type Objective = Prediction;
+export const OBJECTIVES: readonly Objective[] = PREDICTIONS;
 
 export interface TrainOptions {
   model: ModelFamily;
