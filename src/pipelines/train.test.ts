@@ -1,7 +1,7 @@
 /** diffuse train's loop: exact resume, atomic checkpoints, the exported pipeline, bad input. */
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { appendFile, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
@@ -71,13 +71,42 @@ test('bad input stops with a message that names the problem; a failed save keeps
     await assert.rejects(train(base(out, { model: 'dit' }), data, true), /trained with model = "unet", this run asks for "dit"/);
     await assert.rejects(train(base(join(dir, 'other')), data, true), /no checkpoint to resume/);
     await assert.rejects(train(base(join(dir, 'u')), { images: data.images }, false), /labelled dataset/);
-    // A folder in the way of the swap makes the next checkpoint fail; the old one survives.
-    const blocker = `${join(out, 'checkpoint')}.old-${process.pid}`;
-    await mkdir(blocker);
-    await writeFile(join(blocker, 'x'), 'in the way');
-    await assert.rejects(train(base(out, { checkpointEvery: 1 }), data, true));
-    await rm(blocker, { recursive: true, force: true });
-    assert.deepEqual((await readdir(out)).filter((f) => f.includes('.tmp-')), []);
+    // A save that dies after its new folder is built keeps the old checkpoint.
+    await assert.rejects(train(base(out, { checkpointEvery: 1 }), data, true, {
+      onCheckpointPhase: (p) => { if (p === 'built') throw new Error('crash'); } }), /crash/);
+    // A truncated last log line (power loss) does not block the resume.
+    await appendFile(join(out, 'log.jsonl'), '{"step": 3, "lo');
     const resumed = await train(base(out), data, true);
     assert.equal(resumed.losses.length, 4, 'resumed from the step-2 checkpoint');
+    assert.deepEqual((await readdir(out)).filter((f) => f.includes('.tmp-') || f.includes('.old-')), []);
+    const log = (await readFile(join(out, 'log.jsonl'), 'utf8')).trim().split('\n');
+    assert.deepEqual(log.map((l) => JSON.parse(l).step), [1, 2, 3, 4, 5, 6]);
+  }));
+
+test('a crash between the renames of a checkpoint swap loses nothing; the resume is exact', () =>
+  withDir(async (dir) => {
+    const data = tinyData();
+    const full = await train(base(join(dir, 'a')), data, false);
+    const out = join(dir, 'b');
+    let saves = 0;
+    await assert.rejects(train(base(out), data, false, {
+      onCheckpointPhase: (p) => { if (p === 'old-moved' && ++saves === 2) throw new Error('kill'); },
+    }), /kill/);
+    assert.ok(!existsSync(join(out, 'checkpoint')), 'the crash left no checkpoint/ behind');
+    const rest = await train(base(out), data, true);
+    assert.deepEqual(rest.state.params, full.state.params);
+  }));
+
+test('a second run into the same folder is refused; a diverging run stops with its last checkpoint', () =>
+  withDir(async (dir) => {
+    const data = tinyData();
+    const out = join(dir, 'run');
+    const runs = await Promise.allSettled([train(base(out), data, false), train(base(out), data, false)]);
+    const refused = runs.filter((r) => r.status === 'rejected');
+    assert.equal(refused.length, 1);
+    assert.match(String((refused[0] as PromiseRejectedResult).reason), /in use by another diffuse run/);
+    const nan = join(dir, 'nan');
+    await assert.rejects(train(base(nan, { lr: 1e30, gradClip: 1e30 }), data, false),
+      /training diverged at step \d+: the loss is (NaN|Infinity); the checkpoint of step \d+ is kept/);
+    assert.ok(!existsSync(join(nan, 'model')), 'no model exported from a diverged run');
   }));

@@ -22,7 +22,11 @@ import { batchAt, datasetSize, type ImageDataset } from '../data/dataset.js';
 import { adamw } from '../nn/optim.js';
 import { constantLr, cosineLr, warmupLr } from '../nn/schedules.js';
 import { compileTrainStep, type TrainState } from '../nn/train.js';
-import { exportPipeline, loadCheckpoint, saveCheckpoint, type PipelineFiles } from './checkpoint.js';
+import type { SwapPhase } from '../util/atomic.js';
+import {
+  exportPipeline, loadCheckpoint, recoverRunFolders, saveCheckpoint, type PipelineFiles,
+} from './checkpoint.js';
+import { acquireRunLock, type RunLock } from './run-lock.js';
 import { createImageModel, type ImageModel, type ModelFamily } from './image-models.js';
 import { sampleImages, type Pipeline } from './sample.js';
 
@@ -59,6 +63,8 @@ export interface TrainEvents {
   onSample?: (step: number, path: string) => void;
   /** Stops the run after the current step, with a checkpoint. */
   signal?: AbortSignal;
+  /** Called at each phase of a checkpoint swap; tests throw here to crash a save midway. */
+  onCheckpointPhase?: (phase: SwapPhase) => void;
 }
 
 /** Options a resumed run must share with the checkpoint (the others may change). */
@@ -160,59 +166,88 @@ export async function train(o: TrainOptions, data: ImageDataset, resume: boolean
   const checkpointDir = join(o.out, 'checkpoint');
   const logPath = join(o.out, 'log.jsonl');
   await mkdir(o.out, { recursive: true });
-  let state = trainer.init(model.module.init(key.fold(2)) as Tree<HostArray>);
-  if (resume) {
-    state = (await loadCheckpoint(checkpointDir, files, state, run)).state;
-    await truncateLog(logPath, state.step);
-  } else if (existsSync(checkpointDir)) {
-    throw new Error(`${o.out} already holds a run (checkpoint/); pass --resume to continue it or choose another --out`);
-  } else {
-    await writeFile(logPath, '');
-  }
-  const save = async (): Promise<void> => {
-    await saveCheckpoint(checkpointDir, files, state, { step: state.step, run, diffuse: '0.1.0' });
-    ev.onCheckpoint?.(state.step, checkpointDir);
-  };
-  const losses: number[] = [];
-  let smoothed = NaN;
-  const start = performance.now();
-  let windowStart = performance.now();
-  let windowSteps = 0;
-  let interrupted = false;
+  let lock: RunLock;
   try {
-    while (state.step < o.steps) {
-      const r = await trainer.step(state, drawBatch(o, data, model, spec, key, state.step) as never);
-      state = r.state;
-      losses.push(r.metrics.loss);
-      smoothed = Number.isNaN(smoothed) ? r.metrics.loss : 0.95 * smoothed + 0.05 * r.metrics.loss;
-      windowSteps++;
-      const rate = (windowSteps * o.batchSize) / ((performance.now() - windowStart) / 1000);
-      if (windowSteps >= 20) (windowStart = performance.now(), windowSteps = 0);
-      ev.onStep?.({ step: state.step, loss: r.metrics.loss, smoothed, imagesPerSecond: rate, lr: r.metrics.lr });
-      if (state.step % o.logEvery === 0 || state.step === o.steps) {
-        await appendFile(logPath, `${JSON.stringify({ step: state.step, loss: r.metrics.loss, lr: r.metrics.lr,
-          grad_norm: r.metrics.gradNorm, images_per_s: rate, elapsed_s: (performance.now() - start) / 1000 })}\n`);
-      }
-      if (o.sampleEvery > 0 && state.step % o.sampleEvery === 0) {
-        ev.onSample?.(state.step, await writeTrainingGrid(o, model, spec, state.ema!, state.step));
-      }
-      if (ev.signal?.aborted) {
-        interrupted = true;
-        break;
-      }
-      if (o.checkpointEvery > 0 && state.step % o.checkpointEvery === 0 && state.step < o.steps) await save();
-    }
-    await save();
-    if (!interrupted) await exportPipeline(join(o.out, 'model'), files, state.ema!);
+    lock = await acquireRunLock(o.out);
+  } catch (e) {
+    await trainer.dispose();
+    throw e;
+  }
+  try {
+    return await runSteps();
   } finally {
     await trainer.dispose();
+    await lock.release();
   }
-  return { state, model, losses, interrupted, seconds: (performance.now() - start) / 1000 };
+
+  async function runSteps(): Promise<TrainResult> {
+    await recoverRunFolders(o.out); // a crash mid-swap leaves the newest checkpoint under a temp name
+    let state = trainer.init(model.module.init(key.fold(2)) as Tree<HostArray>);
+    if (resume) {
+      state = (await loadCheckpoint(checkpointDir, files, state, run)).state;
+      await truncateLog(logPath, state.step);
+    } else if (existsSync(checkpointDir)) {
+      throw new Error(`${o.out} already holds a run (checkpoint/); pass --resume to continue it or choose another --out`);
+    } else {
+      await writeFile(logPath, '');
+    }
+    let lastSaved = resume ? state.step : 0;
+    const save = async (): Promise<void> => {
+      await saveCheckpoint(checkpointDir, files, state, { step: state.step, run, diffuse: '0.1.0' },
+        ev.onCheckpointPhase ? { onPhase: ev.onCheckpointPhase } : {});
+      lastSaved = state.step;
+      ev.onCheckpoint?.(state.step, checkpointDir);
+    };
+    const losses: number[] = [];
+    let smoothed = NaN;
+    const start = performance.now();
+    let windowStart = performance.now();
+    let windowSteps = 0;
+    let interrupted = false;
+      while (state.step < o.steps) {
+        const r = await trainer.step(state, drawBatch(o, data, model, spec, key, state.step) as never);
+        if (!Number.isFinite(r.metrics.loss)) {
+          // The diverged state is not saved: the last checkpoint stays the last finite one.
+          throw new Error(`training diverged at step ${state.step + 1}: the loss is ` +
+            `${r.metrics.loss}; the checkpoint of step ${lastSaved} is kept (try a lower --lr)`);
+        }
+        state = r.state;
+        losses.push(r.metrics.loss);
+        smoothed = Number.isNaN(smoothed) ? r.metrics.loss : 0.95 * smoothed + 0.05 * r.metrics.loss;
+        windowSteps++;
+        const rate = (windowSteps * o.batchSize) / ((performance.now() - windowStart) / 1000);
+        if (windowSteps >= 20) (windowStart = performance.now(), windowSteps = 0);
+        ev.onStep?.({ step: state.step, loss: r.metrics.loss, smoothed, imagesPerSecond: rate, lr: r.metrics.lr });
+        if (state.step % o.logEvery === 0 || state.step === o.steps) {
+          await appendFile(logPath, `${JSON.stringify({ step: state.step, loss: r.metrics.loss, lr: r.metrics.lr,
+            grad_norm: r.metrics.gradNorm, images_per_s: rate, elapsed_s: (performance.now() - start) / 1000 })}\n`);
+        }
+        if (o.sampleEvery > 0 && state.step % o.sampleEvery === 0) {
+          ev.onSample?.(state.step, await writeTrainingGrid(o, model, spec, state.ema!, state.step));
+        }
+        if (ev.signal?.aborted) {
+          interrupted = true;
+          break;
+        }
+        if (o.checkpointEvery > 0 && state.step % o.checkpointEvery === 0 && state.step < o.steps) await save();
+      }
+    await save();
+    if (!interrupted) await exportPipeline(join(o.out, 'model'), files, state.ema!);
+    return { state, model, losses, interrupted, seconds: (performance.now() - start) / 1000 };
+  }
 }
 
 /** Drops log lines past `step` (they will be recomputed, identically, by the resumed run). */
 async function truncateLog(path: string, step: number): Promise<void> {
   if (!existsSync(path)) return;
-  const kept = (await readFile(path, 'utf8')).split('\n').filter((l) => l && (JSON.parse(l) as { step: number }).step <= step);
+  // A line cut short (power loss, full disk) is dropped: the resumed run writes it again.
+  const stepOf = (l: string): number => {
+    try {
+      return (JSON.parse(l) as { step: number }).step;
+    } catch {
+      return Infinity;
+    }
+  };
+  const kept = (await readFile(path, 'utf8')).split('\n').filter((l) => l && stepOf(l) <= step);
   await writeFile(path, kept.map((l) => `${l}\n`).join(''));
 }
