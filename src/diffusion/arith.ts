@@ -29,11 +29,6 @@ export function zerosLike(a: FloatArray, n: number = a.length): FloatArray {
   return a instanceof Float32Array ? new Float32Array(n) : new Float64Array(n);
 }
 
-/** Copies `a` into a new array of the same precision. */
-export function copyOf(a: FloatArray): FloatArray {
-  return a.slice();
-}
-
 /** `a` converted to the precision of `like` (no copy when it already is). */
 export function asPrecisionOf(a: FloatArray, like: FloatArray): FloatArray {
   if (like instanceof Float32Array) return a instanceof Float32Array ? a : Float32Array.from(a);
@@ -51,7 +46,7 @@ export interface Transcendentals {
   expm1(x: number): number;
 }
 
-export const float64Math: Transcendentals = { exp: Math.exp, log: Math.log, expm1: Math.expm1 };
+const float64Math: Transcendentals = { exp: Math.exp, log: Math.log, expm1: Math.expm1 };
 
 const float32Math: Transcendentals = { exp: sleefExpF32, log: sleefLogF32, expm1: sleefExpm1F32 };
 

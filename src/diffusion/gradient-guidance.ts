@@ -44,7 +44,7 @@ export interface Releasable {
  * Per-row factor (sigma^2 / alpha) s(t) that turns a gradient of a log-likelihood in x_t into
  * a correction of the x0 estimate (see the header); 0 where alpha = 0 or s(t) = 0.
  */
-export function guidanceFactors(
+function guidanceFactors(
   t: Float64Array,
   c: { alpha: Float64Array; sigma: Float64Array },
   scale: GuidanceScale,

@@ -103,7 +103,7 @@ export function makeBetas(o: BetaOptions): Float32Array {
 }
 
 /** torch.cumprod on a float32 CPU tensor: the running product is kept in float64. */
-export function cumprodF32(a: Float32Array): Float32Array {
+function cumprodF32(a: Float32Array): Float32Array {
   const out = new Float32Array(a.length);
   let acc = 1;
   for (let i = 0; i < a.length; i++) {
@@ -177,7 +177,7 @@ export function discreteVp(abar: Float32Array): Process {
  * diffusers' `_sigma_to_t`: the fractional table index where log(level) falls, linear in
  * log-level between neighbours (float64 version; see diffusers/numerics.ts for the exact one).
  */
-export function sigmaToT(level: number, logLevels: Float64Array): number {
+function sigmaToT(level: number, logLevels: Float64Array): number {
   const ls = Math.log(Math.max(level, 1e-10));
   let low = 0;
   for (let i = 0; i < logLevels.length; i++) if (ls - logLevels[i]! >= 0) low = i;

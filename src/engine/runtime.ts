@@ -99,7 +99,7 @@ export function toOrtTensor(a: HostArray): ort.Tensor {
   return new ort.Tensor(a.dtype, a.data as never, a.shape as number[]);
 }
 
-export function fromOrtTensor(t: ort.Tensor): HostArray {
+function fromOrtTensor(t: ort.Tensor): HostArray {
   const dtype = t.type as DType;
   return new HostArray(t.data as never, t.dims, dtype);
 }

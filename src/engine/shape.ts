@@ -22,10 +22,6 @@ export function fmtShape(s: Shape): string {
   return `[${s.join(', ')}]`;
 }
 
-export function isStatic(s: Shape): s is readonly number[] {
-  return s.every((d) => typeof d === 'number');
-}
-
 /** The number of elements; throws for shapes with dynamic dimensions. */
 export function staticNumel(s: Shape, op: string): number {
   let n = 1;

@@ -14,7 +14,7 @@ export interface TensorSpec {
   readonly dtype?: DType;
 }
 
-export function isSpec(x: unknown): x is TensorSpec {
+function isSpec(x: unknown): x is TensorSpec {
   return typeof x === 'object' && x !== null && Array.isArray((x as TensorSpec).shape);
 }
 

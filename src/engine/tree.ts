@@ -65,10 +65,6 @@ export function mapTree<A, B>(tree: Tree<A>, isLeaf: (x: unknown) => x is A,
   return unflatten(def, leaves.map((l, i) => fn(l, paths[i]!)));
 }
 
-export function sameDef(a: TreeDef, b: TreeDef): boolean {
-  return JSON.stringify(a) === JSON.stringify(b);
-}
-
 /** A tree with leaves of type L replaced by R (for typing compiled functions). */
 export type MapLeaves<T, L, R> = T extends L ? R
   : T extends readonly unknown[] ? { [K in keyof T]: MapLeaves<T[K], L, R> }

@@ -98,7 +98,7 @@ export function readClassifierConfig(raw: Record<string, unknown>,
  * frequencies f_k spaced geometrically over [1/8, 8]. The range suits log-SNR values in about
  * [-20, 20] (the slowest period, 16 pi, spans it; the fastest, pi / 4, resolves ~0.1).
  */
-export function noiseFourierFeatures(level: Tensor, dim: number): Tensor {
+function noiseFourierFeatures(level: Tensor, dim: number): Tensor {
   const half = dim / 2;
   const freqs = Float32Array.from({ length: half }, (_, k) =>
     Math.exp(Math.log(1 / 8) + (Math.log(64) * k) / Math.max(half - 1, 1)));

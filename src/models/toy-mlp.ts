@@ -22,7 +22,7 @@ export const TOY_MLP_DEFAULTS: ToyMlpConfig = { in_features: 2, hidden: 128, lay
 // ---- model ----
 
 /** Sinusoidal features of t [N] -> [N, dim] (half sin, half cos, periods up to 10,000). */
-export function timestepFeatures(t: Tensor, dim: number): Tensor {
+function timestepFeatures(t: Tensor, dim: number): Tensor {
   const half = dim / 2;
   const freqs = Array.from({ length: half }, (_, i) => Math.exp((-Math.log(10000) * i) / half));
   const args = ops.mul(ops.reshape(ops.cast(t, 'float32'), [-1, 1]), ops.constant([freqs])); // [N, half]

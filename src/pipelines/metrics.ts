@@ -43,16 +43,16 @@ import { stateDict, type ParamsOf } from '../nn/module.js';
 // ---------------------------------------------------------------------------------------------
 
 /** The shipped metrics classifier, `models/mnist-classifier` in the package. */
-export const defaultClassifierDir = (): string => join(packageRoot(), 'models', 'mnist-classifier');
+const defaultClassifierDir = (): string => join(packageRoot(), 'models', 'mnist-classifier');
 /** Where reference statistics are cached unless told otherwise: `.cache/diffuse/`. */
-export const defaultCacheDir = (): string => join(packageRoot(), '.cache', 'diffuse');
+const defaultCacheDir = (): string => join(packageRoot(), '.cache', 'diffuse');
 
 /**
  * The noise level a noise-conditioned classifier is given for clean images: log-SNR 9.21, that
  * of DDPM's first timestep (linear betas from 1e-4: alpha-bar 0.9999), the cleanest level the
  * noise-aware training draws.
  */
-export const CLEAN_LOG_SNR = Math.log(0.9999 / 0.0001);
+const CLEAN_LOG_SNR = Math.log(0.9999 / 0.0001);
 
 // ---------------------------------------------------------------------------------------------
 // The classifier and its features

@@ -17,7 +17,7 @@ function swapLast(t: Tensor): Tensor {
 }
 
 /** Output size of a convolution along one axis (floor division, as ONNX and torch). */
-export function convOutSize(n: number, k: number, s: number, d: number, p0: number, p1: number): number {
+function convOutSize(n: number, k: number, s: number, d: number, p0: number, p1: number): number {
   return Math.floor((n + p0 + p1 - d * (k - 1) - 1) / s) + 1;
 }
 
