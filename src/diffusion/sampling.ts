@@ -14,7 +14,7 @@
  * functions, for code ported from diffusers.
  */
 import type { Batch, Denoiser, SamplerOptions } from './denoiser.js';
-import { parseSchedulerConfig, type SchedulerClass } from './diffusers/config.js';
+import { parseSchedulerConfig, SCHEMAS, type SchedulerClass } from './diffusers/config.js';
 import { SCHEDULER_FAMILY, specOf, type SchedulerSpec } from './diffusers/spec.js';
 import { buildSchedule } from './diffusers/tables.js';
 import type { Schedule } from './schedule.js';
@@ -150,7 +150,7 @@ export function samplerSpec(name: string, model: SchedulerSpec): SchedulerSpec {
       `${model.className} (${family === 'flow' ? 'flow samplers need a flow-matching model'
         : 'use flow-euler or flow-heun'})`);
   }
-  const known = parseSchedulerConfig({}, { className: entry.className });
+  const known = SCHEMAS[entry.className];
   const same = model.className === entry.className;
   const json: Record<string, unknown> = {};
   for (const [k, v] of Object.entries(model.config)) {

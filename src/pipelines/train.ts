@@ -26,7 +26,7 @@ import type { SwapPhase } from '../util/atomic.js';
 import {
   exportPipeline, loadCheckpoint, recoverRunFolders, saveCheckpoint, type PipelineFiles,
 } from './checkpoint.js';
-import { acquireRunLock, type RunLock } from './run-lock.js';
+import { acquireRunLock } from './run-lock.js';
 import { createImageModel, type ImageModel, type ModelFamily } from './image-models.js';
 import { sampleImages, type Pipeline } from './sample.js';
 
@@ -159,20 +159,14 @@ export async function train(o: TrainOptions, data: ImageDataset, resume: boolean
   const files: PipelineFiles = { model, scheduler: spec };
   const lr = o.lrSchedule === 'cosine' ? cosineLr(o.lr, o.steps, o.warmupSteps, o.lr / 100)
     : o.warmupSteps > 0 ? warmupLr(o.lr, o.warmupSteps) : constantLr(o.lr);
-  const trainer = compileTrainStep(lossFn(o, model), adamw({ lr, weightDecay: 0 }),
-    { clipGradNorm: o.gradClip, ema: { maxDecay: o.emaDecay }, runtime: { name: 'train_step' } });
   const key = RngKey.fromSeed(o.seed);
   const run = Object.fromEntries(RUN_KEYS.map((k) => [k, o[k]]));
   const checkpointDir = join(o.out, 'checkpoint');
   const logPath = join(o.out, 'log.jsonl');
   await mkdir(o.out, { recursive: true });
-  let lock: RunLock;
-  try {
-    lock = await acquireRunLock(o.out);
-  } catch (e) {
-    await trainer.dispose();
-    throw e;
-  }
+  const lock = await acquireRunLock(o.out);
+  const trainer = compileTrainStep(lossFn(o, model), adamw({ lr, weightDecay: 0 }),
+    { clipGradNorm: o.gradClip, ema: { maxDecay: o.emaDecay }, runtime: { name: 'train_step' } });
   try {
     return await runSteps();
   } finally {
