@@ -107,6 +107,22 @@ describe('portable log and sincos', () => {
 });
 
 describe('RngKey', () => {
+  test('normal(n, offset) is the same stream without drawing the skipped part', () => {
+    const key = RngKey.fromSeed(3).fold(2);
+    const whole = key.normal(101);
+    for (const [offset, n] of [[0, 101], [1, 10], [2, 9], [37, 64], [100, 1], [5, 0]] as const) {
+      assert.deepEqual(Array.from(key.normal(n, offset)), Array.from(whole.subarray(offset, offset + n)),
+        `offset ${offset}, n ${n}`);
+    }
+    // Past 2^32 counter blocks (2^34 words) the block index spills into counter word 1.
+    const far = 2 ** 36 + 3;
+    const tail = key.normal(4, far);
+    assert.deepEqual(Array.from(key.normal(2, far + 1)), Array.from(tail.subarray(1, 3)));
+    assert.notDeepEqual(Array.from(key.normal(4, far - 2 ** 35)), Array.from(tail));
+    assert.ok(tail.every(Number.isFinite));
+    assert.throws(() => key.normal(1, -1), /offset must be a safe integer >= 0, got -1/);
+  });
+
   test('golden draws for seeds 0 and 42 (any change to the stream fails here)', () => {
     const k0 = RngKey.fromSeed(0);
     assert.deepEqual(hex(k0.bits(8)), [

@@ -269,12 +269,22 @@ export class RngKey {
   /** n raw words: counter blocks (0, 0, 0, 0), (1, 0, 0, 0), ... each give 4 words in order. */
   bits(n: number): Uint32Array {
     checkCount('bits', n);
-    const blocks = Math.ceil(n / 4);
+    return this.wordsAt(0, n);
+  }
+
+  /** Words [start, start + n) of the draw stream; block b is counter (b mod 2^32, b / 2^32,
+   *  DRAW, 0), so the stream is as long as a safe integer allows. */
+  private wordsAt(start: number, n: number): Uint32Array {
+    const first = Math.floor(start / 4);
+    const blocks = Math.ceil((start + n) / 4) - first;
     const out = new Uint32Array(blocks * 4);
     for (let b = 0; b < blocks; b++) {
-      philoxInto(b, 0, DOMAIN_DRAW, 0, this.lo, this.hi, out, 4 * b);
+      const c = first + b;
+      philoxInto(c % TWO_POW_32, Math.floor(c / TWO_POW_32), DOMAIN_DRAW, 0, this.lo, this.hi,
+        out, 4 * b);
     }
-    return n === out.length ? out : out.slice(0, n);
+    const skip = start - 4 * first;
+    return skip === 0 && n === out.length ? out : out.slice(skip, skip + n);
   }
 
   /** n floats in [0, 1) with 24-bit resolution: (word >>> 8) / 2^24, never 1.0. */
@@ -290,18 +300,26 @@ export class RngKey {
    * n standard normals by Box-Muller: pair k uses words 2k and 2k+1 as u = (w + 1) / 2^32 in
    * (0, 1] and t = w' / 2^32 in [0, 1); z = sqrt(-2 log u) (cos 2 pi t, sin 2 pi t), computed
    * in double and rounded once to float32. |z| <= sqrt(64 ln 2) = 6.66.
+   *
+   * `offset` skips that many normals of the same stream without drawing them: `normal(n, o)`
+   * equals `normal(o + n).subarray(o)`, so a batch too large to hold can be drawn in chunks.
    */
-  normal(n: number): Float32Array {
+  normal(n: number, offset = 0): Float32Array {
     checkCount('normal', n);
-    const pairs = Math.ceil(n / 2);
-    const w = this.bits(2 * pairs);
+    if (!Number.isSafeInteger(offset) || offset < 0) {
+      throw new RangeError(`RngKey.normal: offset must be a safe integer >= 0, got ${offset}`);
+    }
+    const firstPair = Math.floor(offset / 2);
+    const pairs = Math.ceil((offset + n) / 2) - firstPair;
+    const w = this.wordsAt(2 * firstPair, 2 * pairs);
     const out = new Float32Array(n);
     const sc = new Float64Array(2);
     for (let k = 0; k < pairs; k++) {
       const r = Math.sqrt(-2 * portableLog((w[2 * k]! + 1) * TWO_POW_M32));
       portableSinCos2Pi(w[2 * k + 1]! * TWO_POW_M32, sc);
-      out[2 * k] = r * sc[1]!;
-      if (2 * k + 1 < n) out[2 * k + 1] = r * sc[0]!;
+      const i = 2 * (firstPair + k) - offset; // where this pair's first normal lands in out
+      if (i >= 0 && i < n) out[i] = r * sc[1]!;
+      if (i + 1 >= 0 && i + 1 < n) out[i + 1] = r * sc[0]!;
     }
     return out;
   }
