@@ -8,8 +8,9 @@
  * printed by Python's `json.dumps(v, indent=2, sort_keys=True)`.
  */
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
 import {
-  mkdir, mkdtemp, readdir, readFile, rename, rm, unlink, writeFile,
+  mkdir, mkdtemp, readdir, readFile, rename, rm, truncate, unlink, writeFile,
 } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,13 +20,14 @@ import { RngKey } from '../engine/random/philox.js';
 import { readConfig } from '../models/config.js';
 import { Conv2d, GroupNorm, Linear } from '../nn/layers.js';
 import { Module, stateDict, type ParamsOf } from '../nn/module.js';
+import { StateDictError } from '../nn/state.js';
 import { goldenModelFolder } from '../../test/support/golden.js';
 import { goldenDir } from '../../test/support/paths.js';
 import {
   DiffusersFolderError, loadModel, readModelFolder, readModelIndex, readSchedulerConfig,
   saveModel, toPythonJson, writeModelIndex, writeSchedulerConfig, type ModelClass,
 } from './diffusers.js';
-import { SafetensorsFile, writeSafetensors } from './safetensors.js';
+import { SafetensorsFile, writeSafetensors, type TensorInput } from './safetensors.js';
 
 // ---- a small model of our own ----
 
@@ -409,6 +411,139 @@ describe('errors name the path and the problem', () => {
     await assert.rejects(loadModel(copy, TinyModel),
       fails(["unexpected key 'layers.3.norm.bias'", weights], Error));
   });
+
+  test('a weights tensor of another dtype is named as the file names it (I8 is not int32)',
+    async () => {
+      const copy = fresh();
+      await saveModel(copy, TinyModel, config, tinyParams(17));
+      const weights = join(copy, 'diffusion_pytorch_model.safetensors');
+      const dict = (await readModelFolder(copy)).stateDict;
+      const asInput = (name: string, other: TensorInput) => new Map<string, TensorInput>(
+        [...dict].map(([k, a]) => [k, k === name ? other
+          : { dtype: 'F32', shape: a.shape, data: a.data as Float32Array }]));
+      const cases: [TensorInput, string][] = [
+        [{ dtype: 'I8', shape: [3], data: new Int8Array(3) }, 'I8'],
+        [{ dtype: 'U8', shape: [3], data: new Uint8Array(3) }, 'U8'],
+        [{ dtype: 'I16', shape: [3], data: new Int16Array(3) }, 'I16'],
+        [{ dtype: 'I32', shape: [3], data: new Int32Array(3) }, 'I32'],
+        [{ dtype: 'I64', shape: [3], data: new BigInt64Array(3) }, 'I64'],
+        [{ dtype: 'BOOL', shape: [3], data: new Uint8Array(3) }, 'BOOL'],
+      ];
+      for (const [input, dtype] of cases) {
+        await writeSafetensors(weights, asInput('proj_out.bias', input));
+        await assert.rejects(loadModel(copy, TinyModel), (e: unknown) => {
+          assert.ok(e instanceof StateDictError, String(e));
+          assert.equal(e.message, `key 'proj_out.bias' in ${weights} is ${dtype}, expected ` +
+            'F32, F16, BF16, F64 (parameters are read as float32)');
+          return true;
+        });
+      }
+    });
+
+  test('a legacy name and its new name in one file are refused, not last-one-wins', async () => {
+    const copy = fresh();
+    await saveModel(copy, TinyModel, config, tinyParams(18));
+    const weights = join(copy, 'diffusion_pytorch_model.safetensors');
+    const dict = (await readModelFolder(copy)).stateDict;
+    const both = new Map([...dict].map(([k, a]) =>
+      [k, { dtype: 'F32' as const, shape: a.shape, data: a.data as Float32Array }]));
+    both.set('layers.0.query.bias', both.get('layers.0.to_q.bias')!);
+    await writeSafetensors(weights, both);
+    await assert.rejects(loadModel(copy, TinyModel), fails([weights, "'layers.0.to_q.bias'",
+      "'layers.0.query.bias'", "both load parameter 'layers.0.to_q.bias'"], StateDictError));
+  });
+
+  test('headers are checked against the model before any tensor data is read', async () => {
+    // A 2 GiB tensor the model does not have, over a sparse file: rejected from the header
+    // alone, without a read of any tensor (the spy) and in well under a second.
+    const copy = fresh();
+    await saveModel(copy, TinyModel, config, tinyParams(19));
+    const weights = join(copy, 'diffusion_pytorch_model.safetensors');
+    const saved = await SafetensorsFile.open(weights);
+    const tensorCount = saved.entries.size;
+    await saved.close();
+    const original = await readFile(weights);
+    const oldHeader = Number(original.readBigUInt64LE(0));
+    const header = JSON.parse(original.subarray(8, 8 + oldHeader).toString('utf8'));
+    const dataLength = original.length - 8 - oldHeader;
+    const huge = 2 ** 31;
+    const withHuge = (name: string) => {
+      const h = { ...header, [name]: { dtype: 'F32', shape: [huge / 4],
+        data_offsets: [dataLength, dataLength + huge] } };
+      const json = Buffer.from(JSON.stringify(h), 'utf8');
+      const prefix = Buffer.alloc(8);
+      prefix.writeBigUInt64LE(BigInt(json.length));
+      return { bytes: Buffer.concat([prefix, json, original.subarray(8 + oldHeader)]),
+        length: 8 + json.length + dataLength + huge };
+    };
+    const reads: string[] = [];
+    const read = SafetensorsFile.prototype.read;
+    SafetensorsFile.prototype.read = function (this: SafetensorsFile, name, opts) {
+      reads.push(name);
+      return read.call(this, name, opts);
+    };
+    try {
+      const file = withHuge('unknown.weight');
+      await writeFile(weights, file.bytes);
+      await truncate(weights, file.length); // sparse: no disk, no memory
+      const t0 = performance.now();
+      await assert.rejects(loadModel(copy, TinyModel), fails([
+        `unexpected key 'unknown.weight' in ${weights} (F32 [${huge / 4}])`,
+        'the model has no such parameter'], StateDictError));
+      assert.ok(performance.now() - t0 < 1000, `took ${performance.now() - t0} ms`);
+      assert.equal(reads.length, 0, `read ${reads.join(', ')}`);
+
+      // A tensor the model drops (rename -> null) is not read either.
+      const dropping = { ...TinyModel,
+        rename: (n: string) => (n.startsWith('unknown.') ? null : TinyModel.rename!(n)) };
+      const loaded = await loadModel(copy, dropping);
+      assertSameParams(loaded.params, tinyParams(19));
+      assert.equal(reads.length, tensorCount);
+      assert.ok(!reads.includes('unknown.weight'));
+    } finally {
+      SafetensorsFile.prototype.read = read;
+      await rm(weights);
+    }
+  });
+
+  test('a weights or config path that is a folder or a FIFO says so, and never blocks',
+    { skip: process.platform === 'win32' && 'no mkfifo', timeout: 5000 }, async () => {
+      const copy = fresh();
+      await saveModel(copy, TinyModel, config, tinyParams(20));
+      const weights = join(copy, 'diffusion_pytorch_model.safetensors');
+      await rm(weights);
+      await mkdir(weights);
+      await assert.rejects(loadModel(copy, TinyModel), fails([`${weights}: not a regular file ` +
+        '(a folder): expected a .safetensors file']));
+      await assert.rejects(readModelFolder(copy), fails([`${weights}: not a regular file`]));
+      await rm(weights, { recursive: true });
+      execFileSync('mkfifo', [weights]);
+      await assert.rejects(loadModel(copy, TinyModel), fails([`${weights}: not a regular file ` +
+        '(a FIFO): expected a .safetensors file']));
+
+      const configPath = join(copy, 'config.json');
+      await rm(configPath);
+      execFileSync('mkfifo', [configPath]);
+      await assert.rejects(loadModel(copy, TinyModel), fails([`${configPath}: not a regular ` +
+        'file (a FIFO): expected a JSON file']));
+      await rm(configPath);
+      await mkdir(configPath);
+      await assert.rejects(loadModel(copy, TinyModel), fails([`${configPath}: not a regular ` +
+        'file (a folder): expected a JSON file']));
+      execFileSync('mkfifo', [join(copy, 'scheduler_config.json')]);
+      await assert.rejects(readSchedulerConfig(copy, { subfolder: '' }), fails([
+        `${join(copy, 'scheduler_config.json')}: not a regular file (a FIFO)`]));
+
+      const index = join(copy, 'diffusion_pytorch_model.safetensors.index.json');
+      await mkdir(index);
+      await rm(configPath, { recursive: true });
+      await writeFile(configPath, '{}');
+      await assert.rejects(loadModel(copy, TinyModel), fails([`${index}: not a regular file ` +
+        '(a folder): expected a JSON index file']));
+      // The weights file given where the folder is expected.
+      await assert.rejects(loadModel(configPath, TinyModel), fails([`${configPath}: not a ` +
+        'folder (a file): expected a folder holding config.json']));
+    });
 
   test('a corrupt weights file names the file and the safetensors rule', async () => {
     const copy = fresh();

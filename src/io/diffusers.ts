@@ -16,21 +16,28 @@
  * `DIR.tmp-*` folder (weights first, config.json last), which replaces DIR only when complete
  * (DIR -> DIR.old-*, DIR.tmp-* -> DIR, then DIR.old-* is removed). Files in an existing DIR
  * that this save does not own (a pipeline's other components, other variants' weights) are
- * hard-linked into the new folder first. About 610 lines, over the 400 budget: the read and
- * write sides share the file-name rules, the Python JSON dialect and the error type; the
- * dialect (~70 lines) could move to its own module if anything else comes to need it.
+ * hard-linked into the new folder first. The Python JSON dialect is in python-json.ts.
+ *
+ * Loading checks every weights header against the model (names, dtypes, shapes, offsets within
+ * the file) before it reads any tensor data, and reads only the tensors the model takes.
+ *
+ * About 670 lines, over the 400 budget: the read and write sides share the file-name rules,
+ * the index and the error type; the weights side (openWeights, planLoad, ~170 lines) could move
+ * to its own module with them.
  */
 import { randomBytes } from 'node:crypto';
 import {
-  copyFile, link, lstat, mkdir, open, readdir, readFile, readlink, rename, rm, stat, symlink,
+  copyFile, link, lstat, mkdir, open, readdir, readlink, rename, rm, stat, symlink,
 } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { HostArray, numel } from '../engine/host.js';
 import { DIFFUSERS_VERSION } from '../models/config.js';
 import { stateDict as flattenParams, type Module, type ParamsOf } from '../nn/module.js';
-import { loadStateDict } from '../nn/state.js';
+import { loadStateDict, StateDictError } from '../nn/state.js';
+import { FileKindError, fileKind, kindOf, readRegularFile } from './files.js';
+import { parsePythonJson, toPythonJson, type Json } from './python-json.js';
 import {
-  SafetensorsFile, writeSafetensors, type TensorData, type TensorInput,
+  SafetensorsFile, writeSafetensors, type SafetensorsDtype, type TensorData, type TensorInput,
 } from './safetensors.js';
 
 // ---- names (diffusers utils/constants.py) ----
@@ -54,6 +61,8 @@ function checkVariant(variant: string | undefined): void {
       `${JSON.stringify(variant)}`);
   }
 }
+
+export { toPythonJson, type Json } from './python-json.js';
 
 // ---- types ----
 
@@ -104,78 +113,15 @@ export interface ModelFolder extends ConfigFile {
   stateDict: Map<string, HostArray>;
 }
 
-// ---- JSON as Python writes it ----
-
-export type Json = null | boolean | number | string | Json[] | { [key: string]: Json };
-
-/** Python's float repr: shortest digits, exponent form below 1e-4 and from 1e16. */
-function pyNumber(v: number): string {
-  if (Number.isNaN(v)) return 'NaN';
-  if (!Number.isFinite(v)) return v > 0 ? 'Infinity' : '-Infinity';
-  if (Object.is(v, -0)) return '-0.0';
-  if (Number.isInteger(v) && Math.abs(v) < 1e16) return String(v); // JSON ints stay ints
-  const [mant, exp] = v.toExponential().split('e') as [string, string];
-  const e = Number(exp);
-  if (e >= -4 && e < 16) return String(v);
-  return `${mant}e${e < 0 ? '-' : '+'}${String(Math.abs(e)).padStart(2, '0')}`;
-}
-
-/** `json.dumps(value, indent=2, sort_keys=True)` (ensure_ascii, NaN/Infinity tokens). */
-export function toPythonJson(value: unknown, indent = ''): string {
-  if (value === null) return 'null';
-  if (typeof value === 'boolean') return String(value);
-  if (typeof value === 'number') return pyNumber(value);
-  if (typeof value === 'string') {
-    return JSON.stringify(value).replace(/[^\x20-\x7e]/g,
-      (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
-  }
-  const inner = `${indent}  `;
-  if (Array.isArray(value)) {
-    if (value.length === 0) return '[]';
-    return `[\n${value.map((v) => inner + toPythonJson(v, inner)).join(',\n')}\n${indent}]`;
-  }
-  if (typeof value === 'object') {
-    const obj = value as Record<string, unknown>;
-    const keys = Object.keys(obj).filter((k) => obj[k] !== undefined)
-      .sort((a, b) => (a < b ? -1 : a > b ? 1 : 0)); // as sort_keys, but past U+FFFF
-    if (keys.length === 0) return '{}';
-    const items = keys.map((k) => `${inner}${toPythonJson(k)}: ${toPythonJson(obj[k], inner)}`);
-    return `{\n${items.join(',\n')}\n${indent}}`;
-  }
-  throw new TypeError(`toPythonJson: cannot write a ${typeof value}`);
-}
-
-const NONFINITE = /"(?:[^"\\]|\\.)*"|-?Infinity|NaN/g;
-
-/** JSON.parse that also takes Python's NaN / Infinity / -Infinity, as json.loads does. */
-function parsePythonJson(text: string): unknown {
-  try {
-    return JSON.parse(text);
-  } catch (first) {
-    const marks: Record<string, number> = {
-      '\u0000NaN': NaN, '\u0000Infinity': Infinity, '\u0000-Infinity': -Infinity,
-    };
-    let replaced = false;
-    const quoted = text.replace(NONFINITE, (tok) => {
-      if (tok.startsWith('"')) return tok;
-      replaced = true;
-      return JSON.stringify(`\u0000${tok}`);
-    });
-    if (!replaced) throw first;
-    return JSON.parse(quoted, (_k, v: unknown) =>
-      typeof v === 'string' && Object.hasOwn(marks, v) ? marks[v] : v);
-  }
-}
-
 const isObject = (x: unknown): x is Record<string, unknown> =>
   typeof x === 'object' && x !== null && !Array.isArray(x);
 
 async function readJsonObject(path: string): Promise<Record<string, unknown>> {
   let text: string;
   try {
-    text = await readFile(path, 'utf8');
+    text = (await readRegularFile(path, 'a JSON file')).toString('utf8');
   } catch (e) {
-    throw new DiffusersFolderError(path, `cannot read (${(e as Error).message})`, { cause: e });
+    throw asFolderError(e);
   }
   let json: unknown;
   try {
@@ -208,7 +154,6 @@ async function readConfigFile(path: string, expect?: readonly string[]): Promise
 // ---- small file helpers ----
 
 const exists = (path: string) => stat(path).then(() => true, () => false);
-const isFile = (path: string) => stat(path).then((s) => s.isFile(), () => false);
 const tmpSuffix = () => `${process.pid}-${randomBytes(6).toString('hex')}`;
 
 /** Makes renames in `folder` durable; best effort (folders cannot be opened on Windows). */
@@ -238,10 +183,31 @@ async function writeFileAtomic(path: string, text: string): Promise<void> {
   await syncFolder(dirname(path));
 }
 
+/** Any error as a DiffusersFolderError naming its path (a FileKindError's own, else `path`). */
+function asFolderError(e: unknown, path = ''): DiffusersFolderError {
+  if (e instanceof DiffusersFolderError) return e;
+  if (e instanceof FileKindError) return new DiffusersFolderError(e.path, e.problem, { cause: e });
+  return new DiffusersFolderError(path, (e as Error).message, { cause: e });
+}
+
+/** Whether `path` is a regular file; false when absent; anything else there is an error. */
+async function isFile(path: string, expected: string): Promise<boolean> {
+  const kind = await fileKind(path, expected);
+  if (kind !== 'file' && kind !== 'missing') throw asFolderError(kind);
+  return kind === 'file';
+}
+
 /** Picks `dir/subfolder` when it holds `fileName`, else `dir` (diffusers' repo-root fallback). */
 async function resolveFolder(dir: string, fileName: string, subfolder?: string): Promise<string> {
   const candidates = subfolder ? [join(dir, subfolder), dir] : [dir];
-  for (const folder of candidates) if (await isFile(join(folder, fileName))) return folder;
+  for (const folder of candidates) {
+    if (await isFile(join(folder, fileName), 'a JSON file')) return folder;
+  }
+  const top = await stat(dir).catch(() => undefined);
+  if (top && !top.isDirectory()) { // e.g. the weights file given for the model folder
+    throw new DiffusersFolderError(dir, `not a folder (${top.isFile() ? 'a file' : kindOf(top)}` +
+      `): expected a folder holding ${fileName}`);
+  }
   let hint = '';
   if (!(await exists(dir))) { // an interrupted save leaves its complete copies beside DIR
     const siblings = await readdir(dirname(dir)).catch(() => [] as string[]);
@@ -268,30 +234,33 @@ function toHostArray(t: TensorData): HostArray {
   }
 }
 
-async function readWeightsFile(path: string, into: Map<string, HostArray>,
-  only?: ReadonlySet<string>): Promise<void> {
-  let file: SafetensorsFile;
+const SAFETENSORS = 'a .safetensors file';
+
+/** The dtypes a parameter may be stored in; each is read as float32. */
+const FLOAT_DTYPES: readonly SafetensorsDtype[] = ['F32', 'F16', 'BF16', 'F64'];
+
+const fmt = (shape: readonly number[]) => `[${shape.join(', ')}]`;
+
+/** Opens a weights file: its header is read and checked against the file's size, no data. */
+async function openWeightsFile(path: string): Promise<SafetensorsFile> {
   try {
-    file = await SafetensorsFile.open(path);
+    return await SafetensorsFile.open(path);
   } catch (e) {
-    throw new DiffusersFolderError(path, (e as Error).message, { cause: e });
+    throw asFolderError(e, path);
   }
+}
+
+/** One tensor of an open weights file, halves widened to float32. */
+async function readTensor(file: SafetensorsFile, name: string): Promise<HostArray> {
   try {
-    for (const name of only ?? []) {
-      if (!file.entries.has(name)) {
-        throw new DiffusersFolderError(path, `has no tensor '${name}', which the index puts here`);
-      }
-    }
-    for (const name of file.entries.keys()) {
-      if (into.has(name)) throw new DiffusersFolderError(path, `'${name}' is in two shards`);
-      into.set(name, toHostArray(await file.read(name, { widen: true })));
-    }
+    return toHostArray(await file.read(name, { widen: true }));
   } catch (e) {
-    if (e instanceof DiffusersFolderError) throw e;
-    throw new DiffusersFolderError(path, (e as Error).message, { cause: e });
-  } finally {
-    await file.close();
+    throw asFolderError(e, file.path);
   }
+}
+
+async function closeAll(files: readonly SafetensorsFile[]): Promise<void> {
+  await Promise.all(files.map((f) => f.close().catch(() => undefined)));
 }
 
 /** Reads an index's weight_map: shard file name -> the tensors it holds. */
@@ -313,48 +282,129 @@ async function readIndex(path: string): Promise<Map<string, Set<string>>> {
 }
 
 /**
- * Reads a model folder without building a model: the raw config and every tensor. Looks in
- * `dir/subfolder` (when it holds config.json) or `dir`; takes the sharded index when present
- * (for a variant also the legacy `diffusion_pytorch_model.safetensors.<v>.index.json`), else
- * the single file.
+ * Opens the weight files of `folder`: the shards named by the index when there is one (for a
+ * variant also the legacy `diffusion_pytorch_model.safetensors.<v>.index.json`), else the
+ * single file. Only headers are read; the index is checked against them, and no tensor may be
+ * in two shards. The caller closes the files.
  */
-export async function readModelFolder(dir: string, opts: ReadModelOptions = {}):
-  Promise<ModelFolder> {
-  checkVariant(opts.variant);
-  const folder = await resolveFolder(dir, CONFIG_NAME, opts.subfolder);
-  const config = await readConfigFile(join(folder, CONFIG_NAME));
-  const v = opts.variant;
-  const indexNames = [addVariant(WEIGHTS_INDEX_NAME, v)];
-  if (v !== undefined) indexNames.push(WEIGHTS_INDEX_NAME.replace('.index.', `.${v}.index.`));
-  const single = addVariant(WEIGHTS_NAME, v);
-  const stateDict = new Map<string, HostArray>();
+async function openWeights(folder: string, variant?: string): Promise<SafetensorsFile[]> {
+  const indexNames = [addVariant(WEIGHTS_INDEX_NAME, variant)];
+  if (variant !== undefined) {
+    indexNames.push(WEIGHTS_INDEX_NAME.replace('.index.', `.${variant}.index.`));
+  }
   for (const indexName of indexNames) {
     const indexPath = join(folder, indexName);
-    if (!(await isFile(indexPath))) continue;
+    if (!(await isFile(indexPath, 'a JSON index file'))) continue;
     const shards = await readIndex(indexPath);
     const missing: string[] = [];
     for (const [shard, tensors] of shards) {
-      if (!(await isFile(join(folder, shard)))) missing.push(`${shard} (${tensors.size} tensors)`);
+      if (!(await isFile(join(folder, shard), SAFETENSORS))) {
+        missing.push(`${shard} (${tensors.size} tensors)`);
+      }
     }
     if (missing.length > 0) {
       throw new DiffusersFolderError(indexPath, `names missing shards: ${missing.join(', ')}`);
     }
-    for (const [shard, tensors] of shards) { // one shard open at a time
-      await readWeightsFile(join(folder, shard), stateDict, tensors);
+    const files: SafetensorsFile[] = [];
+    try {
+      const seen = new Set<string>();
+      for (const [shard, tensors] of shards) {
+        const file = await openWeightsFile(join(folder, shard));
+        files.push(file);
+        for (const name of tensors) {
+          if (!file.entries.has(name)) {
+            throw new DiffusersFolderError(file.path, `has no tensor '${name}', which the index ` +
+              'puts here');
+          }
+        }
+        for (const name of file.entries.keys()) {
+          if (seen.has(name)) throw new DiffusersFolderError(file.path, `'${name}' is in two shards`);
+          seen.add(name);
+        }
+      }
+    } catch (e) {
+      await closeAll(files);
+      throw e;
     }
-    const weightFiles = [...shards.keys()].map((s) => join(folder, s));
-    return { ...config, folder, weightFiles, stateDict };
+    return files;
   }
+  const single = addVariant(WEIGHTS_NAME, variant);
   const path = join(folder, single);
-  if (!(await isFile(path))) {
+  if (!(await isFile(path, SAFETENSORS))) {
     const present = (await readdir(folder)).filter((n) => n.startsWith('diffusion_pytorch_model'));
     const has = present.length > 0 ? present.join(', ') : 'no weight files';
     const bin = present.some((n) => n.endsWith('.bin')) ? ' (.bin pickles are not read)' : '';
     throw new DiffusersFolderError(folder, `no weights: looked for ` +
       `${[...indexNames, single].join(', ')}; the folder has ${has}${bin}`);
   }
-  await readWeightsFile(path, stateDict);
-  return { ...config, folder, weightFiles: [path], stateDict };
+  return [await openWeightsFile(path)];
+}
+
+/**
+ * Reads a model folder without building a model: the raw config and every tensor. Looks in
+ * `dir/subfolder` (when it holds config.json) or `dir`; takes the sharded index when present,
+ * else the single file (see openWeights).
+ */
+export async function readModelFolder(dir: string, opts: ReadModelOptions = {}):
+  Promise<ModelFolder> {
+  checkVariant(opts.variant);
+  const folder = await resolveFolder(dir, CONFIG_NAME, opts.subfolder);
+  const config = await readConfigFile(join(folder, CONFIG_NAME));
+  const files = await openWeights(folder, opts.variant);
+  const stateDict = new Map<string, HostArray>();
+  try {
+    for (const file of files) { // in file order, one tensor at a time
+      for (const name of file.entries.keys()) stateDict.set(name, await readTensor(file, name));
+    }
+  } finally {
+    await closeAll(files);
+  }
+  return { ...config, folder, weightFiles: files.map((f) => f.path), stateDict };
+}
+
+/**
+ * Checks the headers of `files` against the parameters `model` declares (names after `rename`,
+ * dtypes as the file names them, shapes) before any tensor data is read, so a foreign or
+ * corrupt file fails at once however large its tensors; returns parameter -> where to read it.
+ */
+function planLoad(model: Module, files: readonly SafetensorsFile[],
+  rename: ((name: string) => string | null) | undefined, source: string):
+  Map<string, { file: SafetensorsFile; name: string }> {
+  const expected = model.parameterShapes();
+  const plan = new Map<string, { file: SafetensorsFile; name: string }>();
+  for (const file of files) {
+    const where = ` in ${file.path}`;
+    for (const [name, { dtype, shape }] of file.entries) {
+      const target = rename ? rename(name) : name;
+      if (target === null) continue;
+      const want = expected.get(target);
+      if (!want) {
+        throw new StateDictError(`unexpected key '${name}'${where} (${dtype} ${fmt(shape)}): ` +
+          'the model has no such parameter');
+      }
+      const other = plan.get(target);
+      if (other) { // a legacy name and its new name in one checkpoint: neither may win silently
+        throw new StateDictError(`keys '${other.name}' in ${other.file.path} and '${name}'` +
+          `${where} both load parameter '${target}'`);
+      }
+      if (!FLOAT_DTYPES.includes(dtype)) {
+        throw new StateDictError(`key '${name}'${where} is ${dtype}, expected ` +
+          `${FLOAT_DTYPES.join(', ')} (parameters are read as float32)`);
+      }
+      if (shape.length !== want.length || shape.some((d, i) => d !== want[i])) {
+        throw new StateDictError(`key '${name}'${where} has shape ${fmt(shape)}, the model ` +
+          `expects ${fmt(want)}`);
+      }
+      plan.set(target, { file, name });
+    }
+  }
+  for (const [target, shape] of expected) {
+    if (!plan.has(target)) {
+      throw new StateDictError(`missing key '${target}' in ${source} (expected shape ` +
+        `${fmt(shape)})`);
+    }
+  }
+  return plan;
 }
 
 export interface LoadModelOptions extends ReadModelOptions {
@@ -364,13 +414,17 @@ export interface LoadModelOptions extends ReadModelOptions {
 
 /**
  * Loads a model saved in diffusers' layout: checks `_class_name`, parses the config, builds the
- * module and its parameter tree (float32; F16/BF16/F64 files are converted), with `cls.rename`
- * applied to legacy names. A missing, unexpected or misshaped tensor fails naming the key.
+ * module, checks the weights' headers against it (names with `cls.rename` applied to legacy
+ * ones, dtypes, shapes), then reads only the tensors it needs into its parameter tree (float32;
+ * F16/BF16/F64 files are converted). A missing, unexpected or misshaped tensor fails naming the
+ * key and the file before any tensor data is read.
  */
 export async function loadModel<M extends Module, C>(dir: string, cls: ModelClass<M, C>,
   opts: LoadModelOptions = {}):
   Promise<{ config: C; model: M; params: ParamsOf<M, HostArray>; folder: string }> {
-  const read = await readModelFolder(dir, opts);
+  checkVariant(opts.variant);
+  const folder = await resolveFolder(dir, CONFIG_NAME, opts.subfolder);
+  const read = await readConfigFile(join(folder, CONFIG_NAME));
   const expected = [cls.className, ...(cls.aliases ?? [])];
   if (read.className !== undefined && !expected.includes(read.className)) {
     throw new DiffusersFolderError(read.path, `_class_name is '${read.className}', expected ` +
@@ -378,9 +432,18 @@ export async function loadModel<M extends Module, C>(dir: string, cls: ModelClas
   }
   const config = cls.readConfig(read.config, opts.warn ? { warn: opts.warn } : undefined);
   const model = cls.create(config);
-  const source = read.weightFiles.length === 1 ? read.weightFiles[0]! : read.folder;
-  const params = loadStateDict(model, read.stateDict, { rename: cls.rename, source });
-  return { config, model, params, folder: read.folder };
+  const files = await openWeights(folder, opts.variant);
+  const source = files.length === 1 ? files[0]!.path : folder;
+  const dict = new Map<string, HostArray>();
+  try {
+    for (const { file, name } of planLoad(model, files, cls.rename, source).values()) {
+      dict.set(name, await readTensor(file, name));
+    }
+  } finally {
+    await closeAll(files);
+  }
+  const params = loadStateDict(model, dict, { rename: cls.rename, source });
+  return { config, model, params, folder };
 }
 
 // ---- saving models ----

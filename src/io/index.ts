@@ -26,6 +26,9 @@ export {
   type ReadModelOptions, type SaveModelOptions,
 } from './diffusers.js';
 
+// ---- files ----
+export { FileKindError } from './files.js';
+
 // ---- images and plots ----
 export {
   decodePng, encodePng, imageGrid, readPng, writePng, type Image,

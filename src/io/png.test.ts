@@ -1,8 +1,12 @@
 /** PNG encode/decode round trip, grids of batches, deterministic bytes, scatter panels. */
 import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { test } from 'node:test';
 import { HostArray } from '../engine/host.js';
-import { decodePng, encodePng, imageGrid, toByte } from './png.js';
+import { decodePng, encodePng, imageGrid, readPng, toByte } from './png.js';
 import { scatterPanels } from './plot.js';
 
 test('grey and RGB images round-trip through PNG bytes', () => {
@@ -36,3 +40,18 @@ test('scatter panels draw points inside their own panel', () => {
   assert.deepEqual(px(12, 24 + 99), [31, 119, 180]); // (0, 0) of panel 1 at its bottom-left
   assert.deepEqual(px(12 + 112 + 49, 24 + 49), [255, 127, 14]); // (0.5, 0.5) of panel 2
 });
+
+test('readPng names a folder or a FIFO for what it is, without blocking on the FIFO',
+  { skip: process.platform === 'win32' && 'no mkfifo', timeout: 5000 }, async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'diffuse-png-'));
+    try {
+      await mkdir(join(dir, 'a.png'));
+      await assert.rejects(readPng(join(dir, 'a.png')), { name: 'FileKindError',
+        message: `${join(dir, 'a.png')}: not a regular file (a folder): expected a .png file` });
+      execFileSync('mkfifo', [join(dir, 'b.png')]);
+      await assert.rejects(readPng(join(dir, 'b.png')), { name: 'FileKindError',
+        message: `${join(dir, 'b.png')}: not a regular file (a FIFO): expected a .png file` });
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
+  });

@@ -3,10 +3,10 @@
  * Images here are 8-bit RGBA or grey rasters; batches come from models as [N, C, H, W] floats
  * in [-1, 1].
  */
-import { readFile } from 'node:fs/promises';
 import { writeFileAtomic } from '../util/atomic.js';
 import pngjs from 'pngjs';
 import type { HostArray } from '../engine/host.js';
+import { readRegularFile } from './files.js';
 
 const { PNG } = pngjs;
 
@@ -43,9 +43,11 @@ export function decodePng(bytes: Uint8Array): Image {
   return { width: png.width, height: png.height, channels: 4, data: new Uint8Array(png.data) };
 }
 
+/** Reads a PNG file as 8-bit RGBA; a path that is not a regular file is a FileKindError. */
 export async function readPng(path: string): Promise<Image> {
+  const bytes = await readRegularFile(path, 'a .png file');
   try {
-    return decodePng(await readFile(path));
+    return decodePng(bytes);
   } catch (e) {
     throw new Error(`${path}: ${(e as Error).message}`);
   }

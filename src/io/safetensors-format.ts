@@ -21,6 +21,9 @@ export const DTYPE_SIZE = {
 
 export type SafetensorsDtype = keyof typeof DTYPE_SIZE;
 
+/** Real safetensors dtypes of under a byte, named as such rather than as unknown. */
+export const SUB_BYTE_DTYPES: readonly string[] = ['F4', 'F6_E2M3', 'F6_E3M2'];
+
 /** The typed array each readable dtype decodes to; F16/BF16 are raw bits unless widened. */
 export interface DtypeArrays {
   F32: Float32Array; F64: Float64Array; I64: BigInt64Array; I32: Int32Array; I16: Int16Array;

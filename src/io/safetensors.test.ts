@@ -8,12 +8,14 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { goldenModelFolder } from '../../test/support/golden.js';
 import { goldenDir } from '../../test/support/paths.js';
+import { FileKindError } from './files.js';
 import {
   floatBitsToHalf, parseSafetensors, parseSafetensorsHeader, SafetensorsError, SafetensorsFile,
   serializeSafetensors, writeSafetensors,
@@ -292,7 +294,8 @@ describe('safety rules', () => {
     ['duplicate metadata', 'duplicate-key', craft('{"__metadata__":{"k":"1","k":"2"}}'), ['"k"']],
     ['unknown dtype', 'invalid-entry', craft(`{"a":${f32([1], [0, 4], '"F128"')}}`, zeros(4)),
       ['"a"', 'F128']],
-    ['sub-byte dtype', 'invalid-entry', craft(`{"a":${f32([2], [0, 1], '"F4"')}}`, zeros(1)), []],
+    ['sub-byte dtype', 'invalid-entry', craft(`{"a":${f32([2], [0, 1], '"F4"')}}`, zeros(1)),
+      ['"a"', 'sub-byte dtype F4']],
     ['negative dim', 'invalid-entry', craft(`{"a":${f32([-1], [0, 4])}}`, zeros(4)), ['[-1]']],
     ['fractional dim', 'invalid-entry', craft(`{"a":${f32([1.5], [0, 4])}}`, zeros(4)), []],
     ['one offset', 'invalid-entry', craft(`{"a":${f32([1], [0])}}`, zeros(4)), ['[0]']],
@@ -361,6 +364,26 @@ describe('safety rules', () => {
       await assert.rejects(file.read('nope'), isRule('tensor-not-found', '"nope"'));
     } finally { await file.close(); }
   });
+
+  test('a path that is a folder or a FIFO is named as such, before it is opened',
+    { skip: process.platform === 'win32' && 'no mkfifo', timeout: 5000 }, async () => {
+      const folder = join(scratch, 'folder.safetensors');
+      await mkdir(folder);
+      await assert.rejects(SafetensorsFile.open(folder), (e: unknown) => {
+        assert.ok(e instanceof FileKindError, String(e));
+        assert.equal(e.message, `${folder}: not a regular file (a folder): expected a ` +
+          '.safetensors file');
+        return true;
+      });
+      const fifo = join(scratch, 'fifo.safetensors');
+      execFileSync('mkfifo', [fifo]);
+      // Opening a FIFO for reading would wait for a writer: the timeout fails a blocking open.
+      await assert.rejects(SafetensorsFile.open(fifo), { name: 'FileKindError',
+        message: `${fifo}: not a regular file (a FIFO): expected a .safetensors file` });
+      const missing = join(scratch, 'missing.safetensors');
+      await assert.rejects(SafetensorsFile.open(missing), { name: 'FileKindError',
+        message: `${missing}: no such file: expected a .safetensors file` });
+    });
 
   test('writer rejects inconsistent input', () => {
     const bad: [Record<string, TensorInput>, string][] = [

@@ -10,10 +10,11 @@
  * `safetensors-format.ts` and the writer in `safetensors-write.ts`; their public symbols are
  * re-exported here, so importers need only this module.
  */
-import { open, type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
+import { openRegularFile } from './files.js';
 import {
-  DTYPE_SIZE, fail, isIndex, isLittleEndian, isReadable, METADATA_KEY, show, tensorBytes,
-  VIEW_CTOR, type DtypeArrays, type ReadableDtype, type SafetensorsDtype,
+  DTYPE_SIZE, fail, isIndex, isLittleEndian, isReadable, METADATA_KEY, show, SUB_BYTE_DTYPES,
+  tensorBytes, VIEW_CTOR, type DtypeArrays, type ReadableDtype, type SafetensorsDtype,
 } from './safetensors-format.js';
 
 export {
@@ -117,7 +118,9 @@ function parseEntry(name: string, raw: unknown) {
   // Extra fields are ignored, as serde does in the reference reader.
   const { dtype, shape, data_offsets: offsets } = raw;
   if (typeof dtype !== 'string' || !Object.hasOwn(DTYPE_SIZE, dtype)) {
-    fail('invalid-entry', `${where} has unknown dtype ${show(dtype)}`);
+    const subByte = typeof dtype === 'string' && SUB_BYTE_DTYPES.includes(dtype);
+    fail('invalid-entry', subByte ? `${where} has sub-byte dtype ${dtype}, which is not read`
+      : `${where} has unknown dtype ${show(dtype)}`);
   }
   if (!Array.isArray(shape) || !shape.every(isIndex)) {
     fail('invalid-entry', `${where} shape ${show(shape)} is not non-negative integers`);
@@ -294,8 +297,9 @@ export class SafetensorsFile {
     readonly entries: ReadonlyMap<string, SafetensorsEntry>,
   ) {}
 
+  /** Reads and checks the header; a path that is not a regular file is a FileKindError. */
   static async open(path: string): Promise<SafetensorsFile> {
-    const file = await open(path, 'r');
+    const file = await openRegularFile(path, 'a .safetensors file');
     try {
       const { size } = await file.stat();
       const prefix = size >= 8 ? await readExactly(file, 8, 0) : new Uint8Array(8);
