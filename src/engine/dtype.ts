@@ -20,16 +20,33 @@ interface DTypeInfo {
   onnx: number;
   bytes: number;
   isFloat: boolean;
+  /** The typed array that holds it. */
+  array: abstract new (...args: never[]) => AnyTypedArray;
   make(n: number): AnyTypedArray;
 }
 
 export const DTYPES: Record<DType, DTypeInfo> = {
-  float32: { onnx: 1, bytes: 4, isFloat: true, make: (n) => new Float32Array(n) },
-  float16: { onnx: 10, bytes: 2, isFloat: true, make: (n) => new Uint16Array(n) },
-  int64: { onnx: 7, bytes: 8, isFloat: false, make: (n) => new BigInt64Array(n) },
-  int32: { onnx: 6, bytes: 4, isFloat: false, make: (n) => new Int32Array(n) },
-  bool: { onnx: 9, bytes: 1, isFloat: false, make: (n) => new Uint8Array(n) },
+  float32: { onnx: 1, bytes: 4, isFloat: true, array: Float32Array,
+    make: (n) => new Float32Array(n) },
+  float16: { onnx: 10, bytes: 2, isFloat: true, array: Uint16Array,
+    make: (n) => new Uint16Array(n) },
+  int64: { onnx: 7, bytes: 8, isFloat: false, array: BigInt64Array,
+    make: (n) => new BigInt64Array(n) },
+  int32: { onnx: 6, bytes: 4, isFloat: false, array: Int32Array,
+    make: (n) => new Int32Array(n) },
+  bool: { onnx: 9, bytes: 1, isFloat: false, array: Uint8Array,
+    make: (n) => new Uint8Array(n) },
 };
+
+/** 'Float32Array (float32), ..., Uint8Array (bool)': the accepted arrays, for messages. */
+export const ARRAY_TYPES = Object.entries(DTYPES)
+  .map(([d, info]) => `${info.array.name} (${d})`).join(', ');
+
+/** The class name of an array (or the type of a non-array), for messages. */
+export function arrayName(a: unknown): string {
+  if (a === null || typeof a !== 'object') return a === null ? 'null' : typeof a;
+  return (a as object).constructor?.name ?? 'an object';
+}
 
 export function isFloat(d: DType): boolean {
   return DTYPES[d].isFloat;
@@ -41,5 +58,8 @@ export function dtypeOfArray(a: AnyTypedArray): DType {
   if (a instanceof BigInt64Array) return 'int64';
   if (a instanceof Int32Array) return 'int32';
   if (a instanceof Uint16Array) return 'float16';
-  return 'bool';
+  if (a instanceof Uint8Array) return 'bool';
+  // Not 'bool' by default: an Int8Array or Float64Array would be reinterpreted byte by byte.
+  throw new TypeError(`HostArray: ${arrayName(a)} holds no dtype of Diffuse: expected ` +
+    ARRAY_TYPES);
 }

@@ -2,7 +2,9 @@
  * @file Host arrays: a typed array plus a shape, the values that go in and out of
  * compiled functions. Plain data (no methods that compute): computation belongs in graphs.
  */
-import { DTYPES, dtypeOfArray, type AnyTypedArray, type DType, type TypedArrayOf } from './dtype.js';
+import {
+  ARRAY_TYPES, arrayName, DTYPES, dtypeOfArray, type AnyTypedArray, type DType, type TypedArrayOf,
+} from './dtype.js';
 
 export type Nested = number | boolean | bigint | Nested[];
 
@@ -27,6 +29,16 @@ export class HostArray<D extends DType = DType> {
 
   constructor(data: TypedArrayOf<D>, shape: readonly number[], dtype?: D) {
     checkShape(shape, 'HostArray');
+    if (dtype !== undefined) { // a dtype its array does not hold would reach ORT misread
+      if (!Object.hasOwn(DTYPES, dtype)) {
+        throw new TypeError(`HostArray: unknown dtype '${String(dtype)}': expected ${ARRAY_TYPES}`);
+      }
+      if (!(data instanceof DTYPES[dtype].array)) {
+        throw new TypeError(`HostArray: dtype ${dtype} needs a ${DTYPES[dtype].array.name}, got ` +
+          `${arrayName(data)}`);
+      }
+    }
+    const dt = dtype ?? (dtypeOfArray(data) as D);
     const n = numel(shape);
     if (data.length !== n) {
       throw new TypeError(
@@ -35,7 +47,7 @@ export class HostArray<D extends DType = DType> {
     }
     this.data = data;
     this.shape = Object.freeze([...shape]);
-    this.dtype = dtype ?? (dtypeOfArray(data) as D);
+    this.dtype = dt;
   }
 
   get size(): number {

@@ -7,6 +7,7 @@ import * as ops from './ops.js';
 import { grad } from './autodiff.js';
 import { compile, RuntimeError, sessionOptions } from './runtime.js';
 import type { Tensor } from './tensor.js';
+import { ShapeError } from './shape.js';
 import { printGraph, trace } from './trace.js';
 import { flatten, unflatten } from './tree.js';
 
@@ -119,4 +120,65 @@ test("layerNorm's statistics outputs are emitted only where a gradient reads the
       assert.ok(Math.abs(got[6 * row + i]! - want) < 1e-5, `dx[${row}, ${i}] ${got[6 * row + i]} vs ${want}`);
     });
   }
+});
+
+test('a call with the wrong arguments fails naming the argument, never runs on NaNs', async () => {
+  // Called with one argument, this used to trace y as undefined, lifted to a NaN constant.
+  const add = compile((x: Tensor, y: Tensor) => ops.add(x, y), { name: 'add' });
+  const v = HostArray.fromNested([1, 2]);
+  await assert.rejects((add as (...a: unknown[]) => Promise<unknown>)(v), {
+    name: 'RuntimeError',
+    message: "compiled 'add' takes 2 arguments ('arg0', 'arg1'), got 1: argument 2 'arg1' " +
+      'is missing' });
+  await assert.rejects((add as (...a: unknown[]) => Promise<unknown>)(v, v, v), {
+    message: "compiled 'add' takes 2 arguments ('arg0', 'arg1'), got 3: 1 too many" });
+  await assert.rejects((add as (...a: unknown[]) => Promise<unknown>)(v, undefined), {
+    message: "compiled 'add': argument 2 'arg1' is undefined, expected a HostArray or a tree " +
+      'of them' });
+  await assert.rejects((add as (...a: unknown[]) => Promise<unknown>)(v, 3), {
+    message: "compiled 'add': argument 2 'arg1' must be a HostArray or a tree of them, got number" });
+  assert.equal(add.sessionCount, 0);
+
+  // argNames name the arguments and fix the count.
+  const scaled = compile((x: Tensor, s: Tensor) => ops.mul(x, s), { argNames: ['x', 'scale'] });
+  await assert.rejects((scaled as (...a: unknown[]) => Promise<unknown>)(v), {
+    message: "compiled 'function' takes 2 arguments ('x', 'scale'), got 1: argument 2 'scale' " +
+      'is missing' });
+  // A shape or dtype the graph cannot take: the op's rule, then the call's arguments.
+  await assert.rejects(scaled(v, HostArray.fromNested([1, 2, 3])), (e: unknown) => {
+    assert.ok(e instanceof ShapeError, String(e));
+    assert.match(e.message, /^Mul: .*\[2\].*\[3\]/);
+    assert.ok(e.message.endsWith("(compiled 'function' called with 'x': float32[2], " +
+      "'scale': float32[3])"), e.message);
+    return true;
+  });
+  await assert.rejects(scaled(v, HostArray.fromNested([1, 2], 'int64')), (e: unknown) => {
+    assert.ok(e instanceof TypeError, String(e));
+    assert.match(e.message, /float32 and int64.*\(compiled 'function' called with 'x': float32\[2\], 'scale': int64\[2\]\)$/);
+    return true;
+  });
+  assert.deepEqual(Array.from((await scaled(v, v)).data as Float32Array), [1, 4]);
+  await add.dispose();
+  await scaled.dispose();
+});
+
+test('ops refuse an operand that is neither a Tensor nor a number', () => {
+  assert.throws(() => trace((x: Tensor) => ops.add(x, undefined as unknown as number),
+    [{ shape: [2] }]), { name: 'TypeError',
+    message: 'add: operand 2 must be a Tensor or a number, got undefined' });
+});
+
+test('host arrays hold only the typed arrays of their dtype', () => {
+  const types = 'Float32Array (float32), Uint16Array (float16), BigInt64Array (int64), ' +
+    'Int32Array (int32), Uint8Array (bool)';
+  // An Int8Array used to be taken for bool, a Float64Array too: bytes misread by ORT.
+  for (const data of [new Int8Array(2), new Float64Array(2), new Uint8ClampedArray(2)]) {
+    assert.throws(() => new HostArray(data as never, [2]), { name: 'TypeError',
+      message: `HostArray: ${data.constructor.name} holds no dtype of Diffuse: expected ${types}` });
+  }
+  assert.throws(() => new HostArray(new Float32Array(2) as never, [2], 'int64'),
+    { message: 'HostArray: dtype int64 needs a BigInt64Array, got Float32Array' });
+  assert.throws(() => new HostArray(new Float32Array(2) as never, [2], 'float64' as never),
+    { message: `HostArray: unknown dtype 'float64': expected ${types}` });
+  assert.equal(new HostArray(new Uint16Array(1), [1], 'float16').dtype, 'float16');
 });

@@ -16,6 +16,7 @@ import { HostArray, isHostArray } from './host.js';
 import { nchwcBlockSize, nchwcBlockSizeIfKnown } from './nchwc.js';
 import { toOnnx } from './onnx.js';
 import { writeFileAtomic } from '../util/atomic.js';
+import { ShapeError } from './shape.js';
 import { Tensor } from './tensor.js';
 import { trace, type Graph, type TensorSpec } from './trace.js';
 import { flatten, unflatten, type MapLeaves, type Tree, type TreeDef } from './tree.js';
@@ -129,7 +130,9 @@ interface Entry {
   outputDef: TreeDef;
 }
 
-function signature(flats: { def: TreeDef; leaves: HostArray[] }[]): string {
+type Flat = { def: TreeDef; leaves: HostArray[] };
+
+function signature(flats: readonly Flat[]): string {
   return flats.map((f) => `${JSON.stringify(f.def)}:${f.leaves.map((l) =>
     `${l.dtype}[${l.shape.join(',')}]`).join(';')}`).join('|');
 }
@@ -144,23 +147,94 @@ async function blockFor(opts: RuntimeOptions): Promise<number> {
   return usesBlockedConvs(opts) ? nchwcBlockSize() : 0;
 }
 
-/** Compiles fn (over trees of Tensors) to an async function over trees of HostArrays. */
+/** How a compiled function names its arguments in messages, as trace names its inputs. */
+function argLabel(i: number, count: number, argNames?: readonly string[]): string {
+  return `argument ${i + 1} '${argNames?.[i] ?? (count === 1 ? 'x' : `arg${i}`)}'`;
+}
+
+/**
+ * The arguments of a call flattened, or a RuntimeError naming the first that is wrong: the
+ * count (`arity`, when known) and each one's form. Why: a missing argument reaches the traced
+ * function as undefined, which it may read as a number (NaN) and run.
+ */
+function checkArgs(what: string, args: readonly unknown[], arity: number | undefined,
+  argNames?: readonly string[]): Flat[] {
+  const label = (i: number) => argLabel(i, arity ?? args.length, argNames);
+  if (arity !== undefined && args.length !== arity) {
+    const names = Array.from({ length: arity }, (_, i) => label(i).replace(/^argument \d+ /, ''));
+    const problem = args.length < arity ? `${label(args.length)} is missing`
+      : `${args.length - arity} too many`;
+    throw new RuntimeError(`${what} takes ${arity} argument${arity === 1 ? '' : 's'} ` +
+      `(${names.join(', ')}), got ${args.length}: ${problem}`);
+  }
+  return args.map((a, i) => {
+    if (a === undefined || a === null) {
+      throw new RuntimeError(`${what}: ${label(i)} is ${a}, expected a HostArray or a tree of them`);
+    }
+    try {
+      return flatten(a as HostTree, isHostArray);
+    } catch (e) {
+      const m = /unexpected (\S+) at '([^']*)'/.exec((e as Error).message);
+      const got = m ? `got ${m[1]}${m[2] === '<root>' ? '' : ` at '${m[2]}'`}` : (e as Error).message;
+      throw new RuntimeError(`${what}: ${label(i)} must be a HostArray or a tree of them, ${got}`);
+    }
+  });
+}
+
+/** `x: float32[2, 3], params: 12 arrays`: what a call passed, for messages. */
+function describeCall(flats: readonly Flat[], argNames?: readonly string[]): string {
+  return flats.map((f, i) => {
+    const name = argLabel(i, flats.length, argNames).replace(/^argument \d+ /, '');
+    const only = f.def.kind === 'leaf' ? f.leaves[0] : undefined;
+    return `${name}: ${only ? `${only.dtype}[${only.shape.join(', ')}]`
+      : `${f.leaves.length} arrays`}`;
+  }).join(', ');
+}
+
+/**
+ * A trace that failed on this call's arguments, with the call appended: the shape rule names
+ * the op and the form it expects, this the arguments given. ShapeErrors stay ShapeErrors.
+ */
+function atCall(e: unknown, what: string, call: string): Error {
+  if (!(e instanceof Error)) return new RuntimeError(`${what} (${call}): ${String(e)}`);
+  const where = `(${what} called with ${call})`;
+  if (e instanceof ShapeError) {
+    return Object.assign(new ShapeError(e.op, `${e.message.slice(e.op.length + 2)} ${where}`),
+      { cause: e });
+  }
+  const Same = [TypeError, RangeError, RuntimeError].find((c) => e.constructor === c);
+  return new (Same ?? RuntimeError)(`${e.message} ${where}`, { cause: e });
+}
+
+/**
+ * Compiles fn (over trees of Tensors) to an async function over trees of HostArrays. A call
+ * must pass `opts.argNames.length` arguments when given, else `fn.length` (JS counts the
+ * parameters before the first default or rest one; a function of rest parameters alone is not
+ * counted): give `argNames` for functions whose `length` does not say.
+ */
 export function compile<F extends TensorFn>(fn: F, opts: RuntimeOptions = {}): Compiled<F> {
   const sessions = new Map<string, Promise<Entry>>();
   const stats = { runMs: 0, calls: 0 };
+  const arity = opts.argNames?.length ?? (fn.length > 0 ? fn.length : undefined);
+  const what = `compiled '${opts.name ?? (fn.name || 'function')}'`;
   const traceFor = (specs: Tree<TensorSpec>[]): Graph => trace(fn, specs, { argNames: opts.argNames });
-  const build = async (specs: Tree<TensorSpec>[]): Promise<Entry> => {
-    const graph = traceFor(specs);
+  const build = async (specs: Tree<TensorSpec>[], flats: Flat[]): Promise<Entry> => {
+    let graph: Graph;
+    try {
+      graph = traceFor(specs);
+    } catch (e) {
+      throw atCall(e, what, describeCall(flats, opts.argNames));
+    }
     const session = await createSession(toOnnx(graph, { name: opts.name, nchwcBlock: await blockFor(opts) }), opts);
     return { session, inputNames: graph.inputNames, outputNames: graph.outputNames,
       outputDef: graph.outputDef };
   };
   const call = async (...args: HostTree[]): Promise<unknown> => {
-    const flats = args.map((a) => flatten(a, isHostArray));
+    const flats = checkArgs(what, args, arity, opts.argNames);
     const key = signature(flats);
     let entry = sessions.get(key);
     if (!entry) {
-      entry = build(args);
+      entry = build(args, flats);
       sessions.set(key, entry);
       entry.catch(() => sessions.delete(key));
     }

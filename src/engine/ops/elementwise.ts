@@ -8,6 +8,13 @@ export type TensorLike = Tensor | number;
 
 /** Lifts JS numbers to scalar constants of the other operand's dtype. */
 function lift(a: TensorLike, b: TensorLike, op: string): [Tensor, Tensor] {
+  // Anything else (undefined from a missing argument) would become a NaN constant.
+  [a, b].forEach((v, i) => {
+    if (!(v instanceof Tensor) && typeof v !== 'number') {
+      throw new TypeError(`${op}: operand ${i + 1} must be a Tensor or a number, got ` +
+        `${v === null ? 'null' : typeof v}`);
+    }
+  });
   if (a instanceof Tensor && b instanceof Tensor) return [a, b];
   if (a instanceof Tensor) return [a, scalarLike(b as number, a.dtype)];
   if (b instanceof Tensor) return [scalarLike(a, b.dtype), b];
