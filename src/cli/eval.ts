@@ -5,7 +5,7 @@ import {
   resultsTable, writeSweep,
 } from '../pipelines/eval.js';
 import {
-  classCount, guidanceClipWarning, loadPipeline, SAMPLER_NAMES,
+  checkHeldImages, classCount, guidanceClipWarning, loadPipeline, SAMPLER_NAMES,
 } from '../pipelines/sample.js';
 import { addOptions, commandOptions, custom, int, num, oneOf, path } from './options.js';
 import { progress, type Progress } from './progress.js';
@@ -28,6 +28,8 @@ export const EVAL_OPTIONS = {
     default: 'mnist-fid-sweep.png' }),
   seed: int({ min: 0, help: 'sampling seed', default: 0 }),
   batchSize: int({ min: 1, help: 'most images per model call', default: 64 }),
+  maxMemory: int({ min: 64, arg: '<MiB>', help: 'memory the run may plan for (all --n samples ' +
+    'are held for scoring); larger requests are refused before sampling', default: 1024 }),
   classifier: path({ arg: '<dir>', help: 'classifier folder (default: the shipped ' +
     'models/mnist-classifier)' }),
   cacheDir: path({ arg: '<dir>', help: 'where training-split statistics are cached ' +
@@ -45,6 +47,8 @@ export function registerEval(program: Command): void {
       const pipeline = o.model === undefined ? undefined : await loadPipeline(o.model);
       for (const note of pipeline?.notes ?? []) console.log(`note: ${note}`);
       const list = o.sweep ?? [{ sampler: o.sampler, steps: o.steps }];
+      const memoryLimit = o.maxMemory * 2 ** 20;
+      if (pipeline) checkHeldImages(pipeline.model, o.n, memoryLimit);
       if (pipeline && classCount(pipeline.model)) {
         for (const name of new Set(list.map((r) => r.sampler))) {
           const w = guidanceClipWarning(name, pipeline.scheduler, o.guidance);
@@ -63,7 +67,7 @@ export function registerEval(program: Command): void {
         }
         let bar: Progress | undefined;
         const source = pipelineSource(pipeline, { n: o.n, seed: o.seed, guidance: o.guidance,
-          batchSize: o.batchSize, onStep: (run, step, total) => {
+          batchSize: o.batchSize, memoryLimit, onStep: (run, step, total) => {
             bar ??= progress(`sampling ${run.sampler}:${run.steps}`, total);
             bar.update(step + 1); // step is 0-based
           } });

@@ -17,12 +17,16 @@ export function progress(label: string, total: number, fields: string[] = []): P
     bar.start(total, 0, Object.fromEntries(fields.map((f) => [f, ''])));
     return { update: (d, f) => bar.update(d, f), stop: () => bar.stop() };
   }
-  // Not a terminal (CI, a log file): a line every 10% keeps logs readable.
+  // Not a terminal (CI, a log file): a line every 10% keeps logs readable, and one at least
+  // every 30 s shows a long run is alive.
   let next = 0;
+  let due = 0;
   return {
     update(done, f) {
-      if (done < next && done < total) return;
+      const now = performance.now();
+      if (done < next && done < total && now < due) return;
       next = done + Math.max(1, Math.floor(total / 10));
+      due = now + 30_000;
       const shown = f ? Object.entries(f).map(([k, v]) => `${k} ${v}`).join(', ') : '';
       process.stderr.write(`${label} ${done}/${total}${shown ? ` (${shown})` : ''}\n`);
     },

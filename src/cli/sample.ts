@@ -3,8 +3,8 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import {
-  classCount, guidanceClipWarning, loadPipeline, PROVIDERS, SAMPLER_NAMES, sampleImages,
-  writeSamples,
+  checkDestination, classCount, loadPipeline, PROVIDERS, SAMPLER_NAMES,
+  sampleImages, sampleInBatches, writeSamples,
 } from '../pipelines/sample.js';
 import { packageRoot } from '../util/package-root.js';
 import { Interrupted } from './errors.js';
@@ -52,7 +52,9 @@ export const SAMPLE_OPTIONS = {
   provider: oneOf(PROVIDERS, { arg: '<p>', help: 'ONNX Runtime provider', default: 'cpu' }),
   out: path({ arg: '<file.png>', help: 'the PNG grid to write', default: 'samples.png' }),
   outDir: path({ arg: '<dir>', help: 'write DIR/000000.png, DIR/000001.png, ... instead of a ' +
-    'grid' }),
+    'grid, a batch at a time (any --n up to a million, in bounded memory)' }),
+  maxMemory: int({ min: 64, arg: '<MiB>', help: 'memory the run may plan for; larger requests ' +
+    'are refused (or batches made smaller) before anything is allocated', default: 1024 }),
 };
 
 export function registerSample(program: Command): void {
@@ -61,7 +63,12 @@ export function registerSample(program: Command): void {
       'model_index.json, or a bare model folder) and write a PNG grid or one PNG per image'),
   SAMPLE_OPTIONS)
     .action(async (_: unknown, cmd: Command) => {
-      const o = commandOptions(SAMPLE_OPTIONS, cmd).values;
+      const opts = commandOptions(SAMPLE_OPTIONS, cmd);
+      const o = opts.values;
+      if (o.outDir !== undefined && opts.sources.out !== 'default') {
+        throw opts.refuse('out', 'either --out (a grid) or --out-dir (one PNG per image)',
+          'both were given');
+      }
       const dir = o.model ?? DEFAULT_MODEL_DIR;
       if (o.model === undefined && !existsSync(dir)) {
         throw new Error(`no model at ${dir}: train one with \`diffuse train\` (its pipeline is ` +
@@ -73,31 +80,41 @@ export function registerSample(program: Command): void {
       const sampler = o.sampler ?? (flow ? 'flow-euler' : 'dpm++2m');
       const k = classCount(pipeline.model);
       const guidance = o.guidance ?? (k ? DEFAULT_GUIDANCE : 1);
-      const warning = k ? guidanceClipWarning(sampler, pipeline.scheduler, guidance) : undefined;
-      if (warning) console.error(`warning: ${warning}`);
       console.log(`${pipeline.model.cls.className} from ${pipeline.modelFolder} ` +
         `(${k ? `${k} classes` : 'unconditional'}): ${o.n} images, ${sampler}, ${o.steps} steps` +
         `${guidance !== 1 ? `, guidance ${guidance}` : ''}, seed ${o.seed} (${o.generator})`);
+      const to = o.outDir === undefined ? { out: o.out } : { outDir: o.outDir };
+      await checkDestination(pipeline.model, o.n, to); // seconds in, not after sampling
+      let written = 0;
       const stop = new AbortController();
-      const onInt = () =>
-        stop.abort(new Interrupted('interrupted while sampling; nothing written'));
+      const onInt = () => stop.abort();
       process.once('SIGINT', onInt);
       let bar: ReturnType<typeof progress> | undefined;
+      const options = {
+        sampler, steps: o.steps, n: o.n, guidance, seed: o.seed, generator: o.generator,
+        batchSize: o.batchSize, provider: o.provider, memoryLimit: o.maxMemory * 2 ** 20,
+        ...(o.class !== undefined ? { classes: o.class } : {}), signal: stop.signal,
+        onWarning: (message: string) => console.error(`warning: ${message}`),
+        onStep: (step: number, total: number) =>
+          (bar ??= progress('sampling', total)).update(step + 1),
+      };
       try {
-        const r = await sampleImages(pipeline, {
-          sampler, steps: o.steps, n: o.n, guidance, seed: o.seed,
-          generator: o.generator, batchSize: o.batchSize, provider: o.provider,
-          ...(o.class !== undefined ? { classes: o.class } : {}), signal: stop.signal,
-          onStep: (step, total) => (bar ??= progress('sampling', total)).update(step + 1),
+        const stats = 'out' in to ? await sampleImages(pipeline, options).then(async (r) => {
+          await writeSamples(r.images, to);
+          return r;
+        }) : await sampleInBatches(pipeline, options, async (images, first) => {
+          written += (await writeSamples(images, to, first)).length;
         });
         bar?.stop();
         bar = undefined;
-        console.log(`sampled ${o.n} images in ${r.seconds.toFixed(2)} s ` +
-          `(${((1000 * r.seconds) / o.n).toFixed(1)} ms per image, ${r.modelCalls} model calls)`);
-        const files = await writeSamples(r.images,
-          o.outDir === undefined ? { out: o.out } : { outDir: o.outDir });
-        console.log(o.outDir === undefined ? `wrote ${o.out}`
-          : `wrote ${files.length} images to ${o.outDir}`);
+        console.log(`sampled ${o.n} images in ${stats.seconds.toFixed(2)} s ` +
+          `(${((1000 * stats.seconds) / o.n).toFixed(1)} ms per image, ${stats.modelCalls} ` +
+          'model calls)');
+        console.log('out' in to ? `wrote ${to.out}` : `wrote ${o.n} images to ${to.outDir}`);
+      } catch (e) {
+        if (!stop.signal.aborted) throw e;
+        throw new Interrupted(o.outDir === undefined ? 'interrupted while sampling; nothing written'
+          : `interrupted after writing ${written} of ${o.n} images to ${o.outDir}`, { cause: e });
       } finally {
         bar?.stop();
         process.off('SIGINT', onInt);

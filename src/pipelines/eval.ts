@@ -19,7 +19,7 @@ import {
   classAccuracy, featureExtractor, frechetDistance, gaussianStats, loadMetricClassifier,
   referenceStats, type FeatureExtractor, type ReferenceStats,
 } from './metrics.js';
-import { classCount, sampleImages, type Pipeline } from './sample.js';
+import { classCount, NonFiniteError, sampleImages, type Pipeline } from './sample.js';
 
 // ---------------------------------------------------------------------------------------------
 // MNIST-FID against the training split
@@ -120,13 +120,15 @@ export type ImageSource = (run: Run) =>
 
 /** Samples a pipeline (sample.ts): conditional models get the classes 0..K-1 cycled. */
 export function pipelineSource(p: Pipeline, o: { n: number; seed: number; guidance?: number;
-  batchSize?: number; onStep?: (run: Run, step: number, total: number) => void }): ImageSource {
+  batchSize?: number; memoryLimit?: number;
+  onStep?: (run: Run, step: number, total: number) => void }): ImageSource {
   const k = classCount(p.model);
   const classes = Array.from({ length: k }, (_, i) => i);
   return async (run) => {
     const r = await sampleImages(p, { sampler: run.sampler, steps: run.steps, n: o.n, seed: o.seed,
       ...(k ? { classes, guidance: o.guidance ?? 1 } : {}),
       ...(o.batchSize ? { batchSize: o.batchSize } : {}),
+      ...(o.memoryLimit ? { memoryLimit: o.memoryLimit } : {}),
       ...(o.onStep ? { onStep: (step: number, total: number) => o.onStep!(run, step, total) } : {}),
     });
     return { images: r.images, seconds: r.seconds,
@@ -148,6 +150,11 @@ export async function evaluateRuns(m: MnistFid, runs: readonly Run[], source: Im
     const s = await source(run);
     const n = s.images.shape[0]!;
     const score = await scoreImages(m, s.images, s.labels);
+    if (!Number.isFinite(score.fid)) {
+      throw new NonFiniteError(`MNIST-FID of ${run.sampler}:${run.steps} is ${score.fid}: the ` +
+        `classifier's features of the samples or of the reference are not finite (a corrupt ` +
+        `classifier checkpoint?); nothing written`);
+    }
     const r = { ...run, ...score, n, seconds: s.seconds, secondsPerImage: s.seconds / n };
     results.push(r);
     onRun?.(r);

@@ -5,6 +5,7 @@
 import { HostArray } from '../engine/host.js';
 import { compile, type RuntimeOptions } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
+import type { Graph } from '../engine/trace.js';
 import type { Batch, Denoiser } from '../diffusion/denoiser.js';
 import type { Prediction } from '../diffusion/predictions.js';
 
@@ -15,6 +16,9 @@ export type ModelFn = (x: Tensor, t: Tensor, labels?: Tensor) => Tensor;
 export interface GraphDenoiser extends Denoiser {
   /** Model calls so far and time spent in them (ms). */
   readonly stats: { calls: number; ms: number };
+  /** The model traced (not compiled) for an input of this shape, with class labels or
+   *  without: for estimates such as its largest intermediate before anything runs. */
+  traceAt(shape: readonly number[], labelled: boolean): Graph;
   dispose(): Promise<void>;
 }
 
@@ -31,6 +35,11 @@ export function graphDenoiser(model: ModelFn, prediction: Prediction, runtime: R
   return {
     prediction,
     stats,
+    traceAt: (shape, withLabels) => {
+      const [x, t] = [{ shape: [...shape] }, { shape: [shape[0]!] }];
+      return withLabels ? labelled.trace(x, t, { shape: [shape[0]!], dtype: 'int64' })
+        : plain.trace(x, t);
+    },
     async predict(x: Batch, t: Float64Array, condition?: unknown): Promise<Batch> {
       const t0 = performance.now();
       const xs = x instanceof HostArray && x.dtype === 'float32' ? x

@@ -21,7 +21,10 @@ import { repoRoot } from '../../test/support/paths.js';
 import { exportPipeline } from './checkpoint.js';
 import { graphDenoiser } from './graph-denoiser.js';
 import { createImageModel, type ModelFamily } from './image-models.js';
-import { guidanceClipWarning, loadPipeline, sampleImages, type Pipeline } from './sample.js';
+import {
+  checkDestination, guidanceClipWarning, loadPipeline, MemoryLimitError, NonFiniteError,
+  sampleImages, sampleInBatches, writeSamples, type Pipeline,
+} from './sample.js';
 import { schedulerFromConfig } from '../diffusion/diffusers/schedulers.js';
 import { parseScheduler, specToJson } from '../diffusion/diffusers/spec.js';
 import { samplerSpec } from '../diffusion/sampling.js';
@@ -250,3 +253,80 @@ test('DDIM with clipping and guidance is warned about; other combinations are no
   assert.equal(guidanceClipWarning('dpm++2m', clipped, 3), undefined);
   assert.equal(trainingScheduler('eps').config.clip_sample, false, 'trained pipelines ship without clipping');
 });
+
+test('batches: images depend on seed and index only, not on batch size (philox and torch)', () =>
+  withDir(async (dir) => {
+    const p = await loadPipeline(await tinyPipeline(dir, 'unet', 3));
+    const o = { sampler: 'euler-a', steps: 3, n: 5, seed: 4, guidance: 2 } as const;
+    const whole = await sampleImages(p, { ...o, batchSize: 64 });
+    const firsts: number[] = [];
+    const parts = new Float32Array(whole.images.data.length);
+    const stats = await sampleInBatches(p, { ...o, batchSize: 2 }, (images, first) => {
+      firsts.push(first);
+      assert.equal(images.shape[0], Math.min(2, 5 - first));
+      parts.set(images.data, first * 64);
+    });
+    assert.deepEqual(firsts, [0, 2, 4], 'batches of 2 images, in order');
+    assert.deepEqual(parts, whole.images.data, 'same images as one batch');
+    assert.equal(stats.modelCalls, 3 * (2 + 2 + 1), 'cond + uncond rows of each batch per step');
+    const torch = { ...o, generator: 'torch' } as const;
+    const t64 = await sampleImages(p, { ...torch, batchSize: 64 });
+    const t2 = await sampleImages(p, { ...torch, batchSize: 2 });
+    assert.deepEqual(t2.images.data, t64.images.data, 'torch: one noise sequence over all n');
+  }));
+
+test('memory: batches shrink to the limit, a request that cannot fit is refused first', () =>
+  withDir(async (dir) => {
+    const p = await loadPipeline(await tinyPipeline(dir, 'unet', 0));
+    const o = { sampler: 'ddim', steps: 1, n: 6, seed: 1 } as const;
+    const free = await sampleImages(p, o);
+    // The tiny U-Net's largest intermediate at 8x8 is about 6 KiB a row (x4 working space):
+    // 200 KiB leaves room for a few rows per call.
+    const tight = await sampleImages(p, { ...o, memoryLimit: 200 * 1024 });
+    assert.ok(tight.rowsPerCall < 6 && tight.rowsPerCall >= 1, `rows ${tight.rowsPerCall}`);
+    assert.match(tight.warnings.join(), /batch size lowered from 64 to \d rows per model call/);
+    assert.deepEqual(tight.images.data, free.images.data, 'same images in smaller batches');
+    await assert.rejects(sampleImages(p, { ...o, memoryLimit: 4096 }), (e: unknown) =>
+      e instanceof MemoryLimitError && /one 8x8 image needs about .* in UNet2DModel \(its largest intermediate, \w+ -> \[1, /.test(e.message));
+    await assert.rejects(sampleImages(p, { ...o, n: 10_000, memoryLimit: 2 ** 20 }),
+      /10000 images of 1x8x8 take 2\.4 MiB held at once, over half the memory limit of 1\.0 MiB; ask for at most 2048/);
+    await assert.rejects(sampleImages(p, { ...o, n: 3000, generator: 'torch', batchSize: 2,
+      memoryLimit: 2 ** 21 }), /torch generator draws the noise of all 3000 images from one sequence/);
+  }));
+
+test('non-finite: NaN weights are refused at load, NaN outputs stop sampling', () =>
+  withDir(async (dir) => {
+    const folder = await tinyPipeline(join(dir, 'pipe'), 'unet', 0);
+    const p = await loadPipeline(folder);
+    const poisoned = mapTree(p.params, (x): x is HostArray => x instanceof HostArray,
+      (a) => new HostArray(Float32Array.from(a.data as Float32Array), a.shape, 'float32'));
+    const { flatten } = await import('../engine/tree.js');
+    const { paths, leaves } = flatten(poisoned, (x): x is HostArray => x instanceof HostArray);
+    const last = leaves.length - 1; // conv_out: every output pixel reads it
+    (leaves[last]!.data as Float32Array)[0] = Number.NaN;
+    await assert.rejects(sampleImages({ ...p, params: poisoned }, { sampler: 'ddim', steps: 2, n: 2 }),
+      (e: unknown) => e instanceof NonFiniteError &&
+        /the model returned NaN or infinite values \(image 0, model time \d+\): from finite inputs/.test(e.message));
+    await exportPipeline(join(dir, 'nan'), { model: p.model, scheduler: p.scheduler }, poisoned);
+    await assert.rejects(loadPipeline(join(dir, 'nan')),
+      new RegExp(`weight '${paths[last]!.replace(/\./g, '\\.')}' has 1 NaN or infinite values of \\d+: the checkpoint is corrupt`));
+  }));
+
+test('destinations are checked before sampling; folder images are numbered from the batch', () =>
+  withDir(async (dir) => {
+    const p = await loadPipeline(await tinyPipeline(dir, 'unet', 0));
+    await checkDestination(p.model, 16_000, { out: join(dir, 'grid.png') });
+    await assert.rejects(checkDestination(p.model, 300_000, { out: join(dir, 'grid.png') }),
+      /a grid of 300000 images of 8x8 is 5482x5482 pixels, over the 16 M pixels a grid may have; write one PNG per image/);
+    await assert.rejects(checkDestination(p.model, 1_000_001, { outDir: join(dir, 'd') }),
+      /1000001 images: a folder run writes at most 1000000/);
+    await writeFile(join(dir, 'file'), '');
+    await assert.rejects(checkDestination(p.model, 2, { outDir: join(dir, 'file', 'd') }),
+      /cannot create folder .*file\/d: a file is in the way/);
+    const rgba = { ...p.model, sampleShape: [4, 8, 8] as [number, number, number] };
+    await assert.rejects(checkDestination(rgba, 2, { out: join(dir, 'x.png') }),
+      /makes 4-channel images; PNGs are written for 1 \(gray\) or 3 \(RGB\) channels/);
+    const images = new HostArray(new Float32Array(2 * 64), [2, 1, 8, 8], 'float32');
+    assert.deepEqual((await writeSamples(images, { outDir: join(dir, 'd') }, 7)).map((f) => f.slice(-10)),
+      ['000007.png', '000008.png']);
+  }));

@@ -12,24 +12,26 @@
  * gives diffusers' image. The samplers ask for a step's noise exactly where diffusers draws
  * one, so one sequential generator serves both.
  *
- * The model sees at most `batchSize` rows per call; sampling itself runs over all N images at
- * once (one latent, one noise stream), so results do not depend on the batch size.
- * `writeSamples` writes the result as a PNG grid or one PNG per image.
+ * The model sees at most `batchSize` rows per call, and images are sampled a batch at a time
+ * (`sampleInBatches` streams them), so memory is bounded by the batch and a memory limit
+ * checked before anything is allocated; with Philox noise an image depends only on the seed
+ * and its index, not on the batch size. `writeSamples` writes a PNG grid or one PNG per image.
  */
 import { existsSync, statSync } from 'node:fs';
-import { readFile } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { HostArray, numel } from '../engine/host.js';
+import { HostArray } from '../engine/host.js';
+import { largestIntermediate, type LargestTensor } from '../engine/memory.js';
 import * as ops from '../engine/ops.js';
 import { RngKey } from '../engine/random/philox.js';
 import { TorchGenerator } from '../engine/random/torch.js';
 import type { Provider } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
-import { mapTree, type Tree } from '../engine/tree.js';
+import { flatten, mapTree, type Tree } from '../engine/tree.js';
 import { withData, type Batch, type Denoiser, type NoiseSource } from '../diffusion/denoiser.js';
 import { parseScheduler, type SchedulerSpec } from '../diffusion/diffusers/spec.js';
 import { classifierFreeGuidance } from '../diffusion/guidance.js';
 import { sample, samplerSpec } from '../diffusion/sampling.js';
+import { fileKind, readRegularFile } from '../io/files.js';
 import { imageGrid, writePng } from '../io/png.js';
 import {
   CONFIG_NAME, DiffusersFolderError, loadModel, MODEL_INDEX_NAME, readModelIndex,
@@ -39,6 +41,7 @@ import { ditClass } from '../models/dit.js';
 import { ditMoEClass } from '../models/dit-moe.js';
 import { UNET2D_CLASS } from '../models/unet2d.js';
 import type { Module } from '../nn/module.js';
+import { ensureWritableFile, ensureWritableFolder, explainFsError } from '../util/fs-errors.js';
 import { graphDenoiser } from './graph-denoiser.js';
 import { familyOfClass, imageModelOf, type ImageModel, type ModelFamily } from './image-models.js';
 
@@ -71,7 +74,13 @@ const MODEL_CLASSES: Record<ModelFamily, ModelClass<Module, unknown>> = {
 };
 
 const COMPONENTS = ['unet', 'transformer'] as const;
-const isFile = (p: string) => existsSync(p) && statSync(p).isFile();
+/** Whether a regular file is at `p`; something else there (a folder, a FIFO) is an error
+ *  naming it rather than a silent "not found". */
+async function isFile(p: string): Promise<boolean> {
+  const kind = await fileKind(p, 'a JSON file');
+  if (kind instanceof Error) throw kind;
+  return kind === 'file';
+}
 
 /**
  * Loads `dir` for sampling: (a) a pipeline folder (model_index.json naming a `unet` or
@@ -88,7 +97,7 @@ export async function loadPipeline(dir: string): Promise<Pipeline> {
   const notes: string[] = [];
   let modelDir = dir;
   let indexClass: string | undefined;
-  const isPipeline = isFile(join(dir, MODEL_INDEX_NAME));
+  const isPipeline = await isFile(join(dir, MODEL_INDEX_NAME));
   if (isPipeline) {
     const index = await readModelIndex(dir);
     const found = COMPONENTS.find((c) => index.components[c]?.[1]);
@@ -102,18 +111,18 @@ export async function loadPipeline(dir: string): Promise<Pipeline> {
     }
     indexClass = index.components[found]![1]!;
     // diffusers' repo-root fallback: older repos keep the model beside model_index.json.
-    if (isFile(join(dir, found, CONFIG_NAME))) modelDir = join(dir, found);
-    else if (!isFile(join(dir, CONFIG_NAME))) {
+    if (await isFile(join(dir, found, CONFIG_NAME))) modelDir = join(dir, found);
+    else if (!(await isFile(join(dir, CONFIG_NAME)))) {
       throw new DiffusersFolderError(dir, `${MODEL_INDEX_NAME} names a '${found}', but there is ` +
         `no ${join(found, CONFIG_NAME)} nor ${CONFIG_NAME}`);
     }
-  } else if (!isFile(join(dir, CONFIG_NAME))) {
-    const run = isFile(join(dir, 'model', MODEL_INDEX_NAME))
+  } else if (!(await isFile(join(dir, CONFIG_NAME)))) {
+    const run = (await isFile(join(dir, 'model', MODEL_INDEX_NAME)))
       ? ` (a training run? its pipeline is ${join(dir, 'model')})` : '';
     throw new DiffusersFolderError(dir, `${looked}; found neither${run}`);
   }
   // Only the class name, to pick the loader (which then parses the whole file, NaN and all).
-  const text = await readFile(join(modelDir, CONFIG_NAME), 'utf8');
+  const text = (await readRegularFile(join(modelDir, CONFIG_NAME), 'a JSON file')).toString('utf8');
   const className = /"_class_name"\s*:\s*"([^"]+)"/.exec(text)?.[1] ?? indexClass;
   if (!className) {
     throw new DiffusersFolderError(join(modelDir, CONFIG_NAME), `has no _class_name: expected ` +
@@ -127,9 +136,25 @@ export async function loadPipeline(dir: string): Promise<Pipeline> {
     throw new DiffusersFolderError(path, (e as Error).message, { cause: e });
   }
   const loaded = await loadModel(modelDir, MODEL_CLASSES[family], { warn: (m) => notes.push(m) });
+  checkFinite(loaded.params as Tree<HostArray>, modelDir);
   const scheduler = await findScheduler(dir, modelDir, isPipeline, notes);
   return { model: imageModelOf(family, loaded.config), params: loaded.params as Tree<HostArray>,
     scheduler, modelFolder: modelDir, notes };
+}
+
+/** Refuses weights with NaN or infinities at load: sampled, they give an all-black image. */
+function checkFinite(params: Tree<HostArray>, modelDir: string): void {
+  const { paths, leaves } = flatten(params, (x): x is HostArray => x instanceof HostArray);
+  leaves.forEach((a, i) => {
+    if (a.dtype !== 'float32') return;
+    let bad = 0;
+    for (const v of a.data as Float32Array) if (!Number.isFinite(v)) bad++;
+    if (bad > 0) {
+      throw new DiffusersFolderError(modelDir, `weight '${paths[i]}' has ${bad} NaN or ` +
+        `infinite values of ${a.data.length}: the checkpoint is corrupt (or was saved from a ` +
+        `diverged run)`);
+    }
+  });
 }
 
 async function findScheduler(dir: string, modelDir: string, isPipeline: boolean,
@@ -137,7 +162,7 @@ async function findScheduler(dir: string, modelDir: string, isPipeline: boolean,
   const candidates = [join(dir, 'scheduler'), dir];
   if (!isPipeline) candidates.push(join(dirname(modelDir), 'scheduler'));
   for (const folder of candidates) {
-    if (isFile(join(folder, SCHEDULER_CONFIG_NAME))) {
+    if (await isFile(join(folder, SCHEDULER_CONFIG_NAME))) {
       const file = await readSchedulerConfig(folder, { subfolder: '' }); // '': folder itself
       let spec: SchedulerSpec;
       try {
@@ -156,6 +181,19 @@ async function findScheduler(dir: string, modelDir: string, isPipeline: boolean,
 
 // ---- sampling ----
 
+/** The memory a sampling run may plan for by default (model intermediates and latents): a
+ *  request above it is refused or split before ONNX Runtime allocates anything. */
+export const DEFAULT_MEMORY_LIMIT = 2 ** 30;
+
+/** Copies of the largest intermediate one model call may hold at once: an op's inputs and
+ *  outputs live together, and ORT's arena keeps slack (measured: the MNIST U-Net peaks at
+ *  about 3x its largest tensor). */
+const ACTIVATION_COPIES = 4;
+
+/** Latent-sized buffers a sampler keeps per image: x, the model output, noise, multistep
+ *  history (up to 3), guidance's doubled batch, and the clamped result. */
+const LATENT_COPIES = 12;
+
 export interface SampleOptions {
   /** A name of SAMPLERS (`ddim`, `dpm++2m`, ...). */
   sampler: string;
@@ -166,25 +204,46 @@ export interface SampleOptions {
   /** Labels cycled over the n images, or 'all' (0..K-1 cycled; default for conditional models). */
   classes?: readonly number[] | 'all';
   seed?: number;
-  /** 'philox' (default): stream k is key.fold(k + 1).normal; 'torch': torch.randn in order. */
+  /** 'philox' (default): image i's noise is the slice [i * CHW, (i + 1) * CHW) of stream k =
+   *  key.fold(k + 1).normal; 'torch': torch.randn over all n images in order. */
   generator?: 'philox' | 'torch';
-  /** Most rows per model call (default 64). */
+  /** Most rows per model call (default 64; lowered to fit memoryLimit, with a warning). */
   batchSize?: number;
+  /** Bytes the run may plan for (default DEFAULT_MEMORY_LIMIT). */
+  memoryLimit?: number;
   provider?: Provider;
+  /** Progress over the whole run: `step` of `total` (sampler steps x batches of images). */
   onStep?: (step: number, total: number) => void;
+  /** Called with each of the run's warnings (SampleStats.warnings) before sampling starts. */
+  onWarning?: (message: string) => void;
   signal?: AbortSignal;
 }
 
-export interface SampleResult {
-  /** [N, C, H, W] in [-1, 1] (clamped, as diffusers' pipelines clamp). */
-  images: HostArray<'float32'>;
+export interface SampleStats {
   /** Wall time, graph compilation included. */
   seconds: number;
-  /** Model calls (each at most batchSize rows). */
+  /** Model calls (each at most `rowsPerCall` rows). */
   modelCalls: number;
-  /** What the caller should know about these settings (guidanceClipWarning); the CLIs print
-   *  them before sampling. */
+  /** Rows per model call: batchSize, or less where memoryLimit demanded it. */
+  rowsPerCall: number;
+  /** What the caller should know about these settings (guidanceClipWarning, a lowered batch
+   *  size); the CLIs print them. */
   warnings: string[];
+}
+
+export interface SampleResult extends SampleStats {
+  /** [N, C, H, W] in [-1, 1] (clamped, as diffusers' pipelines clamp). */
+  images: HostArray<'float32'>;
+}
+
+/** A request that cannot fit in the memory limit: refused before anything is allocated. */
+export class MemoryLimitError extends RangeError {
+  override name = 'MemoryLimitError';
+}
+
+/** A sample (or a model output on the way) with NaN or infinite values: nothing is written. */
+export class NonFiniteError extends Error {
+  override name = 'NonFiniteError';
 }
 
 /** A warning when a sampler would clip its x0 estimate while guidance extrapolates the noise
@@ -236,19 +295,6 @@ function labelsFor(m: ImageModel, o: SampleOptions): number[] | undefined {
   return Array.from({ length: o.n }, (_, i) => list[i % list.length]!);
 }
 
-/**
- * Standard normal noise: stream -1 is the initial latent, stream k the noise of step k. The
- * torch generator draws in call order, as diffusers' pipelines do.
- */
-function noiseSource(o: SampleOptions, shape: readonly number[]): NoiseSource {
-  if (o.generator === 'torch') {
-    const g = new TorchGenerator(o.seed ?? 0);
-    return () => g.randn(shape);
-  }
-  const key = RngKey.fromSeed(o.seed ?? 0);
-  return (n, k) => key.fold(k + 1).normal(n);
-}
-
 /** Splits model calls into batches of at most `rows` rows (conditions: one label per row). */
 function inBatches(base: Denoiser, rows: number): Denoiser {
   return {
@@ -270,12 +316,82 @@ function inBatches(base: Denoiser, rows: number): Denoiser {
   };
 }
 
-/** Samples n images from a loaded pipeline. */
-export async function sampleImages(p: Pipeline, o: SampleOptions): Promise<SampleResult> {
+/** The first row of `data` [rows, per] with a NaN or infinity, or -1. */
+function firstNonFiniteRow(data: ArrayLike<number>, per: number): number {
+  for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i]!)) return Math.floor(i / per);
+  return -1;
+}
+
+/** Stops at the first model output with NaN or infinity: seconds into a run, not after it. */
+function finiteOutputs(base: Denoiser, first: () => number): Denoiser {
+  return {
+    prediction: base.prediction,
+    async predict(x: Batch, t: Float64Array, condition?: unknown): Promise<Batch> {
+      const out = await base.predict(x, t, condition);
+      const per = out.data.length / out.shape[0]!;
+      const row = firstNonFiniteRow(out.data, per);
+      if (row >= 0) {
+        const inputBad = firstNonFiniteRow(x.data, per) >= 0;
+        throw new NonFiniteError(`the model returned NaN or infinite values (image ` +
+          `${first() + row}, model time ${t[row]}): ${inputBad
+            ? 'its input already was not finite: the scheduler config produces them'
+            : 'from finite inputs, so its weights or config produce them'}; nothing written`);
+      }
+      return out;
+    },
+  };
+}
+
+const fmtBytes = (b: number): string => b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(1)} GiB`
+  : b >= 10 * 2 ** 20 ? `${Math.round(b / 2 ** 20)} MiB` : `${(b / 2 ** 20).toFixed(1)} MiB`;
+
+interface Plan {
+  rowsPerCall: number;
+  imagesPerBatch: number;
+  warnings: string[];
+}
+
+/** How many rows each model call and each sampled batch may hold within the memory limit:
+ *  model calls get half of it (down to one row), the batch's latents the rest. */
+function planMemory(p: Pipeline, o: SampleOptions, largest: LargestTensor, rowBytes: number):
+  Plan {
+  const limit = o.memoryLimit ?? DEFAULT_MEMORY_LIMIT;
+  const wanted = o.batchSize ?? 64;
+  const callBytes = ACTIVATION_COPIES * largest.bytes; // per row: traced at batch 1
+  const latentBytes = LATENT_COPIES * rowBytes;
+  const [, h, w] = p.model.sampleShape;
+  if (callBytes + latentBytes > limit) {
+    throw new MemoryLimitError(`one ${h}x${w} image needs about ` +
+      `${fmtBytes(callBytes + latentBytes)} in ${p.model.cls.className} (its largest ` +
+      `intermediate, ${largest.prim} -> [${largest.shape.join(', ')}], is ` +
+      `${fmtBytes(largest.bytes)}): over the memory limit of ${fmtBytes(limit)}; raise the ` +
+      `limit if the machine has the memory, or use a model config with a smaller sample_size`);
+  }
+  const rowsPerCall = Math.max(1, Math.min(wanted, Math.floor(limit / 2 / callBytes)));
+  const warnings = rowsPerCall < wanted ? [`batch size lowered from ${wanted} to ` +
+    `${rowsPerCall} rows per model call to stay within the memory limit of ${fmtBytes(limit)}`]
+    : [];
+  const imagesPerBatch = Math.max(1, Math.min(o.n, rowsPerCall,
+    Math.floor((limit - rowsPerCall * callBytes) / latentBytes)));
+  return { rowsPerCall, imagesPerBatch, warnings };
+}
+
+/**
+ * Samples n images from a loaded pipeline, a batch of images at a time: `onBatch` gets each
+ * batch ([count, C, H, W] in [-1, 1]) with the index of its first image, in order. Memory is
+ * bounded by the batch, not by n. With the philox generator each image's noise depends only
+ * on the seed and its index, so the images do not depend on the batch sizes; the torch
+ * generator draws all n images' noise from one sequence, so all n are sampled as one batch.
+ */
+export async function sampleInBatches(p: Pipeline, o: SampleOptions,
+  onBatch: (images: HostArray<'float32'>, first: number) => Promise<void> | void):
+  Promise<SampleStats> {
   const spec = samplerSpec(o.sampler, p.scheduler); // checks the name and the process
   checkInt(o.steps, 'steps', 1);
   checkInt(o.n, 'n', 1);
   checkInt(o.batchSize ?? 64, 'batchSize', 1);
+  const limit = o.memoryLimit ?? DEFAULT_MEMORY_LIMIT;
+  if (!(limit > 0)) throw new RangeError(`memoryLimit must be a positive number of bytes, got ${limit}`);
   const guidance = o.guidance ?? 1;
   if (!Number.isFinite(guidance)) {
     throw new RangeError(`guidance must be a finite number, got ${guidance}`);
@@ -285,8 +401,9 @@ export async function sampleImages(p: Pipeline, o: SampleOptions): Promise<Sampl
     throw new RangeError(`guidance ${guidance} needs a class-conditional model; this one is ` +
       `unconditional (use guidance 1)`);
   }
+  const cfg = labels !== undefined && guidance !== 1;
   const [c, h, w] = p.model.sampleShape;
-  const shape = [o.n, c, h, w];
+  const per = c * h * w;
   const consts = mapTree(p.params, (x): x is HostArray => x instanceof HostArray,
     (a) => ops.constant(a));
   const model = (x: Tensor, t: Tensor, y?: Tensor): Tensor => {
@@ -296,28 +413,93 @@ export async function sampleImages(p: Pipeline, o: SampleOptions): Promise<Sampl
   };
   const graph = graphDenoiser(model, spec.prediction,
     { name: 'sample_denoiser', ...(o.provider ? { provider: o.provider } : {}) });
-  let denoiser = inBatches(graph, o.batchSize ?? 64);
-  const clip = labels ? guidanceClipWarning(o.sampler, p.scheduler, guidance) : undefined;
-  if (labels && guidance !== 1) {
-    denoiser = classifierFreeGuidance(denoiser,
-      { scale: guidance, uncondition: new Array<number>(o.n).fill(p.model.numClasses) });
-  }
   const start = performance.now();
   try {
-    const noise = noiseSource(o, shape);
-    const x0 = new HostArray<'float32'>(noise(numel(shape), -1), shape, 'float32');
-    const x = await sample(denoiser, x0, p.scheduler, {
-      sampler: o.sampler, steps: o.steps, noise, condition: labels,
-      ...(o.signal ? { signal: o.signal } : {}),
-      onStep: (s) => o.onStep?.(s.index, s.total),
-    });
-    const images = new HostArray(Float32Array.from(x.data, (v) => Math.min(1, Math.max(-1, v))),
-      shape, 'float32');
-    return { images, seconds: (performance.now() - start) / 1000, modelCalls: graph.stats.calls,
-      warnings: clip ? [clip] : [] };
+    const plan = planMemory(p, o, largestIntermediate(graph.traceAt([1, c, h, w],
+      labels !== undefined)), per * 4);
+    let imagesPerBatch = plan.imagesPerBatch;
+    if (o.generator === 'torch' && imagesPerBatch < o.n) {
+      const most = Math.floor(limit / (LATENT_COPIES * per * 4));
+      if (o.n > most) {
+        throw new MemoryLimitError(`the torch generator draws the noise of all ${o.n} images ` +
+          `from one sequence, so they are sampled at once: at most ${most} images of ` +
+          `${c}x${h}x${w} fit in the memory limit of ${fmtBytes(limit)}; use the philox ` +
+          `generator (any n) or a smaller n`);
+      }
+      imagesPerBatch = o.n;
+    }
+    const warnings = [...plan.warnings];
+    const clip = labels ? guidanceClipWarning(o.sampler, p.scheduler, guidance) : undefined;
+    if (clip) warnings.unshift(clip);
+    for (const message of warnings) o.onWarning?.(message);
+    const batches = Math.ceil(o.n / imagesPerBatch);
+    const torch = o.generator === 'torch' ? new TorchGenerator(o.seed ?? 0) : undefined;
+    const key = RngKey.fromSeed(o.seed ?? 0);
+    let first = 0;
+    const checked = finiteOutputs(inBatches(graph, plan.rowsPerCall), () => first);
+    for (let b = 0; b < batches; b++) {
+      first = b * imagesPerBatch;
+      const count = Math.min(imagesPerBatch, o.n - first);
+      const shape = [count, c, h, w];
+      const offset = first * per;
+      // Stream -1 is the initial latent, stream k the noise of step k.
+      const noise: NoiseSource = torch ? () => torch.randn(shape)
+        : (size, k) => key.fold(k + 1).normal(size, offset);
+      const x0 = new HostArray<'float32'>(noise(count * per, -1), shape, 'float32');
+      const condition = labels?.slice(first, first + count);
+      const denoiser = cfg ? classifierFreeGuidance(checked,
+        { scale: guidance, uncondition: new Array<number>(count).fill(p.model.numClasses) })
+        : checked;
+      const x = await sample(denoiser, x0, p.scheduler, {
+        sampler: o.sampler, steps: o.steps, noise, condition,
+        ...(o.signal ? { signal: o.signal } : {}),
+        onStep: (s) => o.onStep?.(b * s.total + s.index, batches * s.total),
+      });
+      const bad = firstNonFiniteRow(x.data, per);
+      if (bad >= 0) {
+        throw new NonFiniteError(`sample ${first + bad} has NaN or infinite values after the ` +
+          `last step: the scheduler config (${p.scheduler.className}) produces them; nothing ` +
+          `written`);
+      }
+      const images = new HostArray(Float32Array.from(x.data, (v) => Math.min(1, Math.max(-1, v))),
+        shape, 'float32');
+      await onBatch(images, first);
+    }
+    return { seconds: (performance.now() - start) / 1000, modelCalls: graph.stats.calls,
+      rowsPerCall: plan.rowsPerCall, warnings };
   } finally {
     await graph.dispose();
   }
+}
+
+/** Refuses n images that cannot be held at once (sampleImages, scoring): more than half the
+ *  memory limit. */
+export function checkHeldImages(m: ImageModel, n: number, memoryLimit = DEFAULT_MEMORY_LIMIT):
+  void {
+  checkInt(n, 'n', 1);
+  const [c, h, w] = m.sampleShape;
+  const bytes = n * c * h * w * 4;
+  if (bytes > memoryLimit / 2) {
+    throw new MemoryLimitError(`${n} images of ${c}x${h}x${w} take ${fmtBytes(bytes)} held at ` +
+      `once, over half the memory limit of ${fmtBytes(memoryLimit)}; ask for at most ` +
+      `${Math.floor(memoryLimit / 2 / (c * h * w * 4))}, or stream them to files ` +
+      '(sampleInBatches, `diffuse sample --out-dir`)');
+  }
+}
+
+/**
+ * Samples n images into one array (see sampleInBatches, which streams them instead). All n
+ * images are held at once, so n x C x H x W floats must fit in half the memory limit.
+ */
+export async function sampleImages(p: Pipeline, o: SampleOptions): Promise<SampleResult> {
+  checkHeldImages(p.model, o.n, o.memoryLimit);
+  const [c, h, w] = p.model.sampleShape;
+  const per = c * h * w;
+  const images = new HostArray<'float32'>(new Float32Array(o.n * per), [o.n, c, h, w], 'float32');
+  const stats = await sampleInBatches(p, o, (batch, first) => {
+    images.data.set(batch.data, first * per);
+  });
+  return { images, ...stats };
 }
 
 // ---- writing ----
@@ -325,14 +507,50 @@ export async function sampleImages(p: Pipeline, o: SampleOptions): Promise<Sampl
 /** Where sampled images go: one PNG grid (`out`), or one PNG per image in `outDir`. */
 export type SampleDestination = { out: string } | { outDir: string };
 
+/** The most pixels a PNG grid may have (4096 x 4096): encoding holds it whole, twice. */
+export const MAX_GRID_PIXELS = 2 ** 24;
+
+/** The most images one `outDir` run writes: names are six digits, 000000..999999. */
+export const MAX_FOLDER_IMAGES = 1_000_000;
+
+/**
+ * Checks, before sampling, that n images of a model can be written to `to`: PNG channels (1 or
+ * 3), the grid's size, the folder's name range, and that the file or folder is writable
+ * (creating the folder). Throws a RangeError or a FileSystemError naming what is wrong.
+ */
+export async function checkDestination(m: ImageModel, n: number, to: SampleDestination):
+  Promise<void> {
+  const [c, h, w] = m.sampleShape;
+  if (c !== 1 && c !== 3) {
+    throw new RangeError(`${m.cls.className} makes ${c}-channel images; PNGs are written for ` +
+      `1 (gray) or 3 (RGB) channels`);
+  }
+  if ('out' in to) {
+    const cols = Math.ceil(Math.sqrt(n));
+    const [width, height] = [cols * (w + 2) + 2, Math.ceil(n / cols) * (h + 2) + 2];
+    if (width * height > MAX_GRID_PIXELS) {
+      throw new MemoryLimitError(`a grid of ${n} images of ${h}x${w} is ${width}x${height} ` +
+        `pixels, over the ${MAX_GRID_PIXELS / 2 ** 20} M pixels a grid may have; write one PNG ` +
+        `per image with an output folder (--out-dir), or ask for fewer images`);
+    }
+    await ensureWritableFile(to.out);
+  } else {
+    if (n > MAX_FOLDER_IMAGES) {
+      throw new RangeError(`${n} images: a folder run writes at most ${MAX_FOLDER_IMAGES} ` +
+        `(000000.png .. 999999.png); split the request into runs with different seeds`);
+    }
+    await ensureWritableFolder(to.outDir);
+  }
+}
+
 /**
  * Writes images [N, C, H, W] in [-1, 1] as a PNG grid, or as DIR/000000.png, DIR/000001.png,
- * ... (one image each, no padding). Returns the files written.
+ * ... (one image each, no padding; numbered from `first`). Returns the files written.
  */
-export async function writeSamples(images: HostArray<'float32'>, to: SampleDestination):
-  Promise<string[]> {
+export async function writeSamples(images: HostArray<'float32'>, to: SampleDestination,
+  first = 0): Promise<string[]> {
   if ('out' in to) {
-    await writePng(to.out, imageGrid(images));
+    await writeOrExplain(to.out, () => writePng(to.out, imageGrid(images)));
     return [to.out];
   }
   const [n, c, h, w] = images.shape as [number, number, number, number];
@@ -340,9 +558,17 @@ export async function writeSamples(images: HostArray<'float32'>, to: SampleDesti
   const files: string[] = [];
   for (let i = 0; i < n; i++) {
     const one = new HostArray(images.data.subarray(i * per, (i + 1) * per), [1, c, h, w]);
-    const file = join(to.outDir, `${String(i).padStart(6, '0')}.png`);
-    await writePng(file, imageGrid(one, { cols: 1, pad: 0 }));
+    const file = join(to.outDir, `${String(first + i).padStart(6, '0')}.png`);
+    await writeOrExplain(file, () => writePng(file, imageGrid(one, { cols: 1, pad: 0 })));
     files.push(file);
   }
   return files;
+}
+
+async function writeOrExplain(path: string, write: () => Promise<void>): Promise<void> {
+  try {
+    await write();
+  } catch (e) {
+    throw explainFsError(e, 'write', path);
+  }
 }

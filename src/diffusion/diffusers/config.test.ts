@@ -56,6 +56,35 @@ describe('scheduler configs', () => {
     bad({ _class_name: 'NoSuchScheduler' }, '_class_name', /DDPMScheduler/);
   });
 
+  it('refuses schedules out of range before building a table', () => {
+    const cases: [Record<string, unknown>, string, RegExp][] = [
+      [{ _class_name: 'DDPMScheduler', beta_end: 5 }, 'beta_end', /in \(0, 1\)/],
+      [{ _class_name: 'DDIMScheduler', beta_start: 0 }, 'beta_start', /in \(0, 1\)/],
+      [{ _class_name: 'DDIMScheduler', num_train_timesteps: 1e9 }, 'num_train_timesteps',
+        /an integer in \[1, 100000\]/],
+      [{ _class_name: 'FlowMatchEulerDiscreteScheduler', num_train_timesteps: 1e9 },
+        'num_train_timesteps', /\[1, 100000\]/],
+      [{ _class_name: 'FlowMatchEulerDiscreteScheduler', shift: 0 }, 'shift', /\(0, inf\)/],
+      [{ _class_name: 'DDPMScheduler', steps_offset: 1e12 }, 'steps_offset', /\[0, 100000\)/],
+      [{ _class_name: 'DDPMScheduler', trained_betas: [0.1, 1.5] }, 'trained_betas', /\(0, 1\]/],
+      [{ _class_name: 'DPMSolverMultistepScheduler', solver_order: 4 }, 'solver_order', /\[1, 3\]/],
+      [{ _class_name: 'DDIMScheduler', dynamic_thresholding_ratio: 2 }, 'dynamic_thresholding_ratio',
+        /\(0, 1\]/],
+    ];
+    for (const [json, key, expected] of cases) {
+      assert.throws(() => parseSchedulerConfig(json), (e: unknown) => {
+        assert.ok(e instanceof ConfigError, String(e));
+        assert.equal(e.key, key);
+        assert.match(e.message, expected);
+        return true;
+      });
+    }
+    // The edges that real configs use stay accepted.
+    const ok = parseSchedulerConfig({ _class_name: 'DDPMScheduler', num_train_timesteps: 100000,
+      beta_end: 0.999, trained_betas: [0.5, 1] });
+    assert.equal(ok['num_train_timesteps'], 100000);
+  });
+
   it('warns about unknown keys and ignores metadata', () => {
     const warnings: string[] = [];
     parseSchedulerConfig(

@@ -38,24 +38,46 @@ interface KeySpec {
   parse(v: unknown, bad: (expected: string) => never): Value;
 }
 
-const num = (
-  d: number | null,
-  opts: { int?: boolean; min?: number; nullable?: boolean } = {},
-): KeySpec => ({
-  default: d,
-  parse: (v, bad) => {
-    const what =
-      (opts.int ? 'an integer' : 'a number') +
-      (opts.min !== undefined ? ` >= ${opts.min}` : '') +
-      (opts.nullable ? ' or null' : '');
-    if (v === null && opts.nullable) return null;
-    const x = v === 'inf' ? Infinity : v === '-inf' ? -Infinity : v;
-    if (typeof x !== 'number' || Number.isNaN(x)) return bad(what);
-    if (opts.int && !Number.isInteger(x)) return bad(what);
-    if (opts.min !== undefined && x < opts.min) return bad(what);
-    return x;
-  },
-});
+/** Largest train-time table a config may ask for: diffusers' models use 1000 (some 4000); a
+ *  typo such as 1e9 would otherwise allocate gigabytes of schedule before failing. */
+export const MAX_TRAIN_TIMESTEPS = 100_000;
+
+interface NumOpts {
+  int?: boolean;
+  /** Interval notation, e.g. '(0, 1)' or '[1, 100000]'; 'inf' for an open end. */
+  range?: string;
+  min?: number;
+  nullable?: boolean;
+}
+
+/** [lo, hi, lo included, hi included] of an interval such as '(0, 1]'. */
+function interval(range: string): [number, number, boolean, boolean] {
+  const m = /^([[(])\s*(-?[\d.e+-]+|-inf)\s*,\s*(-?[\d.e+-]+|inf)\s*([\])])$/.exec(range);
+  if (!m) throw new Error(`bad interval ${range}`);
+  const val = (t: string) => (t === 'inf' ? Infinity : t === '-inf' ? -Infinity : Number(t));
+  return [val(m[2]!), val(m[3]!), m[1] === '[', m[4] === ']'];
+}
+
+const num = (d: number | null, opts: NumOpts = {}): KeySpec => {
+  const [lo, hi, loIn, hiIn] = opts.range
+    ? interval(opts.range)
+    : [opts.min ?? -Infinity, Infinity, true, false];
+  const what =
+    (opts.int ? 'an integer' : 'a number') +
+    (opts.range ? ` in ${opts.range}` : opts.min !== undefined ? ` >= ${opts.min}` : '') +
+    (opts.nullable ? ' or null' : '');
+  return {
+    default: d,
+    parse: (v, bad) => {
+      if (v === null && opts.nullable) return null;
+      const x = v === 'inf' ? Infinity : v === '-inf' ? -Infinity : v;
+      if (typeof x !== 'number' || Number.isNaN(x)) return bad(what);
+      if (opts.int && !Number.isInteger(x)) return bad(what);
+      if (x < lo || x > hi || (x === lo && !loIn) || (x === hi && !hiIn)) return bad(what);
+      return x;
+    },
+  };
+};
 
 const bool = (d: boolean): KeySpec => ({
   default: d,
@@ -85,14 +107,18 @@ const off = (name: string): KeySpec => ({
     v === false || v === null ? false : bad(`false (${name} is not implemented)`),
 });
 
-const numbers: KeySpec = {
+/** A beta table: every beta a probability in (0, 1] (1 only where zero terminal SNR puts it). */
+const betaTable: KeySpec = {
   default: null,
   parse: (v, bad) =>
     v === null
       ? null
-      : Array.isArray(v) && v.every((x) => typeof x === 'number')
+      : Array.isArray(v) &&
+          v.length >= 1 &&
+          v.length <= MAX_TRAIN_TIMESTEPS &&
+          v.every((x) => typeof x === 'number' && x > 0 && x <= 1)
         ? (v as number[])
-        : bad('an array of numbers or null'),
+        : bad(`null or an array of 1..${MAX_TRAIN_TIMESTEPS} betas in (0, 1]`),
 };
 
 const ints: KeySpec = {
@@ -103,25 +129,27 @@ const ints: KeySpec = {
       : bad('an array of integers'),
 };
 
+const trainTimesteps = num(1000, { int: true, range: `[1, ${MAX_TRAIN_TIMESTEPS}]` });
+
 const SPACING = ['linspace', 'leading', 'trailing'] as const;
 const PRED = ['epsilon', 'sample', 'v_prediction'] as const;
 const BETAS = ['linear', 'scaled_linear', 'squaredcos_cap_v2'] as const;
 
 const base = (betaStart: number, betaEnd: number, spacing: string): Record<string, KeySpec> => ({
-  num_train_timesteps: num(1000, { int: true, min: 1 }),
-  beta_start: num(betaStart, { min: 0 }),
-  beta_end: num(betaEnd, { min: 0 }),
+  num_train_timesteps: trainTimesteps,
+  beta_start: num(betaStart, { range: '(0, 1)' }),
+  beta_end: num(betaEnd, { range: '(0, 1)' }),
   beta_schedule: oneOf('linear', BETAS, ['sigmoid', 'exp']),
-  trained_betas: numbers,
+  trained_betas: betaTable,
   prediction_type: oneOf('epsilon', PRED),
   timestep_spacing: oneOf(spacing, SPACING),
-  steps_offset: num(0, { int: true, min: 0 }),
+  steps_offset: num(0, { int: true, range: `[0, ${MAX_TRAIN_TIMESTEPS})` }),
 });
 
 const x0Keys: Record<string, KeySpec> = {
   thresholding: bool(false),
-  dynamic_thresholding_ratio: num(0.995, { min: 0 }),
-  sample_max_value: num(1.0, { min: 0 }),
+  dynamic_thresholding_ratio: num(0.995, { range: '(0, 1]' }),
+  sample_max_value: num(1.0, { range: '(0, inf)' }),
 };
 
 const sigmaKeys: Record<string, KeySpec> = {
@@ -141,7 +169,7 @@ export const SCHEMAS: Record<SchedulerClass, Record<string, KeySpec>> = {
       ['fixed_small_log', 'fixed_large_log', 'learned', 'learned_range'],
     ),
     clip_sample: bool(true),
-    clip_sample_range: num(1.0, { min: 0 }),
+    clip_sample_range: num(1.0, { range: '(0, inf)' }),
     rescale_betas_zero_snr: bool(false),
   },
   DDIMScheduler: {
@@ -149,7 +177,7 @@ export const SCHEMAS: Record<SchedulerClass, Record<string, KeySpec>> = {
     ...x0Keys,
     clip_sample: bool(true),
     set_alpha_to_one: bool(true),
-    clip_sample_range: num(1.0, { min: 0 }),
+    clip_sample_range: num(1.0, { range: '(0, inf)' }),
     rescale_betas_zero_snr: bool(false),
   },
   EulerDiscreteScheduler: {
@@ -170,13 +198,13 @@ export const SCHEMAS: Record<SchedulerClass, Record<string, KeySpec>> = {
     ...base(0.00085, 0.012, 'linspace'),
     ...sigmaKeys,
     clip_sample: bool(false),
-    clip_sample_range: num(1.0, { min: 0 }),
+    clip_sample_range: num(1.0, { range: '(0, inf)' }),
   },
   DPMSolverMultistepScheduler: {
     ...base(0.0001, 0.02, 'linspace'),
     ...x0Keys,
     ...sigmaKeys,
-    solver_order: num(2, { int: true, min: 1 }),
+    solver_order: num(2, { int: true, range: '[1, 3]' }),
     algorithm_type: oneOf(
       'dpmsolver++',
       ['dpmsolver++'],
@@ -195,7 +223,7 @@ export const SCHEMAS: Record<SchedulerClass, Record<string, KeySpec>> = {
     ...base(0.0001, 0.02, 'linspace'),
     ...x0Keys,
     ...sigmaKeys,
-    solver_order: num(2, { int: true, min: 1 }),
+    solver_order: num(2, { int: true, range: '[1, 10]' }),
     predict_x0: {
       default: true,
       parse: (v, bad) => (v === true ? true : bad('true (predict_x0 = false is not implemented)')),
@@ -208,17 +236,17 @@ export const SCHEMAS: Record<SchedulerClass, Record<string, KeySpec>> = {
     rescale_betas_zero_snr: bool(false),
   },
   FlowMatchEulerDiscreteScheduler: {
-    num_train_timesteps: num(1000, { int: true, min: 1 }),
-    shift: num(1.0, { min: 0 }),
+    num_train_timesteps: trainTimesteps,
+    shift: num(1.0, { range: '(0, inf)' }),
     use_dynamic_shifting: bool(false),
     base_shift: num(0.5, { nullable: true }),
     max_shift: num(1.15, { nullable: true }),
-    base_image_seq_len: num(256, { int: true, nullable: true }),
-    max_image_seq_len: num(4096, { int: true, nullable: true }),
+    base_image_seq_len: num(256, { int: true, range: '[1, inf)', nullable: true }),
+    max_image_seq_len: num(4096, { int: true, range: '[1, inf)', nullable: true }),
   },
   FlowMatchHeunDiscreteScheduler: {
-    num_train_timesteps: num(1000, { int: true, min: 1 }),
-    shift: num(1.0, { min: 0 }),
+    num_train_timesteps: trainTimesteps,
+    shift: num(1.0, { range: '(0, inf)' }),
   },
 };
 
