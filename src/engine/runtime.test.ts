@@ -5,7 +5,7 @@ import onnxProto from 'onnx-proto';
 import { HostArray } from './host.js';
 import * as ops from './ops.js';
 import { grad } from './autodiff.js';
-import { compile, RuntimeError, sessionOptions } from './runtime.js';
+import { compile, runFailure, RuntimeError, sessionOptions } from './runtime.js';
 import type { Tensor } from './tensor.js';
 import { ShapeError } from './shape.js';
 import { printGraph, trace } from './trace.js';
@@ -181,4 +181,18 @@ test('host arrays hold only the typed arrays of their dtype', () => {
   assert.throws(() => new HostArray(new Float32Array(2) as never, [2], 'float64' as never),
     { message: `HostArray: unknown dtype 'float64': expected ${types}` });
   assert.equal(new HostArray(new Uint16Array(1), [1], 'float16').dtype, 'float16');
+});
+
+test('a failed run is one line: an allocator failure says what to change', () => {
+  const dump = 'Failed to allocate memory for requested buffer of size 17179869184\n' +
+    'Stacktrace:\n  onnxruntime::BFCArena::AllocateRawInternal ...';
+  const oom = runFailure(new Error(dump), "compiled 'sample_denoiser'", "'x': float32[64,1,1024,1024]");
+  assert.equal(oom.message, "compiled 'sample_denoiser' ran out of memory in ONNX Runtime (called " +
+    "with 'x': float32[64,1,1024,1024]): use a smaller batch or memory limit (Failed to allocate " +
+    'memory for requested buffer of size 17179869184)');
+  assert.ok(!oom.message.includes('\n'));
+  const other = runFailure(new Error('Non-zero status code returned while running Conv node.\nmore'),
+    "compiled 'f'", "'x': float32[1]");
+  assert.equal(other.message, "compiled 'f' failed in ONNX Runtime (called with 'x': float32[1]): " +
+    'Non-zero status code returned while running Conv node.');
 });

@@ -206,6 +206,23 @@ function atCall(e: unknown, what: string, call: string): Error {
   return new (Same ?? RuntimeError)(`${e.message} ${where}`, { cause: e });
 }
 
+/** ONNX Runtime's allocation failures: what its CPU arena and the C++ runtime say. */
+const OUT_OF_MEMORY = /Failed to allocate memory|bad_alloc|BFCArena|out of memory/i;
+
+/**
+ * A failed session.run as one line: ORT's first line (its messages can carry an allocator
+ * dump) and the call. Allocation failures say what to change.
+ */
+export function runFailure(e: unknown, what: string, call: string): RuntimeError {
+  const first = (e instanceof Error ? e.message : String(e)).split('\n')[0]!.trim();
+  if (OUT_OF_MEMORY.test(first)) {
+    return new RuntimeError(`${what} ran out of memory in ONNX Runtime (called with ${call}): ` +
+      `use a smaller batch or memory limit (${first.slice(0, 120)})`, { cause: e });
+  }
+  return new RuntimeError(`${what} failed in ONNX Runtime (called with ${call}): ${first}`,
+    { cause: e });
+}
+
 /**
  * Compiles fn (over trees of Tensors) to an async function over trees of HostArrays. A call
  * must pass `opts.argNames.length` arguments when given, else `fn.length` (JS counts the
@@ -242,7 +259,12 @@ export function compile<F extends TensorFn>(fn: F, opts: RuntimeOptions = {}): C
     const feeds: Record<string, ort.Tensor> = {};
     flats.flatMap((f) => f.leaves).forEach((a, i) => (feeds[e.inputNames[i]!] = toOrtTensor(a)));
     const t0 = performance.now();
-    const results = await e.session.run(feeds);
+    let results: ort.InferenceSession.OnnxValueMapType;
+    try {
+      results = await e.session.run(feeds);
+    } catch (err) {
+      throw runFailure(err, what, describeCall(flats, opts.argNames));
+    }
     stats.runMs += performance.now() - t0;
     stats.calls++;
     return unflatten(e.outputDef, e.outputNames.map((n) => fromOrtTensor(results[n] as ort.Tensor)));

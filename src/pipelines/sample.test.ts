@@ -3,7 +3,7 @@ import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { tmpdir, totalmem } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { promisify } from 'node:util';
@@ -290,6 +290,8 @@ test('memory: batches shrink to the limit, a request that cannot fit is refused 
       e instanceof MemoryLimitError && /one 8x8 image needs about .* in UNet2DModel \(its largest intermediate, \w+ -> \[1, /.test(e.message));
     await assert.rejects(sampleImages(p, { ...o, n: 10_000, memoryLimit: 2 ** 20 }),
       /10000 images of 1x8x8 take 2\.4 MiB held at once, over half the memory limit of 1\.0 MiB; ask for at most 2048/);
+    await assert.rejects(sampleImages(p, { ...o, memoryLimit: 2 * totalmem() }),
+      /is more than this machine has/);
     await assert.rejects(sampleImages(p, { ...o, n: 3000, generator: 'torch', batchSize: 2,
       memoryLimit: 2 ** 21 }), /torch generator draws the noise of all 3000 images from one sequence/);
   }));

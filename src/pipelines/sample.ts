@@ -18,6 +18,7 @@
  * and its index, not on the batch size. `writeSamples` writes a PNG grid or one PNG per image.
  */
 import { existsSync, statSync } from 'node:fs';
+import { totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { HostArray } from '../engine/host.js';
 import { largestIntermediate, type LargestTensor } from '../engine/memory.js';
@@ -392,6 +393,11 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
   checkInt(o.batchSize ?? 64, 'batchSize', 1);
   const limit = o.memoryLimit ?? DEFAULT_MEMORY_LIMIT;
   if (!(limit > 0)) throw new RangeError(`memoryLimit must be a positive number of bytes, got ${limit}`);
+  if ((o.provider ?? 'cpu') === 'cpu' && limit > totalmem()) {
+    throw new MemoryLimitError(`a memory limit of ${fmtBytes(limit)} is more than this ` +
+      `machine has (${fmtBytes(totalmem())}): planning for it would let the system run out of ` +
+      'memory instead of refusing the request');
+  }
   const guidance = o.guidance ?? 1;
   if (!Number.isFinite(guidance)) {
     throw new RangeError(`guidance must be a finite number, got ${guidance}`);
