@@ -13,8 +13,9 @@
 
 // ---- sampling ----
 export {
-  classCount, guidanceClipWarning, loadPipeline, sampleImages, type Pipeline, type SampleOptions,
-  type SampleResult,
+  checkDestination, classCount, DEFAULT_MEMORY_LIMIT, guidanceClipWarning, loadPipeline,
+  MemoryLimitError, NonFiniteError, sampleImages, sampleInBatches, writeSamples, type Pipeline,
+  type SampleDestination, type SampleOptions, type SampleResult, type SampleStats,
 } from './sample.js';
 export { graphDenoiser, type GraphDenoiser, type ModelFn } from './graph-denoiser.js';
 export {
