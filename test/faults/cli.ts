@@ -32,6 +32,9 @@ export interface CliOptions {
   timeoutMs?: number;
   /** Send SIGINT once stdout or stderr matches this. */
   interruptOn?: RegExp;
+  /** Called with all output so far (stdout then stderr) and the child's pid each time the
+   *  child writes: a test can pause it (SIGSTOP) at a given point, or signal it. */
+  onOutput?: (output: string, pid: number) => void;
 }
 
 export function runCli(args: readonly string[], o: CliOptions = {}): Promise<CliResult> {
@@ -47,6 +50,7 @@ export function runCli(args: readonly string[], o: CliOptions = {}): Promise<Cli
   let stderr = '';
   let interrupted = false;
   const watch = (): void => {
+    o.onOutput?.(stdout + stderr, child.pid!);
     if (o.interruptOn && !interrupted && o.interruptOn.test(stdout + stderr)) {
       interrupted = true;
       child.kill('SIGINT');
