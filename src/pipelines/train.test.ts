@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import { HostArray } from '../engine/host.js';
 import { RngKey } from '../engine/random/philox.js';
 import type { ImageDataset } from '../data/dataset.js';
-import { readModelIndex } from '../io/diffusers.js';
+import { readModelFolder, readModelIndex } from '../io/diffusers.js';
 import { train, type TrainOptions } from './train.js';
 
 /** 48 labelled 8x8 images: class 0 a bright top half, class 1 a bright left half, plus noise. */
@@ -107,6 +107,12 @@ test('a second run into the same folder is refused; a diverging run stops with i
     assert.match(String((refused[0] as PromiseRejectedResult).reason), /in use by another diffuse run/);
     const nan = join(dir, 'nan');
     await assert.rejects(train(base(nan, { lr: 1e30, gradClip: 1e30 }), data, false),
-      /training diverged at step \d+: the loss is (NaN|Infinity); the checkpoint of step \d+ is kept/);
+      /training diverged at step \d+: the (loss|gradient norm) is (NaN|Infinity).*; no checkpoint was saved yet/);
     assert.ok(!existsSync(join(nan, 'model')), 'no model exported from a diverged run');
+    // With a checkpoint every step, the one kept is the last finite one, and it is finite.
+    const kept = join(dir, 'kept');
+    await assert.rejects(train(base(kept, { lr: 1e30, gradClip: 1e30, checkpointEvery: 1 }), data, false),
+      /training diverged at step (\d+): .*; the checkpoint of step \d+ is kept/);
+    const ckpt = await readModelFolder(join(kept, 'checkpoint', 'unet'));
+    for (const a of ckpt.stateDict.values()) assert.ok((a.data as Float32Array).every(Number.isFinite));
   }));

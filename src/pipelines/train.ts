@@ -11,7 +11,7 @@ import { HostArray } from '../engine/host.js';
 import * as ops from '../engine/ops.js';
 import { RngKey } from '../engine/random/philox.js';
 import type { Tensor } from '../engine/tensor.js';
-import type { Tree } from '../engine/tree.js';
+import { flatten, type Tree } from '../engine/tree.js';
 import { PREDICTIONS, type Prediction } from '../diffusion/predictions.js';
 import { specToJson, type SchedulerSpec } from '../diffusion/diffusers/spec.js';
 import {
@@ -185,8 +185,17 @@ export async function train(o: TrainOptions, data: ImageDataset, resume: boolean
     } else {
       await writeFile(logPath, '');
     }
-    let lastSaved = resume ? state.step : 0;
+    // The step of the checkpoint on disk (null: none yet), for the messages of a failed run.
+    let lastSaved: number | null = resume ? state.step : null;
+    const kept = (): string => lastSaved === null ? 'no checkpoint was saved yet'
+      : `the checkpoint of step ${lastSaved} is kept`;
     const save = async (): Promise<void> => {
+      // The last guard before weights reach the disk: a checkpoint or model/ never holds NaN.
+      const bad = nonFinite(state);
+      if (bad) {
+        throw new Error(`training diverged by step ${state.step}: ${bad} is not finite; ${kept()} ` +
+          '(try a lower --lr)');
+      }
       await saveCheckpoint(checkpointDir, files, state, { step: state.step, run, diffuse: '0.1.0' },
         ev.onCheckpointPhase ? { onPhase: ev.onCheckpointPhase } : {});
       lastSaved = state.step;
@@ -200,10 +209,15 @@ export async function train(o: TrainOptions, data: ImageDataset, resume: boolean
     let interrupted = false;
       while (state.step < o.steps) {
         const r = await trainer.step(state, drawBatch(o, data, model, spec, key, state.step) as never);
-        if (!Number.isFinite(r.metrics.loss)) {
-          // The diverged state is not saved: the last checkpoint stays the last finite one.
-          throw new Error(`training diverged at step ${state.step + 1}: the loss is ` +
-            `${r.metrics.loss}; the checkpoint of step ${lastSaved} is kept (try a lower --lr)`);
+        // A non-finite gradient norm poisons the update even when the loss is still finite:
+        // an infinite gradient times the clipping scale 0 is NaN, and so are the new weights.
+        // The diverged state is not saved: the last checkpoint stays the last finite one.
+        const { loss, gradNorm } = r.metrics;
+        if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
+          const what = Number.isFinite(loss) ? `the gradient norm is ${gradNorm} (loss ${loss})`
+            : `the loss is ${loss}`;
+          throw new Error(`training diverged at step ${state.step + 1}: ${what}; ${kept()} ` +
+            '(try a lower --lr)');
         }
         state = r.state;
         losses.push(r.metrics.loss);
@@ -244,4 +258,19 @@ async function truncateLog(path: string, step: number): Promise<void> {
   };
   const kept = (await readFile(path, 'utf8')).split('\n').filter((l) => l && stepOf(l) <= step);
   await writeFile(path, kept.map((l) => `${l}\n`).join(''));
+}
+
+/** The first parameter, EMA weight or optimizer slot of `s` holding a NaN or infinity, by
+ *  name, or null. */
+function nonFinite(s: TrainState): string | null {
+  for (const [tree, what] of [[s.params, 'weight'], [s.ema, 'EMA weight'], [s.opt, 'optimizer state']] as const) {
+    if (!tree) continue;
+    const flat = flatten(tree as Tree<HostArray>, (x): x is HostArray => x instanceof HostArray);
+    for (const [i, a] of flat.leaves.entries()) {
+      const d = a.data;
+      if (!(d instanceof Float32Array)) continue;
+      for (let j = 0; j < d.length; j++) if (!Number.isFinite(d[j]!)) return `${what} '${flat.paths[i]}'`;
+    }
+  }
+  return null;
 }
