@@ -29,15 +29,31 @@ export interface PipelineFiles {
   scheduler: SchedulerSpec;
 }
 
+/**
+ * Runs `f`, which writes `path`. A failed write(2) or fsync names no path in its error (Node's
+ * "ENOSPC: no space left on device, write"); such an error gets `path`, so that a full disk is
+ * reported with the file it filled on.
+ */
+async function writingTo<T>(path: string, f: () => Promise<T>): Promise<T> {
+  try {
+    return await f();
+  } catch (e) {
+    const err = e as NodeJS.ErrnoException;
+    if (typeof err?.code === 'string' && err.path === undefined) err.path = path;
+    throw e;
+  }
+}
+
 async function writePipeline(dir: string, f: PipelineFiles, params: Tree<HostArray>): Promise<void> {
   const pipelineClass = f.model.component === 'unet' ? 'DDPMPipeline' : 'DiffusePipeline';
-  await saveModel(join(dir, f.model.component), f.model.cls, f.model.config, params as never);
-  await writeSchedulerConfig(dir, f.scheduler.className, specToJson(f.scheduler),
-    { subfolder: 'scheduler' });
-  await writeModelIndex(dir, pipelineClass, {
+  const component = join(dir, f.model.component);
+  await writingTo(component, () => saveModel(component, f.model.cls, f.model.config, params as never));
+  await writingTo(join(dir, 'scheduler'), () => writeSchedulerConfig(dir, f.scheduler.className,
+    specToJson(f.scheduler), { subfolder: 'scheduler' }));
+  await writingTo(join(dir, 'model_index.json'), () => writeModelIndex(dir, pipelineClass, {
     [f.model.component]: ['diffusers', f.model.cls.className],
     scheduler: ['diffusers', f.scheduler.className],
-  });
+  }));
 }
 
 /** Writes the final pipeline (EMA weights) that `diffuse sample` loads. */
@@ -57,11 +73,14 @@ export async function saveCheckpoint(dir: string, f: PipelineFiles, state: Train
   opts: ReplaceFolderOptions = {}): Promise<void> {
   await replaceFolder(dir, async (tmp) => {
     await writePipeline(tmp, f, state.params);
-    if (state.ema) await saveModel(join(tmp, `${f.model.component}_ema`), f.model.cls, f.model.config, state.ema as never);
+    const ema = join(tmp, `${f.model.component}_ema`);
+    if (state.ema) await writingTo(ema, () => saveModel(ema, f.model.cls, f.model.config, state.ema as never));
     const opt = flatten(state.opt, isHost);
-    await writeSafetensors(join(tmp, 'optimizer.safetensors'),
-      new Map(opt.leaves.map((a, i) => [opt.paths[i]!, { dtype: 'F32' as const, shape: [...a.shape], data: a.data as Float32Array }])));
-    await writeFileAtomic(join(tmp, 'trainer_state.json'), `${JSON.stringify(meta, null, 2)}\n`);
+    const optPath = join(tmp, 'optimizer.safetensors');
+    await writingTo(optPath, () => writeSafetensors(optPath,
+      new Map(opt.leaves.map((a, i) => [opt.paths[i]!, { dtype: 'F32' as const, shape: [...a.shape], data: a.data as Float32Array }]))));
+    const metaPath = join(tmp, 'trainer_state.json');
+    await writingTo(metaPath, () => writeFileAtomic(metaPath, `${JSON.stringify(meta, null, 2)}\n`));
   }, opts);
 }
 

@@ -4,7 +4,7 @@
  * drawn on the host as pure functions of (seed, step) so an interrupted run resumes exactly,
  * checkpoints swapped in atomically, a JSONL log and sample grids along the way.
  */
-import { appendFile, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { appendFile, readFile, truncate, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { HostArray } from '../engine/host.js';
@@ -22,7 +22,8 @@ import { batchAt, datasetSize, type ImageDataset } from '../data/dataset.js';
 import { adamw } from '../nn/optim.js';
 import { constantLr, cosineLr, warmupLr } from '../nn/schedules.js';
 import { compileTrainStep, type TrainState } from '../nn/train.js';
-import type { SwapPhase } from '../util/atomic.js';
+import { writeFileAtomic, type SwapPhase } from '../util/atomic.js';
+import { ensureWritableFolder, errnoCode, FileSystemError } from '../util/fs-errors.js';
 import {
   exportPipeline, loadCheckpoint, recoverRunFolders, saveCheckpoint, type PipelineFiles,
 } from './checkpoint.js';
@@ -163,8 +164,8 @@ export async function train(o: TrainOptions, data: ImageDataset, resume: boolean
   const run = Object.fromEntries(RUN_KEYS.map((k) => [k, o[k]]));
   const checkpointDir = join(o.out, 'checkpoint');
   const logPath = join(o.out, 'log.jsonl');
-  await mkdir(o.out, { recursive: true });
-  const lock = await acquireRunLock(o.out);
+  await ensureWritableFolder(o.out); // a read-only or unwritable place fails here, in one line
+  const lock = await writingFile(join(o.out, '.lock'), null, () => acquireRunLock(o.out));
   const trainer = compileTrainStep(lossFn(o, model), adamw({ lr, weightDecay: 0 }),
     { clipGradNorm: o.gradClip, ema: { maxDecay: o.emaDecay }, runtime: { name: 'train_step' } });
   try {
@@ -175,18 +176,22 @@ export async function train(o: TrainOptions, data: ImageDataset, resume: boolean
   }
 
   async function runSteps(): Promise<TrainResult> {
-    await recoverRunFolders(o.out); // a crash mid-swap leaves the newest checkpoint under a temp name
+    // The step of the checkpoint on disk (null: none yet), for the messages of a failed run.
+    let lastSaved: number | null = null;
+    // A full disk, a read-only or unwritable folder: one line naming the file, the cause and
+    // what is kept, instead of Node's "ENOSPC: no space left on device, write".
+    const writing = <T>(what: string, f: () => Promise<T>): Promise<T> => writingFile(what, lastSaved, f);
+    await writing(o.out, () => recoverRunFolders(o.out)); // a crash mid-swap leaves the newest checkpoint under a temp name
     let state = trainer.init(model.module.init(key.fold(2)) as Tree<HostArray>);
     if (resume) {
       state = (await loadCheckpoint(checkpointDir, files, state, run)).state;
-      await truncateLog(logPath, state.step);
+      lastSaved = state.step;
+      await writing(logPath, () => truncateLog(logPath, state.step));
     } else if (existsSync(checkpointDir)) {
       throw new Error(`${o.out} already holds a run (checkpoint/); pass --resume to continue it or choose another --out`);
     } else {
-      await writeFile(logPath, '');
+      await writing(logPath, () => writeFile(logPath, ''));
     }
-    // The step of the checkpoint on disk (null: none yet), for the messages of a failed run.
-    let lastSaved: number | null = resume ? state.step : null;
     const kept = (): string => lastSaved === null ? 'no checkpoint was saved yet'
       : `the checkpoint of step ${lastSaved} is kept`;
     const save = async (): Promise<void> => {
@@ -196,8 +201,9 @@ export async function train(o: TrainOptions, data: ImageDataset, resume: boolean
         throw new Error(`training diverged by step ${state.step}: ${bad} is not finite; ${kept()} ` +
           '(try a lower --lr)');
       }
-      await saveCheckpoint(checkpointDir, files, state, { step: state.step, run, diffuse: '0.1.0' },
-        ev.onCheckpointPhase ? { onPhase: ev.onCheckpointPhase } : {});
+      await writing(checkpointDir, () => saveCheckpoint(checkpointDir, files, state,
+        { step: state.step, run, diffuse: '0.1.0' },
+        ev.onCheckpointPhase ? { onPhase: ev.onCheckpointPhase } : {}));
       lastSaved = state.step;
       ev.onCheckpoint?.(state.step, checkpointDir);
     };
@@ -227,11 +233,12 @@ export async function train(o: TrainOptions, data: ImageDataset, resume: boolean
         if (windowSteps >= 20) (windowStart = performance.now(), windowSteps = 0);
         ev.onStep?.({ step: state.step, loss: r.metrics.loss, smoothed, imagesPerSecond: rate, lr: r.metrics.lr });
         if (state.step % o.logEvery === 0 || state.step === o.steps) {
-          await appendFile(logPath, `${JSON.stringify({ step: state.step, loss: r.metrics.loss, lr: r.metrics.lr,
-            grad_norm: r.metrics.gradNorm, images_per_s: rate, elapsed_s: (performance.now() - start) / 1000 })}\n`);
+          await writing(logPath, () => appendFile(logPath, `${JSON.stringify({ step: state.step, loss: r.metrics.loss, lr: r.metrics.lr,
+            grad_norm: r.metrics.gradNorm, images_per_s: rate, elapsed_s: (performance.now() - start) / 1000 })}\n`));
         }
         if (o.sampleEvery > 0 && state.step % o.sampleEvery === 0) {
-          ev.onSample?.(state.step, await writeTrainingGrid(o, model, spec, state.ema!, state.step));
+          const grid = join(o.out, 'samples');
+          ev.onSample?.(state.step, await writing(grid, () => writeTrainingGrid(o, model, spec, state.ema!, state.step)));
         }
         if (ev.signal?.aborted) {
           interrupted = true;
@@ -240,12 +247,18 @@ export async function train(o: TrainOptions, data: ImageDataset, resume: boolean
         if (o.checkpointEvery > 0 && state.step % o.checkpointEvery === 0 && state.step < o.steps) await save();
       }
     await save();
-    if (!interrupted) await exportPipeline(join(o.out, 'model'), files, state.ema!);
+    const modelDir = join(o.out, 'model');
+    if (!interrupted) await writing(modelDir, () => exportPipeline(modelDir, files, state.ema!));
     return { state, model, losses, interrupted, seconds: (performance.now() - start) / 1000 };
   }
 }
 
-/** Drops log lines past `step` (they will be recomputed, identically, by the resumed run). */
+/**
+ * Drops log lines past `step` (they will be recomputed, identically, by the resumed run). The
+ * log is appended in step order, so what is kept is a prefix of the file: it is cut in place,
+ * which needs no free space (a resume after a full disk must not lose the log by rewriting
+ * it); anything else is rewritten atomically.
+ */
 async function truncateLog(path: string, step: number): Promise<void> {
   if (!existsSync(path)) return;
   // A line cut short (power loss, full disk) is dropped: the resumed run writes it again.
@@ -256,8 +269,17 @@ async function truncateLog(path: string, step: number): Promise<void> {
       return Infinity;
     }
   };
-  const kept = (await readFile(path, 'utf8')).split('\n').filter((l) => l && stepOf(l) <= step);
-  await writeFile(path, kept.map((l) => `${l}\n`).join(''));
+  const text = await readFile(path, 'utf8');
+  const lines = text.split('\n');
+  let prefix = 0; // bytes of the leading complete lines that are kept
+  let i = 0;
+  for (; i < lines.length - 1 && stepOf(lines[i]!) <= step; i++) prefix += Buffer.byteLength(lines[i]!) + 1;
+  const kept = lines.filter((l) => l && stepOf(l) <= step);
+  if (kept.length === i) {
+    if (prefix < Buffer.byteLength(text)) await truncate(path, prefix);
+  } else {
+    await writeFileAtomic(path, kept.map((l) => `${l}\n`).join(''));
+  }
 }
 
 /** The first parameter, EMA weight or optimizer slot of `s` holding a NaN or infinity, by
@@ -273,4 +295,39 @@ function nonFinite(s: TrainState): string | null {
     }
   }
   return null;
+}
+
+/** Errno codes of a failed write that the user can fix, and what that asks of them. */
+const REMEDIES: Readonly<Record<string, string>> = {
+  ENOSPC: 'free some space', EDQUOT: 'free some space', EROFS: 'make it writable',
+  EACCES: 'fix the permissions', EPERM: 'fix the permissions',
+};
+
+/** A run stopped by a write the user can fix (a full disk, a read-only folder). */
+export class TrainWriteError extends Error {
+  override name = 'TrainWriteError';
+  constructor(readonly path: string, readonly code: string, message: string, options?: ErrorOptions) {
+    super(message, options);
+  }
+}
+
+/**
+ * Runs `f`, which writes `what` (a file or folder of the run); a full disk or a denied write
+ * becomes a TrainWriteError: the file (the error's own path, with the temp-name tags of an
+ * atomic write taken off, else `what`), the cause, and which checkpoint is kept (`saved`: its
+ * step, or null for none).
+ */
+async function writingFile<T>(what: string, saved: number | null, f: () => Promise<T>): Promise<T> {
+  try {
+    return await f();
+  } catch (e) {
+    const code = errnoCode(e);
+    const remedy = code ? REMEDIES[code] : undefined;
+    if (!code || !remedy || e instanceof TrainWriteError) throw e;
+    const file = ((e as NodeJS.ErrnoException).path ?? what).replace(/\.tmp-\d+-[0-9a-f]+/g, '');
+    const next = saved === null ? `no checkpoint was saved yet: ${remedy} and run again`
+      : `the checkpoint of step ${saved} is kept: ${remedy}, then continue with --resume`;
+    const cannot = new FileSystemError('write', file, code).message; // cannot write FILE: the disk is full (...)
+    throw new TrainWriteError(file, code, `${cannot}; ${next}`, { cause: e });
+  }
 }
