@@ -5,7 +5,8 @@
  * lock whose owner is gone (a killed run) is stale and taken over.
  */
 import { hostname } from 'node:os';
-import { readFile, rm, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { link, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 
 export class RunLockedError extends Error {
@@ -38,6 +39,36 @@ async function readLock(path: string): Promise<LockInfo | null> {
   }
 }
 
+/**
+ * Creates the lock file `path` holding `text`, or fails with EEXIST. The text is written to a
+ * temp file first and hard-linked to `path` (which fails if `path` exists), so a lock is never
+ * seen empty or half-written: a second run reading it then would take it for stale and remove
+ * it, and both would run. Where hard links are not supported, an exclusive create instead.
+ */
+async function createLock(path: string, text: string): Promise<void> {
+  const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
+  try {
+    await writeFile(tmp, text, { flag: 'wx' });
+    try {
+      await link(tmp, path);
+      return;
+    } catch (e) {
+      if (!['EPERM', 'ENOTSUP', 'EOPNOTSUPP', 'ENOSYS'].includes(String((e as NodeJS.ErrnoException).code))) {
+        throw e;
+      }
+    }
+  } finally {
+    await rm(tmp, { force: true });
+  }
+  try {
+    await writeFile(path, text, { flag: 'wx' });
+  } catch (e) {
+    // Created by this call when the write itself failed (a full disk): no empty lock is left.
+    if ((e as NodeJS.ErrnoException).code !== 'EEXIST') await rm(path, { force: true });
+    throw e;
+  }
+}
+
 /** A held lock; `release` removes the lock file if it is still this process's. */
 export interface RunLock {
   readonly path: string;
@@ -53,7 +84,7 @@ export async function acquireRunLock(dir: string): Promise<RunLock> {
   const mine: LockInfo = { pid: process.pid, host: hostname(), started: new Date().toISOString() };
   for (let attempt = 0; attempt < 2; attempt++) {
     try {
-      await writeFile(path, `${JSON.stringify(mine)}\n`, { flag: 'wx' });
+      await createLock(path, `${JSON.stringify(mine)}\n`);
       return {
         path,
         release: async () => {
@@ -68,7 +99,8 @@ export async function acquireRunLock(dir: string): Promise<RunLock> {
     // Another host's lock cannot be checked from here: only a local dead pid is stale.
     if (owner && (owner.host !== mine.host || alive(owner.pid))) {
       throw new RunLockedError(`${dir} is in use by another diffuse run (pid ${owner.pid} on ` +
-        `${owner.host}, since ${owner.started}); wait for it to end or choose another --out`);
+        `${owner.host}, since ${owner.started}; lock file ${path}); wait for it to end or ` +
+        'choose another --out');
     }
     await rm(path, { force: true }); // stale: its owner is gone
   }
