@@ -58,3 +58,21 @@ test('recovery picks the highest-ranked complete leftover and ignores incomplete
     await rm(root, { recursive: true, force: true });
   }
 });
+
+test('DIFFUSE_WRITE_ERROR fails the n-th swap as a full disk would; the old folder stays', async () => {
+  const root = await mkdtemp(join(tmpdir(), 'diffuse-swap-'));
+  process.env['DIFFUSE_WRITE_ERROR'] = 'ENOSPC:2';
+  try {
+    const dir = join(root, 'checkpoint');
+    await replaceFolder(dir, write(1));
+    await assert.rejects(replaceFolder(dir, write(2)),
+      (e: NodeJS.ErrnoException) => e.code === 'ENOSPC' && e.path!.startsWith(`${dir}.tmp-`));
+    assert.equal(await version(dir), 1);
+    assert.deepEqual(await readdir(root), ['checkpoint'], 'the temp folder is removed');
+    await replaceFolder(dir, write(3)); // only the n-th swap fails
+    assert.equal(await version(dir), 3);
+  } finally {
+    delete process.env['DIFFUSE_WRITE_ERROR'];
+    await rm(root, { recursive: true, force: true });
+  }
+});

@@ -41,6 +41,23 @@ function killPoint(phase: SwapPhase): void {
   if (want === phase && ++killCount === Number(nth ?? 1)) process.kill(process.pid, 'SIGKILL');
 }
 
+/**
+ * Test hook for full-disk tests of the built CLI where no small file system can be mounted:
+ * DIFFUSE_WRITE_ERROR=<code>[:<n>] (ENOSPC, EROFS, ...) makes the n-th folder swap (default 1)
+ * fail as a write into its temp folder failing with that errno would: the temp folder is
+ * removed, the target folder is left as it was, and the error (with `code`, and the temp
+ * folder as `path`) reaches the caller.
+ */
+let writeErrorCount = 0;
+function writeErrorPoint(tmp: string): void {
+  const spec = process.env['DIFFUSE_WRITE_ERROR'];
+  if (!spec) return;
+  const [code, nth] = spec.split(':');
+  if (!code || ++writeErrorCount !== Number(nth ?? 1)) return;
+  throw Object.assign(new Error(`${code}: injected by DIFFUSE_WRITE_ERROR, write '${tmp}'`),
+    { code, syscall: 'write', path: tmp });
+}
+
 export interface ReplaceFolderOptions {
   /** Called after each phase; an exception thrown here leaves the folders as a crash at that
    *  point would (tests inject crashes this way). */
@@ -64,6 +81,7 @@ export async function replaceFolder(dir: string, build: (tmp: string) => Promise
   await mkdir(tmp, { recursive: true });
   try {
     await build(tmp);
+    writeErrorPoint(tmp);
   } catch (e) {
     await rm(tmp, { recursive: true, force: true });
     throw e;
