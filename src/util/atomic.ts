@@ -17,6 +17,7 @@ export async function writeFileAtomic(path: string, bytes: Uint8Array | string):
   const tmp = `${path}.tmp-${process.pid}-${randomBytes(4).toString('hex')}`;
   try {
     await writeFile(tmp, bytes);
+    injectedError('DIFFUSE_FILE_WRITE_ERROR', fileErrors, tmp);
     await rename(tmp, path);
   } catch (e) {
     await rm(tmp, { force: true });
@@ -42,19 +43,21 @@ function killPoint(phase: SwapPhase): void {
 }
 
 /**
- * Test hook for full-disk tests of the built CLI where no small file system can be mounted:
+ * Test hooks for full-disk tests of the built CLI where no small file system can be mounted:
  * DIFFUSE_WRITE_ERROR=<code>[:<n>] (ENOSPC, EROFS, ...) makes the n-th folder swap (default 1)
  * fail as a write into its temp folder failing with that errno would: the temp folder is
  * removed, the target folder is left as it was, and the error (with `code`, and the temp
- * folder as `path`) reaches the caller.
+ * folder as `path`) reaches the caller. DIFFUSE_FILE_WRITE_ERROR does the same to the n-th
+ * writeFileAtomic (a sampled PNG, say): its temp file is removed, the target left as it was.
  */
-let writeErrorCount = 0;
-function writeErrorPoint(tmp: string): void {
-  const spec = process.env['DIFFUSE_WRITE_ERROR'];
+const swapErrors = { count: 0 };
+const fileErrors = { count: 0 };
+function injectedError(variable: string, counter: { count: number }, tmp: string): void {
+  const spec = process.env[variable];
   if (!spec) return;
   const [code, nth] = spec.split(':');
-  if (!code || ++writeErrorCount !== Number(nth ?? 1)) return;
-  throw Object.assign(new Error(`${code}: injected by DIFFUSE_WRITE_ERROR, write '${tmp}'`),
+  if (!code || ++counter.count !== Number(nth ?? 1)) return;
+  throw Object.assign(new Error(`${code}: injected by ${variable}, write '${tmp}'`),
     { code, syscall: 'write', path: tmp });
 }
 
@@ -81,7 +84,7 @@ export async function replaceFolder(dir: string, build: (tmp: string) => Promise
   await mkdir(tmp, { recursive: true });
   try {
     await build(tmp);
-    writeErrorPoint(tmp);
+    injectedError('DIFFUSE_WRITE_ERROR', swapErrors, tmp);
   } catch (e) {
     await rm(tmp, { recursive: true, force: true });
     throw e;

@@ -3,6 +3,7 @@
  * and reports what a fault test asserts on: exit code, output, seconds and peak memory. The
  * child preloads report-rss.js, which writes its peak resident set size when it exits.
  */
+import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -32,6 +33,8 @@ export interface CliOptions {
   timeoutMs?: number;
   /** Send SIGINT once stdout or stderr matches this. */
   interruptOn?: RegExp;
+  /** Send SIGINT after this many ms. */
+  interruptAfterMs?: number;
   /** Called with all output so far (stdout then stderr) and the child's pid each time the
    *  child writes: a test can pause it (SIGSTOP) at a given point, or signal it. */
   onOutput?: (output: string, pid: number) => void;
@@ -60,10 +63,13 @@ export function runCli(args: readonly string[], o: CliOptions = {}): Promise<Cli
   child.stderr.on('data', (d: Buffer) => { stderr += d.toString(); watch(); });
   const timer = o.timeoutMs === undefined ? undefined
     : setTimeout(() => child.kill('SIGKILL'), o.timeoutMs);
+  const interrupt = o.interruptAfterMs === undefined ? undefined
+    : setTimeout(() => child.kill('SIGINT'), o.interruptAfterMs);
   return new Promise((resolve, reject) => {
     child.on('error', reject);
     child.on('close', (code, signal) => {
       if (timer) clearTimeout(timer);
+      if (interrupt) clearTimeout(interrupt);
       const peakMiB = existsSync(rssFile) ? Number(readFileSync(rssFile, 'utf8')) / 1024 : NaN;
       rmSync(scratch, { recursive: true, force: true });
       resolve({ code, signal, stdout, stderr, seconds: (performance.now() - start) / 1000,
@@ -85,3 +91,34 @@ export function looksLikeACrash(stderr: string): boolean {
   return /^\s+at .+[(:]\d+|FATAL ERROR|Allocation failed|bad_alloc|onnxruntime::|\[E:onnxruntime/m
     .test(stderr);
 }
+
+/** Limits of the issue: a failure is reported in seconds, and no run grows past 1.5 GB. */
+export const MAX_FAIL_SECONDS = 15;
+export const MAX_MIB = 1536;
+
+/** The largest peak RSS of the runs checked so far (a suite prints it at the end). */
+export const largestPeak = { MiB: 0 };
+
+/** What every run must satisfy, failed or not: no crash dump, bounded memory. */
+export function assertSane(r: CliResult, what: string): void {
+  assert.ok(!looksLikeACrash(r.stderr), `${what}: a crash dump on stderr:\n${r.stderr}`);
+  if (!Number.isNaN(r.peakMiB)) assert.ok(r.peakMiB < MAX_MIB, `${what}: peak RSS ${r.peakMiB} MiB`);
+  largestPeak.MiB = Math.max(largestPeak.MiB, r.peakMiB || 0);
+}
+
+export function assertOk(r: CliResult, what: string): void {
+  assertSane(r, what);
+  assert.equal(r.code, 0, `${what}: exit ${r.code} (${r.signal}):\n${r.stderr}`);
+}
+
+/** A failure: exit `code`, one `diffuse: ` line matching `line`, quickly. Returns the line. */
+export function assertFails(r: CliResult, code: number, line: RegExp, what: string): string {
+  assertSane(r, what);
+  assert.equal(r.code, code, `${what}: exit ${r.code} (${r.signal}):\n${r.stderr}`);
+  const l = errorLine(r);
+  assert.ok(l.startsWith('diffuse: ') && !l.includes('\n'), `${what}: not one line:\n${r.stderr}`);
+  assert.match(l, line, what);
+  assert.ok(r.seconds < MAX_FAIL_SECONDS, `${what}: took ${r.seconds.toFixed(1)} s`);
+  return l;
+}
+

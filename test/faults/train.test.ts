@@ -24,11 +24,9 @@ import { SAMPLE_OPTIONS } from '../../src/cli/sample.js';
 import { TOY_OPTIONS } from '../../src/cli/toy.js';
 import { TRAIN_CLASSIFIER_OPTIONS } from '../../src/cli/train-classifier.js';
 import { TRAIN_OPTIONS } from '../../src/cli/train.js';
-import { errorLine, looksLikeACrash, runCli, type CliOptions, type CliResult } from './cli.js';
-
-/** Limits of the issue: a failure is reported in seconds, and no run grows past 1.5 GB. */
-const MAX_FAIL_SECONDS = 15;
-const MAX_MIB = 1536;
+import {
+  assertFails, assertOk, assertSane, largestPeak, runCli, type CliOptions, type CliResult,
+} from './cli.js';
 
 let root: string;
 let data: string;
@@ -49,7 +47,7 @@ before(() => {
 
 after(() => {
   rmSync(root, { recursive: true, force: true });
-  console.log(`largest peak RSS of a diffuse run: ${peakMiB.toFixed(0)} MiB`);
+  console.log(`largest peak RSS of a diffuse run: ${largestPeak.MiB.toFixed(0)} MiB`);
 });
 
 let folders = 0;
@@ -68,32 +66,6 @@ const runArgs = (out: string, steps = 6, more: readonly string[] = []): string[]
 async function train(out: string, steps = 6, more: readonly string[] = [], o: CliOptions = {}):
   Promise<CliResult> {
   return runCli(runArgs(out, steps, more), { timeoutMs: 120_000, ...o });
-}
-
-/** The largest peak RSS of any run of the suite, for the log. */
-let peakMiB = 0;
-
-/** What every run must satisfy, failed or not: no crash dump, bounded memory. */
-function assertSane(r: CliResult, what: string): void {
-  assert.ok(!looksLikeACrash(r.stderr), `${what}: a crash dump on stderr:\n${r.stderr}`);
-  if (!Number.isNaN(r.peakMiB)) assert.ok(r.peakMiB < MAX_MIB, `${what}: peak RSS ${r.peakMiB} MiB`);
-  peakMiB = Math.max(peakMiB, r.peakMiB || 0);
-}
-
-function assertOk(r: CliResult, what: string): void {
-  assertSane(r, what);
-  assert.equal(r.code, 0, `${what}: exit ${r.code} (${r.signal}):\n${r.stderr}`);
-}
-
-/** A failure: exit `code`, one `diffuse: ` line matching `line`, quickly. Returns the line. */
-function assertFails(r: CliResult, code: number, line: RegExp, what: string): string {
-  assertSane(r, what);
-  assert.equal(r.code, code, `${what}: exit ${r.code} (${r.signal}):\n${r.stderr}`);
-  const l = errorLine(r);
-  assert.ok(l.startsWith('diffuse: ') && !l.includes('\n'), `${what}: not one line:\n${r.stderr}`);
-  assert.match(l, line, what);
-  assert.ok(r.seconds < MAX_FAIL_SECONDS, `${what}: took ${r.seconds.toFixed(1)} s`);
-  return l;
 }
 
 /** Every file of `out`'s checkpoint/ and model/, by relative path. */
