@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import {
-  checkDestination, classCount, loadPipeline, PROVIDERS, SAMPLER_NAMES,
+  checkDestination, classCount, loadPipeline, parseAccel, PROVIDERS, SAMPLER_NAMES,
   sampleImages, sampleInBatches, writeSamples,
 } from '../pipelines/sample.js';
 import { packageRoot } from '../util/package-root.js';
@@ -48,6 +48,10 @@ export const SAMPLE_OPTIONS = {
   seed: int({ min: 0, help: 'seed', default: 0 }),
   generator: oneOf(['philox', 'torch'], { arg: '<g>', help: 'noise: philox (Diffuse) or torch ' +
     '(torch.randn on the CPU, as diffusers draws it)', default: 'philox' }),
+  accel: custom(parseAccel, { arg: '<spec>', expected: 'deepcache:N, optionally with ' +
+    ',nonuniform and ,branch=K', help: 'training-free acceleration: deepcache:3 runs the full ' +
+    'U-Net every 3rd step and only its shallow branch between (,nonuniform: full steps ' +
+    'denser early; ,branch=K: cache the input of up block K)' }),
   batchSize: int({ min: 1, help: 'most images per model call', default: 64 }),
   provider: oneOf(PROVIDERS, { arg: '<p>', help: 'ONNX Runtime provider', default: 'cpu' }),
   out: path({ arg: '<file.png>', help: 'the PNG grid to write', default: 'samples.png' }),
@@ -82,7 +86,9 @@ export function registerSample(program: Command): void {
       const guidance = o.guidance ?? (k ? DEFAULT_GUIDANCE : 1);
       console.log(`${pipeline.model.cls.className} from ${pipeline.modelFolder} ` +
         `(${k ? `${k} classes` : 'unconditional'}): ${o.n} images, ${sampler}, ${o.steps} steps` +
-        `${guidance !== 1 ? `, guidance ${guidance}` : ''}, seed ${o.seed} (${o.generator})`);
+        `${guidance !== 1 ? `, guidance ${guidance}` : ''}${o.accel ? `, DeepCache every ` +
+        `${o.accel.interval}${o.accel.nonUniform ? ' (non-uniform)' : ''}` : ''}, seed ${o.seed} ` +
+        `(${o.generator})`);
       const to = o.outDir === undefined ? { out: o.out } : { outDir: o.outDir };
       await checkDestination(pipeline.model, o.n, to); // seconds in, not after sampling
       let written = 0;
@@ -93,6 +99,7 @@ export function registerSample(program: Command): void {
       const options = {
         sampler, steps: o.steps, n: o.n, guidance, seed: o.seed, generator: o.generator,
         batchSize: o.batchSize, provider: o.provider, memoryLimit: o.maxMemory * 2 ** 20,
+        ...(o.accel ? { accel: o.accel } : {}),
         ...(o.class !== undefined ? { classes: o.class } : {}), signal: stop.signal,
         onWarning: (message: string) => console.error(`warning: ${message}`),
         onStep: (step: number, total: number) =>

@@ -22,7 +22,7 @@ import { exportPipeline } from './checkpoint.js';
 import { graphDenoiser } from './graph-denoiser.js';
 import { createImageModel, type ModelFamily } from './image-models.js';
 import {
-  checkDestination, guidanceClipWarning, loadPipeline, MemoryLimitError, NonFiniteError,
+  checkDestination, guidanceClipWarning, loadPipeline, MemoryLimitError, NonFiniteError, parseAccel,
   sampleImages, sampleInBatches, writeSamples, type Pipeline,
 } from './sample.js';
 import { schedulerFromConfig } from '../diffusion/diffusers/schedulers.js';
@@ -332,3 +332,12 @@ test('destinations are checked before sampling; folder images are numbered from 
     assert.deepEqual((await writeSamples(images, { outDir: join(dir, 'd') }, 7)).map((f) => f.slice(-10)),
       ['000007.png', '000008.png']);
   }));
+
+test('--accel spelling: deepcache:N with nonuniform and branch modifiers', () => {
+  assert.deepEqual(parseAccel('deepcache:3'), { method: 'deepcache', interval: 3 });
+  assert.deepEqual(parseAccel('deepcache:5,nonuniform,branch=1'),
+    { method: 'deepcache', interval: 5, nonUniform: true, branch: 1 });
+  assert.throws(() => parseAccel('deepcache:0'), /expected deepcache:N \(N >= 1/);
+  assert.throws(() => parseAccel('deepcache:3,fast'), /unknown modifier 'fast'/);
+  assert.throws(() => parseAccel('ras:0.5'), /expected deepcache:N/);
+});

@@ -41,7 +41,10 @@ import {
 import { ditClass } from '../models/dit.js';
 import { ditMoEClass } from '../models/dit-moe.js';
 import { UNET2D_CLASS } from '../models/unet2d.js';
-import type { Module } from '../nn/module.js';
+import type { Module, ParamsOf } from '../nn/module.js';
+import type { Prediction } from '../diffusion/predictions.js';
+import { deepCacheDenoiser, deepCacheSchedule, type DeepCacheDenoiser, type DeepCacheOptions } from '../methods/deepcache.js';
+import type { UNet2DModel } from '../models/unet2d.js';
 import { ensureWritableFile, ensureWritableFolder, explainFsError } from '../util/fs-errors.js';
 import { graphDenoiser } from './graph-denoiser.js';
 import { familyOfClass, imageModelOf, type ImageModel, type ModelFamily } from './image-models.js';
@@ -212,6 +215,8 @@ export interface SampleOptions {
   batchSize?: number;
   /** Bytes the run may plan for (default DEFAULT_MEMORY_LIMIT). */
   memoryLimit?: number;
+  /** Training-free acceleration (U-Net pipelines): DeepCache's interval, branch, schedule. */
+  accel?: Acceleration;
   provider?: Provider;
   /** Progress over the whole run: `step` of `total` (sampler steps x batches of images). */
   onStep?: (step: number, total: number) => void;
@@ -377,6 +382,55 @@ function planMemory(p: Pipeline, o: SampleOptions, largest: LargestTensor, rowBy
   return { rowsPerCall, imagesPerBatch, warnings };
 }
 
+/** What `SampleOptions.accel` takes. */
+export type Acceleration = { method: 'deepcache' } & DeepCacheOptions;
+
+/**
+ * The command-line spelling of an acceleration: `deepcache:N` with optional `,nonuniform`
+ * (pow 1.4, center 15) and `,branch=K` (the up block whose input is cached).
+ */
+export function parseAccel(text: string): Acceleration {
+  const [head, ...mods] = text.split(',').map((s) => s.trim());
+  const m = /^deepcache:(\d+)$/.exec(head ?? '');
+  if (!m || Number(m[1]) < 1) {
+    throw new RangeError(`'${text}': expected deepcache:N (N >= 1 model calls per full step), ` +
+      'optionally followed by ,nonuniform and ,branch=K');
+  }
+  const accel: Acceleration = { method: 'deepcache', interval: Number(m[1]) };
+  for (const mod of mods) {
+    const b = /^branch=(\d+)$/.exec(mod);
+    if (mod === 'nonuniform') accel.nonUniform = true;
+    else if (b) accel.branch = Number(b[1]);
+    else throw new RangeError(`'${text}': unknown modifier '${mod}' (expected nonuniform or branch=K)`);
+  }
+  return accel;
+}
+
+/** DeepCache over the pipeline's U-Net, checked against the sampler it serves. */
+function deepCacheFor(p: Pipeline, o: SampleOptions, rows: number, conditional: boolean,
+  prediction: Prediction): DeepCacheDenoiser {
+  const accel = o.accel!;
+  if (p.model.family !== 'unet') {
+    throw new RangeError(`DeepCache caches U-Net features; this model is a ` +
+      `${p.model.cls.className}`);
+  }
+  if (accel.nonUniform && !ONE_CALL_PER_STEP.has(o.sampler)) {
+    throw new RangeError(`a non-uniform DeepCache schedule is laid over the steps, so it needs ` +
+      `a sampler with one model call per step, not ${o.sampler}`);
+  }
+  const schedule = deepCacheSchedule(o.steps, accel);
+  const consts = mapTree(p.params, (x): x is HostArray => x instanceof HostArray,
+    (a) => ops.constant(a));
+  return deepCacheDenoiser(p.model.module as UNet2DModel, consts as ParamsOf<UNet2DModel>,
+    prediction, { ...accel, conditional, rows,
+      isFull: (call) => call >= schedule.length || schedule[call]!,
+      runtime: o.provider ? { provider: o.provider } : {} });
+}
+
+/** Samplers that call the model once per step (Heun calls it twice). */
+const ONE_CALL_PER_STEP = new Set(['ddim', 'ddpm', 'euler', 'euler-a', 'dpm++2m', 'dpm++3m',
+  'unipc', 'flow-euler']);
+
 /**
  * Samples n images from a loaded pipeline, a batch of images at a time: `onBatch` gets each
  * batch ([count, C, H, W] in [-1, 1]) with the index of its first image, in order. Memory is
@@ -420,6 +474,7 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
   const graph = graphDenoiser(model, spec.prediction,
     { name: 'sample_denoiser', ...(o.provider ? { provider: o.provider } : {}) });
   const start = performance.now();
+  let disposeLater: DeepCacheDenoiser | undefined;
   try {
     const plan = planMemory(p, o, largestIntermediate(graph.traceAt([1, c, h, w],
       labels !== undefined)), per * 4);
@@ -442,7 +497,10 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
     const torch = o.generator === 'torch' ? new TorchGenerator(o.seed ?? 0) : undefined;
     const key = RngKey.fromSeed(o.seed ?? 0);
     let first = 0;
-    const checked = finiteOutputs(inBatches(graph, plan.rowsPerCall), () => first);
+    const cached = o.accel ? deepCacheFor(p, o, plan.rowsPerCall, labels !== undefined,
+      spec.prediction) : undefined;
+    disposeLater = cached;
+    const checked = finiteOutputs(cached ?? inBatches(graph, plan.rowsPerCall), () => first);
     for (let b = 0; b < batches; b++) {
       first = b * imagesPerBatch;
       const count = Math.min(imagesPerBatch, o.n - first);
@@ -452,6 +510,7 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
       const noise: NoiseSource = torch ? () => torch.randn(shape)
         : (size, k) => key.fold(k + 1).normal(size, offset);
       const x0 = new HostArray<'float32'>(noise(count * per, -1), shape, 'float32');
+      cached?.reset();
       const condition = labels?.slice(first, first + count);
       const denoiser = cfg ? classifierFreeGuidance(checked,
         { scale: guidance, uncondition: new Array<number>(count).fill(p.model.numClasses) })
@@ -471,10 +530,12 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
         shape, 'float32');
       await onBatch(images, first);
     }
-    return { seconds: (performance.now() - start) / 1000, modelCalls: graph.stats.calls,
+    return { seconds: (performance.now() - start) / 1000,
+      modelCalls: cached ? cached.stats.rowCalls : graph.stats.calls,
       rowsPerCall: plan.rowsPerCall, warnings };
   } finally {
     await graph.dispose();
+    await disposeLater?.dispose();
   }
 }
 
