@@ -2,10 +2,10 @@
 import type { Command } from 'commander';
 import {
   CSV_COLUMNS, evaluateRuns, floorLine, parseRuns, pipelineSource, prepareMnistFid,
-  resultsTable, writeSweep,
+  resultsTable, runName, writeSweep,
 } from '../pipelines/eval.js';
 import {
-  checkHeldImages, classCount, guidanceClipWarning, loadPipeline, SAMPLER_NAMES,
+  checkHeldImages, classCount, guidanceClipWarning, loadPipeline, parseAccel, SAMPLER_NAMES,
 } from '../pipelines/sample.js';
 import { addOptions, commandOptions, custom, int, num, oneOf, path } from './options.js';
 import { progress, type Progress } from './progress.js';
@@ -19,9 +19,13 @@ export const EVAL_OPTIONS = {
   steps: int({ min: 1, help: 'sampling steps', default: 50 }),
   guidance: num({ range: GUIDANCE_RANGE, arg: '<w>', help: 'classifier-free guidance weight ' +
     '(conditional models; 1: none)', default: 1 }),
+  accel: custom((v) => ({ spec: v, options: parseAccel(v) }), { arg: '<spec>',
+    expected: 'deepcache:N, optionally with ,nonuniform and ,branch=K', help: 'training-free ' +
+    'acceleration of the --sampler run (as diffuse sample --accel)' }),
   sweep: custom((v) => parseRuns(v), { arg: '<runs>', expected: 'sampler:steps runs such as ' +
-    'ddim:10,dpm++2m:25', help: 'sampler:steps runs to compare instead of --sampler/--steps, ' +
-    'e.g. ddim:10,ddim:25,ddim:50,dpm++2m:10,dpm++2m:25' }),
+    'ddim:10,dpm++2m:25,ddim:50+deepcache:3', help: 'sampler:steps runs to compare instead of ' +
+    '--sampler/--steps, each optionally +deepcache:N, e.g. ' +
+    'ddim:10,ddim:25,ddim:50,ddim:50+deepcache:3,dpm++2m:25' }),
   csv: path({ arg: '<file>', help: `sweep results (columns ${CSV_COLUMNS.join(', ')})`,
     default: 'mnist-fid-sweep.csv' }),
   plot: path({ arg: '<file.png>', help: 'sweep plot: MNIST-FID against seconds per image',
@@ -46,7 +50,8 @@ export function registerEval(program: Command): void {
       const o = commandOptions(EVAL_OPTIONS, cmd).values;
       const pipeline = o.model === undefined ? undefined : await loadPipeline(o.model);
       for (const note of pipeline?.notes ?? []) console.log(`note: ${note}`);
-      const list = o.sweep ?? [{ sampler: o.sampler, steps: o.steps }];
+      const list = o.sweep ?? [{ sampler: o.sampler, steps: o.steps,
+        ...(o.accel ? { accel: o.accel } : {}) }];
       const memoryLimit = o.maxMemory * 2 ** 20;
       if (pipeline) checkHeldImages(pipeline.model, o.n, memoryLimit);
       if (pipeline && classCount(pipeline.model)) {
@@ -68,7 +73,7 @@ export function registerEval(program: Command): void {
         let bar: Progress | undefined;
         const source = pipelineSource(pipeline, { n: o.n, seed: o.seed, guidance: o.guidance,
           batchSize: o.batchSize, memoryLimit, onStep: (run, step, total) => {
-            bar ??= progress(`sampling ${run.sampler}:${run.steps}`, total);
+            bar ??= progress(`sampling ${runName(run)}:${run.steps}`, total);
             bar.update(step + 1); // step is 0-based
           } });
         const rows = await evaluateRuns(m, list, source, () => {
@@ -77,7 +82,7 @@ export function registerEval(program: Command): void {
         });
         if (!o.sweep) {
           const r = rows[0]!;
-          console.log(`MNIST-FID: ${r.fid.toFixed(3)} (${r.n} samples, ${r.sampler}, ${r.steps} ` +
+          console.log(`MNIST-FID: ${r.fid.toFixed(3)} (${r.n} samples, ${runName(r)}, ${r.steps} ` +
             `steps${o.guidance !== 1 ? `, guidance ${o.guidance}` : ''})`);
           console.log(floorLine(m));
           if (r.accuracy !== null) {

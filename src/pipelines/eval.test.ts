@@ -23,6 +23,11 @@ import { trainingScheduler } from '../diffusion/training.js';
 test('parseRuns: sampler:steps lists, and errors that show the expected form', () => {
   assert.deepEqual(parseRuns('ddim:10, dpm++2m:25,'), [
     { sampler: 'ddim', steps: 10 }, { sampler: 'dpm++2m', steps: 25 }]);
+  assert.deepEqual(parseRuns('ddim:50+deepcache:5,nonuniform,branch=1,ddim:17'), [
+    { sampler: 'ddim', steps: 50, accel: { spec: 'deepcache:5,nonuniform,branch=1',
+      options: { method: 'deepcache', interval: 5, nonUniform: true, branch: 1 } } },
+    { sampler: 'ddim', steps: 17 }]);
+  assert.throws(() => parseRuns('ddim:50+deepcache:x'), /sweep entry 'ddim:50\+deepcache:x': 'deepcache:x': expected deepcache:N/);
   assert.throws(() => parseRuns('ddim'), /'ddim': expected sampler:steps/);
   assert.throws(() => parseRuns('ddim:0'), /expected sampler:steps/);
   assert.throws(() => parseRuns('nope:10'), /unknown sampler 'nope'/);

@@ -19,7 +19,9 @@ import {
   classAccuracy, featureExtractor, frechetDistance, gaussianStats, loadMetricClassifier,
   referenceStats, type FeatureExtractor, type ReferenceStats,
 } from './metrics.js';
-import { classCount, NonFiniteError, sampleImages, type Pipeline } from './sample.js';
+import {
+  classCount, NonFiniteError, parseAccel, sampleImages, type Acceleration, type Pipeline,
+} from './sample.js';
 
 // ---------------------------------------------------------------------------------------------
 // MNIST-FID against the training split
@@ -93,21 +95,45 @@ export async function scoreImages(m: MnistFid, images: HostArray, labels?: Array
 export interface Run {
   sampler: string;
   steps: number;
+  /** Training-free acceleration and its spelling (`deepcache:3`), for tables and plots. */
+  accel?: { spec: string; options: Acceleration };
 }
+
+/** How tables, CSV rows and plot legends name a run's sampler: `ddim`, `ddim+deepcache:3`. */
+export const runName = (r: Run): string => r.accel ? `${r.sampler}+${r.accel.spec}` : r.sampler;
+
+const ACCEL_MODIFIER = /^(nonuniform|branch=\d+)$/;
 
 /** Parses `ddim:10,ddim:25,dpm++2m:10` (sampler:steps, comma-separated) into runs; sampler
  *  names are checked against SAMPLER_NAMES unless `anySampler` (for stand-in image sources). */
 export function parseRuns(spec: string, anySampler = false): Run[] {
-  const runs = spec.split(',').map((s) => s.trim()).filter(Boolean).map((item) => {
-    const m = /^([^:\s]+):(\d+)$/.exec(item);
+  // An acceleration's own modifiers (deepcache:5,nonuniform) belong to the entry before them.
+  const items: string[] = [];
+  for (const part of spec.split(',').map((s) => s.trim()).filter(Boolean)) {
+    if (ACCEL_MODIFIER.test(part) && items.length > 0) items[items.length - 1] += `,${part}`;
+    else items.push(part);
+  }
+  const runs = items.map((item): Run => {
+    // sampler:steps, then +acceleration ('+' after the digits: dpm++2m has its own '+'s).
+    const m = /^([^:\s]+):(\d+)(?:\+(.+))?$/.exec(item);
+    const accelSpec = m?.[3];
     if (!m || Number(m[2]) < 1) {
-      throw new RangeError(`sweep entry '${item}': expected sampler:steps, e.g. ddim:25`);
+      throw new RangeError(`sweep entry '${item}': expected sampler:steps, e.g. ddim:25 or ` +
+        'ddim:50+deepcache:3');
     }
     if (!anySampler && !(SAMPLER_NAMES as readonly string[]).includes(m[1]!)) {
       throw new RangeError(`sweep entry '${item}': unknown sampler '${m[1]}' (expected one of ` +
         `${SAMPLER_NAMES.join(', ')})`);
     }
-    return { sampler: m[1]!, steps: Number(m[2]) };
+    const run: Run = { sampler: m[1]!, steps: Number(m[2]) };
+    if (accelSpec !== undefined) {
+      try {
+        run.accel = { spec: accelSpec, options: parseAccel(accelSpec) };
+      } catch (e) {
+        throw new RangeError(`sweep entry '${item}': ${(e as Error).message}`);
+      }
+    }
+    return run;
   });
   if (runs.length === 0) throw new RangeError(`sweep '${spec}': expected sampler:steps entries`);
   return runs;
@@ -129,6 +155,7 @@ export function pipelineSource(p: Pipeline, o: { n: number; seed: number; guidan
       ...(k ? { classes, guidance: o.guidance ?? 1 } : {}),
       ...(o.batchSize ? { batchSize: o.batchSize } : {}),
       ...(o.memoryLimit ? { memoryLimit: o.memoryLimit } : {}),
+      ...(run.accel ? { accel: run.accel.options } : {}),
       ...(o.onStep ? { onStep: (step: number, total: number) => o.onStep!(run, step, total) } : {}),
     });
     return { images: r.images, seconds: r.seconds,
@@ -151,7 +178,7 @@ export async function evaluateRuns(m: MnistFid, runs: readonly Run[], source: Im
     const n = s.images.shape[0]!;
     const score = await scoreImages(m, s.images, s.labels);
     if (!Number.isFinite(score.fid)) {
-      throw new NonFiniteError(`MNIST-FID of ${run.sampler}:${run.steps} is ${score.fid}: the ` +
+      throw new NonFiniteError(`MNIST-FID of ${runName(run)}:${run.steps} is ${score.fid}: the ` +
         `classifier's features of the samples or of the reference are not finite (a corrupt ` +
         `classifier checkpoint?); nothing written`);
     }
@@ -169,7 +196,7 @@ export const CSV_COLUMNS = ['sampler', 'steps', 'n', 'mnist_fid', 'class_accurac
 
 /** One header line and one row per run. */
 export function resultsCsv(rows: readonly RunResult[]): string {
-  const lines = rows.map((r) => [r.sampler, r.steps, r.n, r.fid.toFixed(4),
+  const lines = rows.map((r) => [runName(r), r.steps, r.n, r.fid.toFixed(4),
     r.accuracy === null ? '' : r.accuracy.toFixed(4), r.secondsPerImage.toPrecision(4),
     r.seconds.toFixed(3)].join(','));
   return `${[CSV_COLUMNS.join(','), ...lines].join('\n')}\n`;
@@ -182,7 +209,7 @@ export function resultsTable(rows: readonly RunResult[], m: Pick<MnistFid, 'floo
     `${'class acc'.padStart(9)} ${'s/image'.padStart(9)}`;
   const lines = rows.map((r) => {
     const acc = r.accuracy === null ? '-' : `${(100 * r.accuracy).toFixed(1)}%`;
-    return `${r.sampler.padEnd(10)} ${String(r.steps).padStart(5)} ` +
+    return `${runName(r).padEnd(10)} ${String(r.steps).padStart(5)} ` +
       `${r.fid.toFixed(3).padStart(10)} ${acc.padStart(9)} ` +
       `${r.secondsPerImage.toPrecision(3).padStart(9)}`;
   });
@@ -197,10 +224,10 @@ export function floorLine(m: Pick<MnistFid, 'floor' | 'floorN'>): string {
 /** MNIST-FID against seconds per image, one line per sampler (points in order of steps),
  *  with the floor as a dashed line. */
 export function speedQualityPlot(rows: readonly RunResult[], floor: number): Image {
-  const samplers = [...new Set(rows.map((r) => r.sampler))];
+  const samplers = [...new Set(rows.map(runName))];
   const series: LineSeries[] = samplers.map((s) => ({
     label: s,
-    points: rows.filter((r) => r.sampler === s).sort((a, b) => a.steps - b.steps)
+    points: rows.filter((r) => runName(r) === s).sort((a, b) => a.steps - b.steps)
       .flatMap((r) => [r.secondsPerImage, r.fid]),
   }));
   const n = rows[0]?.n ?? 0;
