@@ -1,6 +1,6 @@
 /**
  * @file `npm run bench [-- --json] [-- --only NAME] [-- --quiet] [-- --peer FILE]`: every benchmark suite
- * (conv, train, unet, dit), printed as a table or as one JSON object per line (name, value,
+ * (conv, train, unet, dit, accel), printed as a table or as one JSON object per line (name, value,
  * unit, ratio, ratioTo). Ends with the load other processes put on the machine meanwhile;
  * --quiet waits for idle moments and drops samples taken under load (see harness.ts).
  * --peer reads the JSON line of bench/peer/run.sh (diffusers timed on this machine) and adds
@@ -8,6 +8,7 @@
  */
 import { readFileSync } from 'node:fs';
 import { availableParallelism, cpus } from 'node:os';
+import { accelSuite } from './accel.js';
 import { convBench, matmulPeak, trainStepBench } from './engine.js';
 import { load, Report } from './harness.js';
 import { ditSuite, unetSuite, type PeerTimes } from './models.js';
@@ -37,6 +38,7 @@ const suites: Record<string, () => Promise<void>> = {
   train: () => trainStepBench(report, peak),
   unet: () => unetSuite(report, peak, peer),
   dit: () => ditSuite(report, peak),
+  accel: () => accelSuite(report),
 };
 for (const [name, run] of Object.entries(suites)) {
   if (!only || only === name) await run();
