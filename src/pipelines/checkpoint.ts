@@ -10,11 +10,12 @@
  * model/                          what `diffuse sample --model` reads: EMA weights as <component>/
  */
 import { existsSync } from 'node:fs';
-import { readFile, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HostArray } from '../engine/host.js';
 import { specToJson, type SchedulerSpec } from '../diffusion/diffusers/spec.js';
 import { flatten, unflatten, type Tree } from '../engine/tree.js';
+import { readRegularFile } from '../io/files.js';
 import { loadModel, saveModel, writeModelIndex, writeSchedulerConfig } from '../io/diffusers.js';
 import { writeFileAtomic } from '../io/png.js';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
@@ -87,7 +88,8 @@ export async function saveCheckpoint(dir: string, f: PipelineFiles, state: Train
 /** The step of a complete checkpoint folder, or null. */
 async function checkpointStep(dir: string): Promise<number | null> {
   try {
-    const meta = JSON.parse(await readFile(join(dir, 'trainer_state.json'), 'utf8')) as TrainerMeta;
+    const meta = JSON.parse((await readRegularFile(join(dir, 'trainer_state.json'), 'a JSON file'))
+      .toString('utf8')) as TrainerMeta;
     return Number.isInteger(meta.step) ? meta.step : null;
   } catch {
     return null;
@@ -123,7 +125,8 @@ export async function loadCheckpoint(dir: string, f: PipelineFiles, fresh: Train
   run: Record<string, unknown>): Promise<{ state: TrainState; meta: TrainerMeta }> {
   const metaPath = join(dir, 'trainer_state.json');
   if (!existsSync(metaPath)) throw new CheckpointError(`${dir}: no checkpoint to resume (trainer_state.json missing)`);
-  const meta = JSON.parse(await readFile(metaPath, 'utf8')) as TrainerMeta;
+  const meta = JSON.parse((await readRegularFile(metaPath, 'a JSON file')).toString('utf8')) as
+    TrainerMeta;
   for (const [k, v] of Object.entries(run)) {
     if (JSON.stringify(meta.run[k]) !== JSON.stringify(v)) {
       throw new CheckpointError(`${dir}: the checkpoint was trained with ${k} = ${JSON.stringify(meta.run[k])}, ` +
@@ -138,6 +141,11 @@ export async function loadCheckpoint(dir: string, f: PipelineFiles, fresh: Train
     const template = flatten(fresh.opt, isHost);
     const leaves = await Promise.all(template.paths.map(async (name, i) => {
       if (!optFile.entries.has(name)) throw new CheckpointError(`${dir}/optimizer.safetensors: missing '${name}'`);
+      const entry = optFile.entries.get(name)!;
+      if (entry.dtype !== 'F32') {
+        throw new CheckpointError(`${dir}/optimizer.safetensors: '${name}' is ${entry.dtype}, ` +
+          'expected F32 (optimizer state is float32)');
+      }
       const t = await optFile.read(name);
       const want = template.leaves[i]!.shape;
       if (t.shape.join() !== want.join()) {
