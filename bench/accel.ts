@@ -23,7 +23,7 @@ export async function accelSuite(report: Report, reps = 3): Promise<void> {
   const base: SampleOptions = { sampler: 'ddim', steps: 50, n: 64, guidance: 1.5, seed: 0 };
   const consts = mapTree(p.params, (x): x is HostArray => x instanceof HostArray,
     (a) => ops.constant(a));
-  for (const branch of [1, 2]) {
+  for (const branch of [1, 2, 4]) {
     const d = deepCacheDenoiser(p.model.module as UNet2DModel, consts as ParamsOf<UNet2DModel>,
       'eps', { interval: 3, branch, conditional: true, rows: 64, isFull: () => true });
     report.add({ name: `DeepCache branch ${branch}: partial graph FLOPs / full`,

@@ -51,7 +51,8 @@ export const SAMPLE_OPTIONS = {
   accel: custom(parseAccel, { arg: '<spec>', expected: 'deepcache:N, optionally with ' +
     ',nonuniform and ,branch=K', help: 'training-free acceleration: deepcache:3 runs the full ' +
     'U-Net every 3rd step and only its shallow branch between (,nonuniform: full steps ' +
-    'denser early; ,branch=K: cache the input of up block K)' }),
+    'denser around step 15; ,branch=K: partial steps recompute the last K up-path resnets, ' +
+    'default 1)' }),
   batchSize: int({ min: 1, help: 'most images per model call', default: 64 }),
   provider: oneOf(PROVIDERS, { arg: '<p>', help: 'ONNX Runtime provider', default: 'cpu' }),
   out: path({ arg: '<file.png>', help: 'the PNG grid to write', default: 'samples.png' }),

@@ -8,6 +8,7 @@ import { HostArray } from '../engine/host.js';
 import * as ops from '../engine/ops.js';
 import { RngKey } from '../engine/random/philox.js';
 import { mapTree, type Tree } from '../engine/tree.js';
+import type { Tensor } from '../engine/tensor.js';
 import { trainingScheduler } from '../diffusion/training.js';
 import { UNET2D_PRESETS, UNet2DModel } from '../models/unet2d.js';
 import type { ParamsOf } from '../nn/module.js';
@@ -39,6 +40,7 @@ test('non-uniform schedule: floor(T/N) full steps from 0, denser around the cent
 });
 
 test('the partial step is a smaller graph: the MNIST U-Net at its shallowest branch', () => {
+  // mnist-s: 3 up blocks of 3 resnets each
   const unet = new UNet2DModel(UNET2D_PRESETS['mnist-s-cond']);
   const params = mapTree(unet.init(RngKey.fromSeed(0)) as Tree<HostArray>,
     (x): x is HostArray => x instanceof HostArray, (a) => ops.constant(a));
@@ -46,10 +48,13 @@ test('the partial step is a smaller graph: the MNIST U-Net at its shallowest bra
     { interval: 3, conditional: true, rows: 4, isFull: () => true });
   const shallow = d.partialFlops([1, 1, 32, 32]);
   const deeper = deepCacheDenoiser(unet, params as ParamsOf<UNet2DModel>, 'eps',
-    { interval: 3, branch: 1, conditional: true, rows: 4, isFull: () => true })
+    { interval: 3, branch: 4, conditional: true, rows: 4, isFull: () => true })
     .partialFlops([1, 1, 32, 32]);
-  assert.ok(shallow > 0 && shallow < 0.5, `branch 2: ${shallow.toFixed(3)} of the full FLOPs`);
-  assert.ok(deeper > shallow && deeper < 1, `branch 1: ${deeper.toFixed(3)}`);
+  assert.ok(shallow > 0 && shallow < 0.2, `branch 1: ${shallow.toFixed(3)} of the full FLOPs`);
+  assert.ok(deeper > shallow && deeper < 1, `branch 4: ${deeper.toFixed(3)}`);
+  assert.throws(() => deepCacheDenoiser(unet, params as ParamsOf<UNet2DModel>, 'eps',
+    { interval: 3, branch: unet.upResnetCount(), conditional: true, rows: 4, isFull: () => true }),
+  /branch must be a number of up-path resnets in \[1, 8\], got 9/);
 });
 
 test('with guidance: N = 1 is the plain sampler bit for bit; N = 3 runs a third full', async () => {
@@ -72,5 +77,27 @@ test('with guidance: N = 1 is the plain sampler bit for bit; N = 3 runs a third 
       accel: { method: 'deepcache', interval: 3, nonUniform: true } }), /one model call per step/);
   } finally {
     await rm(dir, { recursive: true, force: true });
+  }
+});
+
+test('the partial pass on the same step\'s cache reproduces the full pass', async () => {
+  const { compile } = await import('../engine/runtime.js');
+  const { deepCachePasses } = await import('./deepcache.js');
+  const unet = new UNet2DModel({ ...UNET2D_PRESETS['mnist-s'], sample_size: 8,
+    block_out_channels: [8, 16, 16], norm_num_groups: 4 });
+  const params = mapTree(unet.init(RngKey.fromSeed(1)) as Tree<HostArray>,
+    (x): x is HostArray => x instanceof HostArray, (a) => ops.constant(a)) as ParamsOf<UNet2DModel>;
+  const x = new HostArray(RngKey.fromSeed(2).normal(2 * 64), [2, 1, 8, 8], 'float32');
+  const t = new HostArray(Float32Array.from([10, 700]), [2]);
+  for (const branch of [1, 3, 5]) {
+    const { full, partial } = deepCachePasses(unet, params, branch, false);
+    const f = compile((a: Tensor, b: Tensor) => full(a, b));
+    const p = compile((a: Tensor, b: Tensor, h: Tensor) => partial(a, b, h));
+    const [out, h] = (await f(x, t)) as [HostArray, HostArray];
+    const again = (await p(x, t, h)) as HostArray;
+    const diff = Math.max(...Array.from(out.data as Float32Array,
+      (v, i) => Math.abs(v - (again.data as Float32Array)[i]!)));
+    assert.ok(diff < 1e-5, `branch ${branch}: max difference ${diff}`);
+    await Promise.all([f.dispose(), p.dispose()]);
   }
 });

@@ -6,16 +6,16 @@
  * faster at -0.05 CLIP score, LDM-4-G 4.1x at +0.22 FID.
  *
  * As the official code does it (horseee/DeepCache): a full step runs the whole U-Net and keeps
- * the hidden state entering up block `branch`; a partial step runs conv_in and the down
- * blocks whose skips up blocks branch..n-1 take, then those up blocks on the cached state and
- * the fresh skips. The partial step is its own, smaller ONNX graph (`partialFlops`). Full steps
+ * the hidden state entering the last `branch` resnets of the up path; a partial step runs
+ * conv_in and the down blocks whose skips those resnets take, then those resnets on the
+ * cached state and the fresh skips (branch 1: conv_in, the last resnet and the head). The partial step is its own, smaller ONNX graph (`partialFlops`). Full steps
  * come every `interval` model calls (uniform), or at the non-uniform points
  * center + sign(u)|u|^pow, denser around `center` (the official code takes the power of a
  * negative base through complex numbers; sign() says the same thing).
  *
  * The schedule counts model calls: one per step for DDIM, DDPM, Euler and DPM-Solver; with
  * classifier-free guidance the conditional and unconditional rows are one call, so they share
- * one cache. Branch granularity here is the U-Net level (up block), not the resnet.
+ * one cache.
  */
 import { HostArray } from '../engine/host.js';
 import { compile, type RuntimeOptions } from '../engine/runtime.js';
@@ -29,7 +29,8 @@ import type { ParamsOf } from '../nn/module.js';
 export interface DeepCacheOptions {
   /** Full-step interval N (1: every call is full, the plain sampler). */
   interval: number;
-  /** The up block whose input is cached, 1..n-1 (default n-1: the shallowest branch). */
+  /** Up-path resnets the partial step recomputes, counted from the output (default 1: the
+   *  shallowest branch, only the last resnet, as the official code's branch 0). */
   branch?: number;
   /** Non-uniform full steps around `center` (defaults pow 1.4, center 15). */
   nonUniform?: boolean | { pow?: number; center?: number };
@@ -75,28 +76,34 @@ export function nonUniformPoints(total: number, n: number, center: number, pow: 
     `around ${center}; use a uniform schedule or another interval`);
 }
 
-/** The full and partial passes of a U-Net as traced functions. */
+/** The full and partial passes of a U-Net as traced functions; `branch` is the number of
+ *  up-path resnets (from the output end) the partial pass recomputes. */
 export function deepCachePasses(unet: UNet2DModel, params: ParamsOf<UNet2DModel>,
   branch: number, conditional: boolean) {
-  const n = unet.up_blocks.length;
-  if (!Number.isInteger(branch) || branch < 1 || branch > n - 1) {
-    throw new RangeError(`DeepCache branch must be an up block in [1, ${n - 1}], got ${branch}`);
+  const total = unet.upResnetCount();
+  if (!Number.isInteger(branch) || branch < 1 || branch > total - 1) {
+    throw new RangeError(`DeepCache branch must be a number of up-path resnets in ` +
+      `[1, ${total - 1}], got ${branch}`);
   }
+  const cut = total - branch;
+  // The fewest down blocks whose skips cover the resnets after the cut.
+  let downBlocks = 0;
+  while (unet.encodedSkips(downBlocks) < branch) downBlocks++;
   const embed = (x: Tensor, t: Tensor, y?: Tensor) =>
     unet.embed(params, t, { batch: x.shape[0], ...(conditional ? { classLabels: y } : {}) });
-  /** The whole U-Net: [prediction, the hidden state entering up block `branch`]. */
+  /** The whole U-Net: [prediction, the hidden state entering resnet `cut` of the up path]. */
   const full = (x: Tensor, t: Tensor, y?: Tensor): [Tensor, Tensor] => {
     const c = embed(x, t, y);
-    const deep = unet.decode(params, unet.encode(params, x, c), c, { toUpBlock: branch });
-    const out = unet.decode(params, deep, c, { fromUpBlock: branch });
+    const deep = unet.decodeResnets(params, unet.encode(params, x, c), c, 0, cut);
+    const out = unet.decodeResnets(params, deep, c, cut, total);
     return [unet.head(params, out.hidden, c), deep.hidden];
   };
   /** The shallow branch on a cached deep state. */
   const partial = (x: Tensor, t: Tensor, cached: Tensor, y?: Tensor): Tensor => {
     const c = embed(x, t, y);
-    const shallow = unet.encode(params, x, c, { downBlocks: n - branch, mid: false });
-    const skips = shallow.skips.slice(0, unet.skipCount(branch));
-    const out = unet.decode(params, { hidden: cached, skips }, c, { fromUpBlock: branch });
+    const shallow = unet.encode(params, x, c, { downBlocks, mid: false });
+    const skips = shallow.skips.slice(0, branch);
+    const out = unet.decodeResnets(params, { hidden: cached, skips }, c, cut, total);
     return unet.head(params, out.hidden, c);
   };
   return { full, partial };
@@ -119,7 +126,7 @@ export interface DeepCacheDenoiser extends Denoiser {
 export function deepCacheDenoiser(unet: UNet2DModel, params: ParamsOf<UNet2DModel>,
   prediction: Prediction, o: DeepCacheOptions & { conditional: boolean; rows: number;
     isFull: (call: number) => boolean; runtime?: RuntimeOptions }): DeepCacheDenoiser {
-  const branch = o.branch ?? unet.up_blocks.length - 1;
+  const branch = o.branch ?? 1;
   const { full, partial } = deepCachePasses(unet, params, branch, o.conditional);
   const rt = { ...o.runtime, name: 'deepcache' };
   const fullPlain = compile((x: Tensor, t: Tensor) => full(x, t), rt);

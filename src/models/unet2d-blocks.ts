@@ -340,19 +340,27 @@ export class UNetUpBlock extends Module {
   }
 
   /** x [N, Cprev, H, W] and diffusers' res_hidden_states_tuple (one per resnet, used from the
-   *  last) -> [N, Cout, H', W'] */
+   *  last) -> [N, Cout, H', W']. `resnets` [from, to) runs part of the block (DeepCache cuts
+   *  inside it): one skip per resnet run, and the upsampler only after the last resnet. */
   forward(p: ParamsOf<UNetUpBlock>, x: Tensor, skips: readonly Tensor[],
-    tembAct?: Tensor): Tensor {
-    if (skips.length !== this.resnets.length) {
-      throw new RangeError(`UNetUpBlock: needs ${this.resnets.length} skips, got ${skips.length}`);
+    tembAct?: Tensor, resnets: readonly [number, number] = [0, this.resnets.length]): Tensor {
+    const [from, to] = resnets;
+    if (!(Number.isInteger(from) && Number.isInteger(to) && from >= 0 && from <= to
+      && to <= this.resnets.length)) {
+      throw new RangeError(`UNetUpBlock: resnets [${from}, ${to}) outside [0, ${this.resnets.length}]`);
+    }
+    if (skips.length !== to - from) {
+      throw new RangeError(`UNetUpBlock: needs ${to - from} skips, got ${skips.length}`);
     }
     let h = x;
-    this.resnets.forEach((r, i) => {
-      const skip = skips[skips.length - 1 - i]!;
-      h = r.forward(p.resnets[i]!, ops.concat([h, skip], 1), tembAct); // [N, Cout, H, W]
+    for (let i = from; i < to; i++) {
+      const skip = skips[skips.length - 1 - (i - from)]!;
+      h = this.resnets[i]!.forward(p.resnets[i]!, ops.concat([h, skip], 1), tembAct); // [N, Cout, H, W]
       if (this.attentions.length) h = this.attentions[i]!.forward(p.attentions[i]!, h);
-    });
-    return this.upsamplers ? resampleWith(this.upsamplers[0], p.upsamplers![0], h, tembAct) : h;
+    }
+    const last = to === this.resnets.length && from < to;
+    return last && this.upsamplers ? resampleWith(this.upsamplers[0], p.upsamplers![0], h, tembAct)
+      : h;
   }
 }
 

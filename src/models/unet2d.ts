@@ -418,6 +418,45 @@ export class UNet2DModel extends Module {
     return { hidden: h, skips };
   }
 
+  /** Resnets of the up path, counted in running order (up block 0's first is 0). */
+  upResnetCount(): number {
+    return this.skipCount(0);
+  }
+
+  /** Skips conv_in and the first `downBlocks` down blocks append (see encode). */
+  encodedSkips(downBlocks: number): number {
+    return 1 + this.down_blocks.slice(0, downBlocks)
+      .reduce((s, b) => s + b.resnets.length + (b.downsamplers ? 1 : 0), 0);
+  }
+
+  /**
+   * The up path from resnet `from` to resnet `to` (exclusive; counted as upResnetCount), on
+   * `state.hidden`, taking one skip per resnet from the end of `state.skips`. A block's
+   * upsampler runs after its last resnet. DeepCache cuts the path between any two resnets.
+   */
+  decodeResnets(p: ParamsOf<UNet2DModel>, state: UNet2DState, cond: UNet2DCond, from: number,
+    to: number): UNet2DState {
+    checkIndex('decodeResnets', 'from', from, 0, this.upResnetCount());
+    checkIndex('decodeResnets', 'to', to, from, this.upResnetCount());
+    if (state.skips.length < to - from) {
+      throw new RangeError(`${CLASS_NAME}.decodeResnets: resnets ${from}..${to - 1} take ` +
+        `${to - from} skips, but ${state.skips.length} were given`);
+    }
+    const ta = ACTIVATIONS[this.config.act_fn](cond.temb);
+    let h = state.hidden;
+    const skips = [...state.skips];
+    let start = 0;
+    this.up_blocks.forEach((block, i) => {
+      const n = block.resnets.length;
+      const [a, b] = [Math.max(from, start) - start, Math.min(to, start + n) - start];
+      start += n;
+      if (a >= b) return;
+      const taken = skips.splice(skips.length - (b - a));
+      h = block.forward(p.up_blocks[i]!, h, taken, ta, [a, b]);
+    });
+    return { hidden: h, skips };
+  }
+
   /** conv_norm_out, SiLU (always, whatever act_fn), conv_out; Fourier models divide by t. */
   head(p: ParamsOf<UNet2DModel>, hidden: Tensor, cond: UNet2DCond, tap?: Tap): Tensor {
     let h = this.conv_norm_out.forward(p.conv_norm_out, hidden); // [N, C0, H, W]

@@ -387,7 +387,8 @@ export type Acceleration = { method: 'deepcache' } & DeepCacheOptions;
 
 /**
  * The command-line spelling of an acceleration: `deepcache:N` with optional `,nonuniform`
- * (pow 1.4, center 15) and `,branch=K` (the up block whose input is cached).
+ * (pow 1.4, center 15) and `,branch=K` (the partial step recomputes the last K up-path
+ * resnets; default 1).
  */
 export function parseAccel(text: string): Acceleration {
   const [head, ...mods] = text.split(',').map((s) => s.trim());
