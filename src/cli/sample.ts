@@ -3,7 +3,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import {
-  checkDestination, classCount, loadPipeline, parseAccel, PROVIDERS, SAMPLER_NAMES,
+  checkDestination, classCount, describeAccel, loadPipeline, parseAccel, PROVIDERS, SAMPLER_NAMES,
   sampleImages, sampleInBatches, writeSamples,
 } from '../pipelines/sample.js';
 import { packageRoot } from '../util/package-root.js';
@@ -48,11 +48,15 @@ export const SAMPLE_OPTIONS = {
   seed: int({ min: 0, help: 'seed', default: 0 }),
   generator: oneOf(['philox', 'torch'], { arg: '<g>', help: 'noise: philox (Diffuse) or torch ' +
     '(torch.randn on the CPU, as diffusers draws it)', default: 'philox' }),
-  accel: custom(parseAccel, { arg: '<spec>', expected: 'deepcache:N, optionally with ' +
-    ',nonuniform and ,branch=K', help: 'training-free acceleration: deepcache:3 runs the full ' +
-    'U-Net every 3rd step and only its shallow branch between (,nonuniform: full steps ' +
-    'denser around step 15; ,branch=K: partial steps recompute the last K up-path resnets, ' +
-    'default 1)' }),
+  accel: custom(parseAccel, { arg: '<spec>', expected: 'deepcache:N[,nonuniform][,branch=K], ' +
+    'faster[:K][,serial][,noinject] or ras:R[,random][,starvation=S][,cache=high|low]' +
+    '[,metric=std|l2norm]', help: 'training-free acceleration. U-Net: deepcache:3 runs the ' +
+    'full U-Net every 3rd step and only its shallow branch between (,nonuniform: full steps ' +
+    'denser around step 15; ,branch=K: recompute the last K up-path resnets, default 1); ' +
+    'faster runs the encoder at the paper\'s key steps only and the decoder of the steps ' +
+    'between in one batch (faster:K: every K-th step is a key step; ,serial: no batching; ' +
+    ',noinject: no prior noise injection). DiT: ras:0.5 refreshes half the tokens per step ' +
+    '(,random: the random-selection control)' }),
   batchSize: int({ min: 1, help: 'most images per model call', default: 64 }),
   provider: oneOf(PROVIDERS, { arg: '<p>', help: 'ONNX Runtime provider', default: 'cpu' }),
   out: path({ arg: '<file.png>', help: 'the PNG grid to write', default: 'samples.png' }),
@@ -87,8 +91,8 @@ export function registerSample(program: Command): void {
       const guidance = o.guidance ?? (k ? DEFAULT_GUIDANCE : 1);
       console.log(`${pipeline.model.cls.className} from ${pipeline.modelFolder} ` +
         `(${k ? `${k} classes` : 'unconditional'}): ${o.n} images, ${sampler}, ${o.steps} steps` +
-        `${guidance !== 1 ? `, guidance ${guidance}` : ''}${o.accel ? `, DeepCache every ` +
-        `${o.accel.interval}${o.accel.nonUniform ? ' (non-uniform)' : ''}` : ''}, seed ${o.seed} ` +
+        `${guidance !== 1 ? `, guidance ${guidance}` : ''}` +
+        `${o.accel ? `, ${describeAccel(o.accel)}` : ''}, seed ${o.seed} ` +
         `(${o.generator})`);
       const to = o.outDir === undefined ? { out: o.out } : { outDir: o.outDir };
       await checkDestination(pipeline.model, o.n, to); // seconds in, not after sampling

@@ -61,6 +61,10 @@ export interface SamplerOptions {
   /** Required by stochastic samplers (ancestral, churn, eta > 0). */
   noise?: NoiseSource;
   onStep?: (record: StepRecord) => void;
+  /** Changes the state in place before step `step`'s model call, in the sampler's own frame
+   *  (the level frame for Euler): Faster Diffusion's prior noise injection. One-call-per-step
+   *  samplers (not Heun) honour it. */
+  perturb?: (state: FloatArray, step: number, t: number) => void;
   signal?: AbortSignal;
 }
 

@@ -18,6 +18,7 @@ export {
   type SampleDestination, type SampleOptions, type SampleResult, type SampleStats,
 } from './sample.js';
 export { graphDenoiser, type GraphDenoiser, type ModelFn } from './graph-denoiser.js';
+export { describeAccel, parseAccel, type Acceleration } from './accel.js';
 export {
   createImageModel, familyOfClass, imageModelOf, MODEL_FAMILIES, presetNames, type ImageModel,
   type ModelFamily,

@@ -43,13 +43,13 @@ import { ditMoEClass } from '../models/dit-moe.js';
 import { UNET2D_CLASS } from '../models/unet2d.js';
 import type { Module, ParamsOf } from '../nn/module.js';
 import type { Prediction } from '../diffusion/predictions.js';
-import { deepCacheDenoiser, deepCacheSchedule, type DeepCacheDenoiser, type DeepCacheOptions } from '../methods/deepcache.js';
-import type { UNet2DModel } from '../models/unet2d.js';
 import { ensureWritableFile, ensureWritableFolder, explainFsError } from '../util/fs-errors.js';
+import { acceleratedDenoiser, type Acceleration, type AcceleratedDenoiser } from './accel.js';
 import { graphDenoiser } from './graph-denoiser.js';
 import { familyOfClass, imageModelOf, type ImageModel, type ModelFamily } from './image-models.js';
 
 export { SAMPLER_NAMES, type SamplerName } from '../diffusion/sampling.js';
+export { describeAccel, parseAccel, type Acceleration } from './accel.js';
 export type { Provider };
 
 /** The ONNX Runtime providers a pipeline can run on. */
@@ -215,7 +215,7 @@ export interface SampleOptions {
   batchSize?: number;
   /** Bytes the run may plan for (default DEFAULT_MEMORY_LIMIT). */
   memoryLimit?: number;
-  /** Training-free acceleration (U-Net pipelines): DeepCache's interval, branch, schedule. */
+  /** Training-free acceleration: DeepCache or Faster Diffusion (U-Net), RAS (DiT). */
   accel?: Acceleration;
   provider?: Provider;
   /** Progress over the whole run: `step` of `total` (sampler steps x batches of images). */
@@ -382,56 +382,6 @@ function planMemory(p: Pipeline, o: SampleOptions, largest: LargestTensor, rowBy
   return { rowsPerCall, imagesPerBatch, warnings };
 }
 
-/** What `SampleOptions.accel` takes. */
-export type Acceleration = { method: 'deepcache' } & DeepCacheOptions;
-
-/**
- * The command-line spelling of an acceleration: `deepcache:N` with optional `,nonuniform`
- * (pow 1.4, center 15) and `,branch=K` (the partial step recomputes the last K up-path
- * resnets; default 1).
- */
-export function parseAccel(text: string): Acceleration {
-  const [head, ...mods] = text.split(',').map((s) => s.trim());
-  const m = /^deepcache:(\d+)$/.exec(head ?? '');
-  if (!m || Number(m[1]) < 1) {
-    throw new RangeError(`'${text}': expected deepcache:N (N >= 1 model calls per full step), ` +
-      'optionally followed by ,nonuniform and ,branch=K');
-  }
-  const accel: Acceleration = { method: 'deepcache', interval: Number(m[1]) };
-  for (const mod of mods) {
-    const b = /^branch=(\d+)$/.exec(mod);
-    if (mod === 'nonuniform') accel.nonUniform = true;
-    else if (b) accel.branch = Number(b[1]);
-    else throw new RangeError(`'${text}': unknown modifier '${mod}' (expected nonuniform or branch=K)`);
-  }
-  return accel;
-}
-
-/** DeepCache over the pipeline's U-Net, checked against the sampler it serves. */
-function deepCacheFor(p: Pipeline, o: SampleOptions, rows: number, conditional: boolean,
-  prediction: Prediction): DeepCacheDenoiser {
-  const accel = o.accel!;
-  if (p.model.family !== 'unet') {
-    throw new RangeError(`DeepCache caches U-Net features; this model is a ` +
-      `${p.model.cls.className}`);
-  }
-  if (accel.nonUniform && !ONE_CALL_PER_STEP.has(o.sampler)) {
-    throw new RangeError(`a non-uniform DeepCache schedule is laid over the steps, so it needs ` +
-      `a sampler with one model call per step, not ${o.sampler}`);
-  }
-  const schedule = deepCacheSchedule(o.steps, accel);
-  const consts = mapTree(p.params, (x): x is HostArray => x instanceof HostArray,
-    (a) => ops.constant(a));
-  return deepCacheDenoiser(p.model.module as UNet2DModel, consts as ParamsOf<UNet2DModel>,
-    prediction, { ...accel, conditional, rows,
-      isFull: (call) => call >= schedule.length || schedule[call]!,
-      runtime: o.provider ? { provider: o.provider } : {} });
-}
-
-/** Samplers that call the model once per step (Heun calls it twice). */
-const ONE_CALL_PER_STEP = new Set(['ddim', 'ddpm', 'euler', 'euler-a', 'dpm++2m', 'dpm++3m',
-  'unipc', 'flow-euler']);
-
 /**
  * Samples n images from a loaded pipeline, a batch of images at a time: `onBatch` gets each
  * batch ([count, C, H, W] in [-1, 1]) with the index of its first image, in order. Memory is
@@ -475,7 +425,7 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
   const graph = graphDenoiser(model, spec.prediction,
     { name: 'sample_denoiser', ...(o.provider ? { provider: o.provider } : {}) });
   const start = performance.now();
-  let disposeLater: DeepCacheDenoiser | undefined;
+  let disposeLater: AcceleratedDenoiser | undefined;
   try {
     const plan = planMemory(p, o, largestIntermediate(graph.traceAt([1, c, h, w],
       labels !== undefined)), per * 4);
@@ -498,10 +448,13 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
     const torch = o.generator === 'torch' ? new TorchGenerator(o.seed ?? 0) : undefined;
     const key = RngKey.fromSeed(o.seed ?? 0);
     let first = 0;
-    const cached = o.accel ? deepCacheFor(p, o, plan.rowsPerCall, labels !== undefined,
-      spec.prediction) : undefined;
-    disposeLater = cached;
-    const checked = finiteOutputs(cached ?? inBatches(graph, plan.rowsPerCall), () => first);
+    const accel = o.accel ? acceleratedDenoiser(p, o.accel, { sampler: o.sampler,
+      steps: o.steps, rows: plan.rowsPerCall, conditional: labels !== undefined,
+      guidance: cfg ? guidance : 1, seed: o.seed ?? 0, prediction: spec.prediction,
+      ...(o.provider ? { provider: o.provider } : {}) }) : undefined;
+    disposeLater = accel;
+    const checked = finiteOutputs(accel?.denoiser ?? inBatches(graph, plan.rowsPerCall),
+      () => first);
     for (let b = 0; b < batches; b++) {
       first = b * imagesPerBatch;
       const count = Math.min(imagesPerBatch, o.n - first);
@@ -511,14 +464,15 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
       const noise: NoiseSource = torch ? () => torch.randn(shape)
         : (size, k) => key.fold(k + 1).normal(size, offset);
       const x0 = new HostArray<'float32'>(noise(count * per, -1), shape, 'float32');
-      cached?.reset();
+      accel?.reset();
       const condition = labels?.slice(first, first + count);
-      const denoiser = cfg ? classifierFreeGuidance(checked,
+      const denoiser = cfg && !accel?.guided ? classifierFreeGuidance(checked,
         { scale: guidance, uncondition: new Array<number>(count).fill(p.model.numClasses) })
         : checked;
       const x = await sample(denoiser, x0, p.scheduler, {
         sampler: o.sampler, steps: o.steps, noise, condition,
         ...(o.signal ? { signal: o.signal } : {}),
+        ...(accel?.perturb ? { perturb: accel.perturb } : {}),
         onStep: (s) => o.onStep?.(b * s.total + s.index, batches * s.total),
       });
       const bad = firstNonFiniteRow(x.data, per);
@@ -532,7 +486,7 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
       await onBatch(images, first);
     }
     return { seconds: (performance.now() - start) / 1000,
-      modelCalls: cached ? cached.stats.rowCalls : graph.stats.calls,
+      modelCalls: accel ? accel.stats.rowCalls : graph.stats.calls,
       rowsPerCall: plan.rowsPerCall, warnings };
   } finally {
     await graph.dispose();

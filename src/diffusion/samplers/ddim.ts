@@ -90,6 +90,7 @@ export async function sampleDdim(
   for (let i = 0; i < schedule.timesteps.length; i++) {
     throwIfAborted(opts.signal);
     const t = schedule.timesteps[i]!;
+    opts.perturb?.(cur, i, t);
     const p = await evaluate(denoiser, withData(x, cur), t, opts.condition);
     const a = schedule.alphas[i]!;
     const s = schedule.sigmas[i]!;

@@ -77,6 +77,7 @@ export async function sampleDdpm(
   for (let i = 0; i < schedule.timesteps.length; i++) {
     throwIfAborted(opts.signal);
     const t = schedule.timesteps[i]!;
+    opts.perturb?.(cur, i, t);
     const p = await evaluate(denoiser, withData(x, cur), t, opts.condition);
     const x0 = toX0(denoiser.prediction, cur, p, schedule.alphas[i]!, schedule.sigmas[i]!);
     postprocessX0(x0, x.shape, opts);

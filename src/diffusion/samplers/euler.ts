@@ -140,6 +140,7 @@ export async function sampleEuler(
     const level = schedule.levels[i]!;
     const hat = churnLevel(level, n, opts.churn, r);
     let t = schedule.timesteps[i]!;
+    opts.perturb?.(xs, i, t);
     if (hat !== level) {
       xs = addChurnNoise(xs, level, hat, opts.churn!.sNoise ?? 1, drawNoise(opts, xs, i));
       t = opts.churn!.process.timeAtLevel(hat);
@@ -179,6 +180,7 @@ export async function sampleEulerAncestral(
     throwIfAborted(opts.signal);
     const level = schedule.levels[i]!;
     const t = schedule.timesteps[i]!;
+    opts.perturb?.(xs, i, t);
     const p = await evaluate(
       denoiser,
       withData(x, scaleModelInput(xs, level, vp)),

@@ -66,6 +66,7 @@ export async function sampleFlowEuler(
   for (let i = 0; i < schedule.timesteps.length; i++) {
     throwIfAborted(opts.signal);
     const t = schedule.timesteps[i]!;
+    opts.perturb?.(cur, i, t);
     const u = await velocity(denoiser, x, cur, schedule, i, t, opts);
     const s = schedule.sigmas[i]!;
     const x0 = opts.onStep ? flowDenoised(cur, u, s) : cur;

@@ -204,6 +204,7 @@ export async function sampleUniPc(
   for (let i = 0; i < n; i++) {
     throwIfAborted(opts.signal);
     const t = schedule.timesteps[i]!;
+    opts.perturb?.(cur, i, t);
     const p = await evaluate(denoiser, withData(x, cur), t, opts.condition);
     const x0 = postprocessX0(
       toX0(denoiser.prediction, cur, p, point(i).alpha, point(i).sigma),
