@@ -27,7 +27,7 @@ test('parseRuns: sampler:steps lists, and errors that show the expected form', (
     { sampler: 'ddim', steps: 50, accel: { spec: 'deepcache:5,nonuniform,branch=1',
       options: { method: 'deepcache', interval: 5, nonUniform: true, branch: 1 } } },
     { sampler: 'ddim', steps: 17 }]);
-  assert.throws(() => parseRuns('ddim:50+deepcache:x'), /sweep entry 'ddim:50\+deepcache:x': 'deepcache:x': expected deepcache:N/);
+  assert.throws(() => parseRuns('ddim:50+deepcache:x'), /sweep entry 'ddim:50\+deepcache:x': 'deepcache:x': unknown acceleration; expected deepcache:N/);
   assert.throws(() => parseRuns('ddim'), /'ddim': expected sampler:steps/);
   assert.throws(() => parseRuns('ddim:0'), /expected sampler:steps/);
   assert.throws(() => parseRuns('nope:10'), /unknown sampler 'nope'/);
@@ -99,6 +99,33 @@ describe('diffuse eval', () => {
       const header = (await readFile(join(dir, 'sweep.csv'), 'utf8')).split('\n')[0];
       assert.equal(header, CSV_COLUMNS.join(','));
     });
+
+  test('accelerated runs: MSE to the same sampler and steps without acceleration, and the ' +
+    'speed-up, whichever comes first', async () => {
+    const held = subset(mnistSplits().heldOut, RngKey.fromSeed(9).permutation(1000).subarray(0, n));
+    const source: ImageSource = async (run) => ({
+      images: new HostArray(Float32Array.from(held.images.data, (v) =>
+        (run.accel ? 0.9 * v + 0.05 : v)), held.images.shape),
+      labels: Array.from(held.labels!), seconds: run.accel ? 1 : 3 });
+    const runs = parseRuns('ddim:8+faster,serial,ddim:8,ddim:8+ras:0.5,random,ddim:4+deepcache:2', true);
+    assert.deepEqual(runs.map((r) => r.accel?.spec), ['faster,serial', undefined, 'ras:0.5,random',
+      'deepcache:2']);
+    const rows = await evaluateRuns(m, runs, source);
+    let expected = 0;
+    held.images.data.forEach((v) => { expected += (0.05 - 0.1 * v) ** 2; });
+    expected /= held.images.size;
+    for (const r of [rows[0]!, rows[2]!]) {
+      assert.ok(Math.abs(r.mseToFull! - expected) < 1e-6 * expected, `${r.mseToFull} vs ${expected}`);
+      assert.equal(r.speedup, 3);
+    }
+    assert.equal(rows[1]!.mseToFull, undefined);
+    assert.equal(rows[3]!.mseToFull, undefined); // no plain ddim:4 in the sweep
+    // A name with a comma is quoted, so every row keeps its columns.
+    const line = resultsCsv(rows).split('\n')[1]!;
+    assert.match(line, /^"ddim\+faster,serial",8,/);
+    assert.equal(Number(line.split(',').at(-1)), 3);
+    assert.match(resultsTable(rows, m), /3\.00x/);
+  });
 
   test('a conditional pipeline: classes cycled, accuracy scored', async () => {
     const model = createImageModel('unet', 'tiny', 10, [1, 32, 32]);

@@ -102,7 +102,7 @@ export interface Run {
 /** How tables, CSV rows and plot legends name a run's sampler: `ddim`, `ddim+deepcache:3`. */
 export const runName = (r: Run): string => r.accel ? `${r.sampler}+${r.accel.spec}` : r.sampler;
 
-const ACCEL_MODIFIER = /^(nonuniform|branch=\d+)$/;
+const ACCEL_MODIFIER = /^(nonuniform|branch=\d+|serial|noinject|random|(starvation|cache|metric)=.+)$/;
 
 /** Parses `ddim:10,ddim:25,dpm++2m:10` (sampler:steps, comma-separated) into runs; sampler
  *  names are checked against SAMPLER_NAMES unless `anySampler` (for stand-in image sources). */
@@ -167,12 +167,28 @@ export interface RunResult extends Run, Score {
   n: number;
   seconds: number;
   secondsPerImage: number;
+  /** Accelerated runs, when the sweep has the same sampler and steps without acceleration:
+   *  the mean squared difference to its images (same noise; pixels in [-1, 1]) and its
+   *  seconds over ours. */
+  mseToFull?: number;
+  speedup?: number;
 }
 
 /** Samples and scores each run in turn. */
 export async function evaluateRuns(m: MnistFid, runs: readonly Run[], source: ImageSource,
   onRun?: (r: RunResult) => void): Promise<RunResult[]> {
   const results: RunResult[] = [];
+  const plain = new Map<string, { images: HostArray; seconds: number }>();
+  const pending = new Map<RunResult, HostArray>();
+  const compare = (r: RunResult, images: HostArray) => {
+    const base = plain.get(`${r.sampler}:${r.steps}`);
+    if (!base || base.images.data.length !== images.data.length) return false;
+    let sum = 0;
+    images.data.forEach((v, i) => { sum += (Number(v) - Number(base.images.data[i]))! ** 2; });
+    r.mseToFull = sum / images.data.length;
+    r.speedup = base.seconds / r.seconds;
+    return true;
+  };
   for (const run of runs) {
     const s = await source(run);
     const n = s.images.shape[0]!;
@@ -182,7 +198,13 @@ export async function evaluateRuns(m: MnistFid, runs: readonly Run[], source: Im
         `classifier's features of the samples or of the reference are not finite (a corrupt ` +
         `classifier checkpoint?); nothing written`);
     }
-    const r = { ...run, ...score, n, seconds: s.seconds, secondsPerImage: s.seconds / n };
+    const r: RunResult = { ...run, ...score, n, seconds: s.seconds, secondsPerImage: s.seconds / n };
+    if (!run.accel) {
+      plain.set(`${run.sampler}:${run.steps}`, { images: s.images, seconds: s.seconds });
+      for (const [earlier, images] of pending) if (compare(earlier, images)) pending.delete(earlier);
+    } else if (!compare(r, s.images)) {
+      pending.set(r, s.images);
+    }
     results.push(r);
     onRun?.(r);
   }
@@ -190,28 +212,37 @@ export async function evaluateRuns(m: MnistFid, runs: readonly Run[], source: Im
 }
 
 /** The CSV's columns, in order: sampler, steps, n (images), mnist_fid, class_accuracy (empty
- *  for unconditional models), seconds_per_image, seconds (the whole run, compilation included). */
+ *  for unconditional models), seconds_per_image, seconds (the whole run, compilation
+ *  included), and for accelerated runs mse_to_full and speedup (RunResult). */
 export const CSV_COLUMNS = ['sampler', 'steps', 'n', 'mnist_fid', 'class_accuracy',
-  'seconds_per_image', 'seconds'] as const;
+  'seconds_per_image', 'seconds', 'mse_to_full', 'speedup'] as const;
 
 /** One header line and one row per run. */
 export function resultsCsv(rows: readonly RunResult[]): string {
-  const lines = rows.map((r) => [runName(r), r.steps, r.n, r.fid.toFixed(4),
+  // RFC 4180: a field with a comma or a quote is quoted (deepcache:5,nonuniform).
+  const field = (v: string) => (/[",\n]/.test(v) ? `"${v.replaceAll('"', '""')}"` : v);
+  const lines = rows.map((r) => [field(runName(r)), r.steps, r.n, r.fid.toFixed(4),
     r.accuracy === null ? '' : r.accuracy.toFixed(4), r.secondsPerImage.toPrecision(4),
-    r.seconds.toFixed(3)].join(','));
+    r.seconds.toFixed(3), r.mseToFull?.toExponential(3) ?? '', r.speedup?.toFixed(3) ?? '',
+  ].join(','));
   return `${[CSV_COLUMNS.join(','), ...lines].join('\n')}\n`;
 }
 
 /** The table printed on the terminal, with the floor under it. */
 export function resultsTable(rows: readonly RunResult[], m: Pick<MnistFid, 'floor' | 'floorN'>):
   string {
-  const head = `${'sampler'.padEnd(10)} ${'steps'.padStart(5)} ${'MNIST-FID'.padStart(10)} ` +
-    `${'class acc'.padStart(9)} ${'s/image'.padStart(9)}`;
+  const width = Math.max(10, ...rows.map((r) => runName(r).length));
+  const accelerated = rows.some((r) => r.mseToFull !== undefined);
+  const head = `${'sampler'.padEnd(width)} ${'steps'.padStart(5)} ${'MNIST-FID'.padStart(10)} ` +
+    `${'class acc'.padStart(9)} ${'s/image'.padStart(9)}` +
+    `${accelerated ? ` ${'speed-up'.padStart(8)} ${'MSE to full'.padStart(11)}` : ''}`;
   const lines = rows.map((r) => {
     const acc = r.accuracy === null ? '-' : `${(100 * r.accuracy).toFixed(1)}%`;
-    return `${runName(r).padEnd(10)} ${String(r.steps).padStart(5)} ` +
+    const vs = r.mseToFull === undefined ? `${'-'.padStart(8)} ${'-'.padStart(11)}`
+      : `${`${r.speedup!.toFixed(2)}x`.padStart(8)} ${r.mseToFull.toExponential(2).padStart(11)}`;
+    return `${runName(r).padEnd(width)} ${String(r.steps).padStart(5)} ` +
       `${r.fid.toFixed(3).padStart(10)} ${acc.padStart(9)} ` +
-      `${r.secondsPerImage.toPrecision(3).padStart(9)}`;
+      `${r.secondsPerImage.toPrecision(3).padStart(9)}${accelerated ? ` ${vs}` : ''}`;
   });
   return [head, ...lines, floorLine(m)].join('\n');
 }

@@ -76,6 +76,6 @@ test('the toy picture and the sweep files are written; toy samplers exclude flow
     await writeSweep([row, { ...row, steps: 20, fid: 8, seconds: 4, secondsPerImage: 1 }], 3,
       { csv: join(dir, 's.csv'), plot: join(dir, 's.png') });
     assert.equal(await readFile(join(dir, 's.csv'), 'utf8'),
-      `${CSV_COLUMNS.join(',')}\nddim,10,4,12.5000,,0.5000,2.000\nddim,20,4,8.0000,,1.000,4.000\n`);
+      `${CSV_COLUMNS.join(',')}\nddim,10,4,12.5000,,0.5000,2.000,,\nddim,20,4,8.0000,,1.000,4.000,,\n`);
     assert.ok((await readPng(join(dir, 's.png'))).width > 0);
   }));

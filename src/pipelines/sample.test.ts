@@ -333,11 +333,20 @@ test('destinations are checked before sampling; folder images are numbered from 
       ['000007.png', '000008.png']);
   }));
 
-test('--accel spelling: deepcache:N with nonuniform and branch modifiers', () => {
+test('--accel spelling: deepcache:N, faster[:K], ras:R and their modifiers', () => {
   assert.deepEqual(parseAccel('deepcache:3'), { method: 'deepcache', interval: 3 });
   assert.deepEqual(parseAccel('deepcache:5,nonuniform,branch=1'),
     { method: 'deepcache', interval: 5, nonUniform: true, branch: 1 });
-  assert.throws(() => parseAccel('deepcache:0'), /expected deepcache:N \(N >= 1/);
-  assert.throws(() => parseAccel('deepcache:3,fast'), /unknown modifier 'fast'/);
-  assert.throws(() => parseAccel('ras:0.5'), /expected deepcache:N/);
+  assert.deepEqual(parseAccel('faster'), { method: 'faster', keySteps: 'paper' });
+  assert.deepEqual(parseAccel('faster:4,serial,noinject'),
+    { method: 'faster', keySteps: 4, parallel: false, noiseInjection: false });
+  assert.deepEqual(parseAccel('ras:0.5'), { method: 'ras', ratio: 0.5 });
+  assert.deepEqual(parseAccel('ras:0.25,random,starvation=-0.1,cache=low,metric=l2norm'),
+    { method: 'ras', ratio: 0.25, selection: 'random', starvation: -0.1, cache: 'low',
+      metric: 'l2norm' });
+  assert.throws(() => parseAccel('deepcache:0'), /N must be >= 1 model calls per full step/);
+  assert.throws(() => parseAccel('deepcache:3,fast'), /unknown modifier 'fast' of deepcache/);
+  assert.throws(() => parseAccel('ras:1.5'), /R must be in \(0, 1\]/);
+  assert.throws(() => parseAccel('ras:0.5,starvation=x'), /malformed modifier 'starvation=x'/);
+  assert.throws(() => parseAccel('tome:0.5'), /unknown acceleration; expected deepcache:N/);
 });
