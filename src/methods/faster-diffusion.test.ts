@@ -119,3 +119,24 @@ test('sampling: every step a key step is the plain sampler bit for bit; parallel
     await rm(dir, { recursive: true, force: true });
   }
 });
+
+test('a group larger than maxRows decodes in chunks, with the same predictions', async () => {
+  const { unet, params } = smallUnet();
+  const times = [900, 800, 700, 600, 500, 400];
+  const x = { data: RngKey.fromSeed(4).normal(2 * 64), shape: [2, 1, 8, 8] };
+  const run = async (maxRows?: number) => {
+    const d = fasterDiffusionDenoiser(unet, params, 'eps', { keySteps: 3, conditional: false,
+      rows: 2, times, trainTimesteps: 1000, ...(maxRows ? { maxRows } : {}) });
+    const outs: number[] = [];
+    for (const t of times) {
+      outs.push(...(await d.predict(x, new Float64Array(2).fill(t))).data);
+    }
+    await d.dispose();
+    return { outs, calls: d.stats.rowCalls };
+  };
+  const whole = await run();
+  const chunked = await run(4); // 2 steps of 2 rows a call
+  assert.equal(whole.calls, 2);
+  assert.equal(chunked.calls, 4);
+  assert.ok(maxDiff(whole.outs, chunked.outs) < 1e-5);
+});

@@ -102,17 +102,18 @@ export interface FasterDiffusionDenoiser extends Denoiser {
  * A Denoiser over a U-Net that runs its encoder at key steps only. `times` are the model
  * times of the sampler's steps, known in advance (one model call per step), so a key step can
  * decode its whole group at once; every call checks that it comes at the planned time.
- * Rows are split into calls of at most `rows` (a group of g steps decodes g times as many);
- * each slice keeps its own features and outputs.
+ * Rows are split into slices of at most `rows`; a group's decoder passes are batched up to
+ * `maxRows` rows a call (the memory limit's). Each slice keeps its own features and outputs.
  */
 export function fasterDiffusionDenoiser(unet: UNet2DModel, params: ParamsOf<UNet2DModel>,
   prediction: Prediction, o: FasterDiffusionOptions & { conditional: boolean; rows: number;
-    times: readonly number[]; trainTimesteps: number; runtime?: RuntimeOptions }):
-  FasterDiffusionDenoiser {
+    times: readonly number[]; trainTimesteps: number; maxRows?: number;
+    runtime?: RuntimeOptions }): FasterDiffusionDenoiser {
   const isKey = keyStepSchedule(o.times.length, o.keySteps);
   const parallel = o.parallel ?? true;
-  const groupOf = new Map<number, number[]>();
-  for (const g of keyStepGroups(isKey)) groupOf.set(g[0]!, parallel ? g : [g[0]!]);
+  /** The steps from each step to the end of its group. */
+  const rest = new Map<number, number[]>();
+  for (const g of keyStepGroups(isKey)) g.forEach((s, k) => rest.set(s, g.slice(k)));
   const { key, decoder } = fasterDiffusionPasses(unet, params, o.conditional);
   const rt = { ...o.runtime, name: 'faster_diffusion' };
   const keyPlain = compile((x: Tensor, t: Tensor, ts: Tensor) => key(x, t, ts), rt);
@@ -145,8 +146,8 @@ export function fasterDiffusionDenoiser(unet: UNet2DModel, params: ParamsOf<UNet
         throw new RangeError(`Faster Diffusion: step ${step} was planned at model time ` +
           `${o.times[step]}, but the sampler asked for ${t[0]}`);
       }
-      const group = groupOf.get(step);
-      if (group) stats.keyCalls++;
+      const key = isKey[step]!;
+      if (key) stats.keyCalls++;
       const n = x.shape[0]!;
       const per = x.data.length / n;
       const out = new Float32Array(x.data.length);
@@ -162,12 +163,13 @@ export function fasterDiffusionDenoiser(unet: UNet2DModel, params: ParamsOf<UNet
           continue;
         }
         stats.rowCalls++;
-        // The steps this call decodes: the key step's group, or this step alone.
-        const steps = group ?? [step];
+        // The steps this call decodes: the rest of the group, as many as maxRows allows.
+        const most = parallel ? Math.max(1, Math.floor((o.maxRows ?? Infinity) / rows)) : 1;
+        const steps = rest.get(step)!.slice(0, most);
         const ts = new HostArray(Float32Array.from(steps.flatMap((s) =>
           new Array<number>(rows).fill(o.times[s]!))), [steps.length * rows]);
         let pred: Float32Array;
-        if (group || !features.has(slice)) {
+        if (key || !features.has(slice)) {
           const xs = new HostArray(Float32Array.from(x.data.subarray(i * per, j * per)),
             [rows, ...x.shape.slice(1)], 'float32');
           const tk = new HostArray(Float32Array.from(t.subarray(i, j)), [rows]);

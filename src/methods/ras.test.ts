@@ -12,6 +12,7 @@ import type { Tensor } from '../engine/tensor.js';
 import { mapTree, type Tree } from '../engine/tree.js';
 import { trainingScheduler } from '../diffusion/training.js';
 import { DiTTransformer2DModel } from '../models/dit.js';
+import type { DiTMoETransformer2DModel } from '../models/dit-moe.js';
 import { exportPipeline } from '../pipelines/checkpoint.js';
 import { createImageModel } from '../pipelines/image-models.js';
 import { loadPipeline, sampleImages } from '../pipelines/sample.js';
@@ -100,6 +101,24 @@ test('the sparse pass on the same step\'s caches reproduces the dense pass', asy
     nullClass: 10, conditional: true });
   const share = ras.sparseFlops([1, 2, 8, 8]);
   assert.ok(share > 0.3 && share < 0.75, `RAS step ${share.toFixed(3)} of the dense FLOPs`);
+});
+
+test('DiT-MoE: the sparse pass on the same step\'s caches reproduces the dense pass', async () => {
+  const model = createImageModel('dit-moe', 'tiny', 3, [1, 8, 8]).module as DiTMoETransformer2DModel;
+  const params = mapTree(randomized(model.init(RngKey.fromSeed(4)) as Tree<HostArray>),
+    (x): x is HostArray => x instanceof HostArray, (a) => ops.constant(a));
+  const { dense, sparse } = rasPasses(model, params);
+  const x = new HostArray(RngKey.fromSeed(5).normal(2 * 64), [2, 1, 8, 8], 'float32');
+  const t = new HostArray(Float32Array.from([100, 600]), [2]);
+  const y = new HostArray(BigInt64Array.from([0n, 2n]), [2], 'int64');
+  const idx = new HostArray(BigInt64Array.from([3n, 6n, 8n, 12n, 0n, 1n, 14n, 15n]), [2, 4], 'int64');
+  const d = compile((a: Tensor, b: Tensor, c: Tensor) => dense(a, b, c));
+  const s = compile((a: Tensor, b: Tensor, c: Tensor, i: Tensor, prev: Tensor, k: Tensor[],
+    v: Tensor[]) => sparse(a, b, c, i, prev, k, v));
+  const r = (await d(x, t, y)) as { out: HostArray; k: HostArray[]; v: HostArray[] };
+  const again = (await s(x, t, y, idx, r.out, r.k, r.v)) as typeof r;
+  assert.ok(maxDiff(again.out.data as Float32Array, r.out.data as Float32Array) < 1e-5);
+  await Promise.all([d.dispose(), s.dispose()]);
 });
 
 test('sampling a flow DiT: ratio 1 is the plain sampler bit for bit; ratio 0.5 and the ' +
