@@ -196,3 +196,17 @@ test('a failed run is one line: an allocator failure says what to change', () =>
   assert.equal(other.message, "compiled 'f' failed in ONNX Runtime (called with 'x': float32[1]): " +
     'Non-zero status code returned while running Conv node.');
 });
+
+test('into: ORT writes the outputs into given arrays, checked against the graph', async () => {
+  const f = compile((x: Tensor) => ({ double: ops.mul(x, 2), sum: ops.sum(x) }));
+  const x = new HostArray(Float32Array.from([1, 2, 3]), [3]);
+  const out = { double: new HostArray(new Float32Array(3), [3]), sum: new HostArray(new Float32Array(1), []) };
+  const r = await f.into(out, x);
+  assert.equal(r, out);
+  assert.deepEqual(Array.from(out.double.data as Float32Array), [2, 4, 6]);
+  assert.deepEqual(Array.from(out.sum.data as Float32Array), [6]);
+  await assert.rejects(f.into({ double: new HostArray(new Float32Array(2), [2]), sum: out.sum }, x),
+    /output 0 must be float32 \[3\], got float32 \[2\]/);
+  await assert.rejects(f.into({ double: out.double } as never, x), /1 output arrays for 2 outputs/);
+  await f.dispose();
+});

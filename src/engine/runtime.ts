@@ -119,6 +119,11 @@ export type Compiled<F extends TensorFn> = ((...args: MapLeaves<Parameters<F>, T
   readonly sessionCount: number;
   /** Time spent inside session.run (ms) and calls so far: what the host adds is the rest. */
   readonly stats: { runMs: number; calls: number };
+  /** Calls fn with ORT writing the outputs into `outputs` (a tree like fn's result, of the
+   *  same shapes and dtypes), which it returns: no output buffers are made, which matters
+   *  for large outputs fed back in (caches). They must not alias an argument. */
+  into(outputs: MapLeaves<ReturnType<F>, Tensor, HostArray>,
+    ...args: MapLeaves<Parameters<F>, Tensor, HostArray>): Promise<MapLeaves<ReturnType<F>, Tensor, HostArray>>;
   /** Releases the sessions. */
   dispose(): Promise<void>;
 };
@@ -128,9 +133,30 @@ interface Entry {
   inputNames: string[];
   outputNames: string[];
   outputDef: TreeDef;
+  /** Static shapes and dtypes of the outputs (they are traced at concrete shapes). */
+  outputSpecs: { shape: number[]; dtype: DType }[];
 }
 
 type Flat = { def: TreeDef; leaves: HostArray[] };
+
+/** `into`'s arrays as ORT fetches, checked against the graph's outputs. */
+function outputTargets(what: string, e: Entry, into: HostTree): { fetches: Record<string, ort.Tensor> } {
+  const leaves = flatten(into, (x): x is HostArray => x instanceof HostArray).leaves;
+  if (leaves.length !== e.outputNames.length) {
+    throw new TypeError(`${what}.into: ${leaves.length} output arrays for ${e.outputNames.length} outputs`);
+  }
+  const fetches: Record<string, ort.Tensor> = {};
+  leaves.forEach((a, i) => {
+    const want = e.outputSpecs[i]!;
+    if (a.dtype !== want.dtype || a.shape.length !== want.shape.length
+      || a.shape.some((d, j) => d !== want.shape[j])) {
+      throw new TypeError(`${what}.into: output ${i} must be ${want.dtype} ` +
+        `[${want.shape.join(', ')}], got ${a.dtype} [${a.shape.join(', ')}]`);
+    }
+    fetches[e.outputNames[i]!] = toOrtTensor(a);
+  });
+  return { fetches };
+}
 
 function signature(flats: readonly Flat[]): string {
   return flats.map((f) => `${JSON.stringify(f.def)}:${f.leaves.map((l) =>
@@ -244,9 +270,11 @@ export function compile<F extends TensorFn>(fn: F, opts: RuntimeOptions = {}): C
     }
     const session = await createSession(toOnnx(graph, { name: opts.name, nchwcBlock: await blockFor(opts) }), opts);
     return { session, inputNames: graph.inputNames, outputNames: graph.outputNames,
-      outputDef: graph.outputDef };
+      outputDef: graph.outputDef,
+      outputSpecs: graph.outputs.map((o) => ({ shape: o.shape.map(Number), dtype: o.dtype })) };
   };
-  const call = async (...args: HostTree[]): Promise<unknown> => {
+  /** Runs fn; with `into`, ORT writes the outputs into those arrays (no new buffers). */
+  const run = async (args: HostTree[], into?: HostTree): Promise<unknown> => {
     const flats = checkArgs(what, args, arity, opts.argNames);
     const key = signature(flats);
     let entry = sessions.get(key);
@@ -258,18 +286,22 @@ export function compile<F extends TensorFn>(fn: F, opts: RuntimeOptions = {}): C
     const e = await entry;
     const feeds: Record<string, ort.Tensor> = {};
     flats.flatMap((f) => f.leaves).forEach((a, i) => (feeds[e.inputNames[i]!] = toOrtTensor(a)));
+    const targets = into === undefined ? undefined : outputTargets(what, e, into);
     const t0 = performance.now();
     let results: ort.InferenceSession.OnnxValueMapType;
     try {
-      results = await e.session.run(feeds);
+      results = targets ? await e.session.run(feeds, targets.fetches) : await e.session.run(feeds);
     } catch (err) {
       throw runFailure(err, what, describeCall(flats, opts.argNames));
     }
     stats.runMs += performance.now() - t0;
     stats.calls++;
+    if (targets) return into;
     return unflatten(e.outputDef, e.outputNames.map((n) => fromOrtTensor(results[n] as ort.Tensor)));
   };
+  const call = (...args: HostTree[]): Promise<unknown> => run(args);
   const compiled = Object.assign(call, {
+    into: (outputs: HostTree, ...args: HostTree[]) => run(args, outputs),
     trace: (...specs: Tree<TensorSpec>[]) => traceFor(specs),
     onnx: (...specs: Tree<TensorSpec>[]) => toOnnx(traceFor(specs),
       { name: opts.name, nchwcBlock: usesBlockedConvs(opts) ? nchwcBlockSizeIfKnown() : 0 }),

@@ -30,7 +30,7 @@ import type { Tensor } from '../engine/tensor.js';
 import { countFlops } from '../engine/flops.js';
 import { withData, type Batch, type Denoiser } from '../diffusion/denoiser.js';
 import type { Prediction } from '../diffusion/predictions.js';
-import { ditCond, type DiTTransformer2DModel } from '../models/dit.js';
+import { ditCond, type DiTTransformer2DModel, type KvSource } from '../models/dit.js';
 import { DiTMoETransformer2DModel } from '../models/dit-moe.js';
 import type { ParamsOf } from '../nn/module.js';
 
@@ -118,30 +118,25 @@ export function selectTokens(score: ArrayLike<number>, dropped: Float64Array, ac
 type TokenDiT = DiTTransformer2DModel | DiTMoETransformer2DModel;
 
 /**
- * The traced passes. `dense`: the whole model, with every block's keys and values as
- * [N * T, heads * head_dim]. `sparse`: the model on tokens idx [N, T'] only, their keys and
+ * The traced passes. `dense`: the whole model, with every block's keys and values
+ * [N, heads, T, head_dim]. `sparse`: the model on tokens idx [N, T'] only, their keys and
  * values written into the given caches (returned), their outputs into the last output `prev`.
+ * Rows are placed by a one-hot [N, T, T'] product (a batched MatMul): ORT's ScatterND runs
+ * element by element, and this costs a few percent of the blocks.
  */
 export function rasPasses(model: TokenDiT, params: unknown) {
   const p = params as ParamsOf<DiTTransformer2DModel>;
-  const blocks = (tokens: Tensor, t: Tensor, y: Tensor, kv: NonNullable<Parameters<DiTTransformer2DModel['forwardTokens']>[4]>['kv']) =>
+  const blocks = (tokens: Tensor, t: Tensor, y: Tensor, kv: KvSource) =>
     (model instanceof DiTMoETransformer2DModel
       ? model.forwardTokens(params as ParamsOf<DiTMoETransformer2DModel>, tokens, t, y, { kv }).sample
       : model.forwardTokens(p, tokens, t, y, { kv }));
-  /** [N, H, T, Dh] <-> [N * T, H * Dh] */
-  const rowsOf = (k: Tensor) => {
-    const [n, hd, t, dh] = k.shape as number[];
-    return ops.reshape(ops.transpose(k, [0, 2, 1, 3]), [n! * t!, hd! * dh!]);
-  };
-  const headsOf = (rows: Tensor, [n, hd, t, dh]: readonly number[]) =>
-    ops.transpose(ops.reshape(rows, [n!, t!, hd!, dh!]), [0, 2, 1, 3]);
   const dense = (x: Tensor, t: Tensor, y: Tensor) => {
     const [gh, gw] = model.tokenGrid(x);
     const ks: Tensor[] = [];
     const vs: Tensor[] = [];
     const h = blocks(model.embed(p, x), t, y, (k, v, b) => {
-      ks[b] = rowsOf(k);
-      vs[b] = rowsOf(v);
+      ks[b] = k;
+      vs[b] = v;
       return { k, v };
     });
     const out = model.unpatchify(model.finalLayer(p, h, ditCond(t, y)), gh, gw);
@@ -152,27 +147,22 @@ export function rasPasses(model: TokenDiT, params: unknown) {
     const [gh, gw] = model.tokenGrid(x);
     const [n, active] = idx.shape as [number, number];
     const tokens = gh * gw;
-    // Row r's token j is row r * T + j of the flattened caches.
-    const flat = ops.reshape(ops.add(idx, ops.mul(ops.reshape(ops.arange(n, 'int64'), [n, 1]),
-      ops.scalarLike(tokens, 'int64'))), [n * active]);
-    const hit = ops.scatterAdd(ops.zeros([n * tokens, 1], 'float32'), flat,
-      ops.ones([n * active, 1], 'float32'));
-    const keep = ops.sub(ops.scalarLike(1, 'float32'), hit); // 0 at the refreshed rows
-    const refresh = (cache: Tensor, fresh: Tensor) => ops.add(ops.mul(cache, keep),
-      ops.scatterAdd(ops.zerosLike(cache), flat, fresh));
+    // place[r, j, a] = 1 where row r's a-th active token is token j.
+    const place = ops.transpose(ops.cast(ops.equal(ops.unsqueeze(idx, -1),
+      ops.arange(tokens, 'int64')), 'float32'), [0, 2, 1]); // [N, T, T']
+    const keep = ops.sub(ops.scalarLike(1, 'float32'), ops.sum(place, -1, true)); // [N, T, 1]
+    const perHead = ops.unsqueeze(place, 1); // [N, 1, T, T']
+    const keepHead = ops.unsqueeze(keep, 1); // [N, 1, T, 1]
     const ks: Tensor[] = [];
     const vs: Tensor[] = [];
     const h = blocks(model.embed(p, x, idx), t, y, (k, v, b) => {
-      ks[b] = refresh(kc[b]!, rowsOf(k));
-      vs[b] = refresh(vc[b]!, rowsOf(v));
-      const shape = [n, k.shape[1] as number, tokens, k.shape[3] as number];
-      return { k: headsOf(ks[b], shape), v: headsOf(vs[b], shape) };
+      ks[b] = ops.add(ops.mul(kc[b]!, keepHead), ops.matmul(perHead, k)); // [N, H, T, Dh]
+      vs[b] = ops.add(ops.mul(vc[b]!, keepHead), ops.matmul(perHead, v));
+      return { k: ks[b], v: vs[b] };
     });
     const fresh = model.finalLayer(p, h, ditCond(t, y)); // [N, T', p * p * C]
-    const width = fresh.shape[2] as number;
-    const old = ops.reshape(model.patchify(prev), [n * tokens, width]);
-    const merged = refresh(old, ops.reshape(fresh, [n * active, width]));
-    return { out: model.unpatchify(ops.reshape(merged, [n, tokens, width]), gh, gw), k: ks, v: vs };
+    const merged = ops.add(ops.mul(model.patchify(prev), keep), ops.matmul(place, fresh));
+    return { out: model.unpatchify(merged, gh, gw), k: ks, v: vs };
   };
   return { dense, sparse };
 }
@@ -186,14 +176,24 @@ export interface RasDenoiser extends Denoiser {
   dispose(): Promise<void>;
 }
 
+/** A step's output and every block's keys and values, for the next step. */
+interface Caches { out: HostArray; k: HostArray[]; v: HostArray[] }
+
 interface SliceState {
-  out: HostArray;
-  k: HostArray[];
-  v: HostArray[];
+  /** The last output, with the caches when the next step is a RAS step. */
+  last: Caches;
   /** Per image: the tokens to refresh at the next step, and how often each was cached. */
   active?: Int32Array[];
   dropped: Float64Array[];
 }
+
+const sameShapes = (a: Caches, b: Caches) => a.out.shape.join() === b.out.shape.join()
+  && a.k[0]?.shape.join() === b.k[0]?.shape.join();
+
+const blank = (c: Caches): Caches => {
+  const like = (a: HostArray) => new HostArray(new Float32Array(a.size), a.shape, 'float32');
+  return { out: like(c.out), k: c.k.map(like), v: c.v.map(like) };
+};
 
 /**
  * A Denoiser over a DiT that refreshes only the selected tokens at RAS steps. It takes the
@@ -208,14 +208,31 @@ export function rasDenoiser(model: TokenDiT, params: unknown, prediction: Predic
   const dense = rasDenseSteps(o.steps, o);
   const { dense: densePass, sparse: sparsePass } = rasPasses(model, params);
   const rt = { ...o.runtime, name: 'ras' };
+  // Each pass also without the caches among its outputs, for steps whose next step is dense.
   const denseFn = compile((x: Tensor, t: Tensor, y: Tensor) => densePass(x, t, y), rt);
+  const denseOut = compile((x: Tensor, t: Tensor, y: Tensor) => densePass(x, t, y).out, rt);
   const sparseFn = compile((x: Tensor, t: Tensor, y: Tensor, idx: Tensor, prev: Tensor,
     k: Tensor[], v: Tensor[]) => sparsePass(x, t, y, idx, prev, k, v), rt);
+  const sparseOut = compile((x: Tensor, t: Tensor, y: Tensor, idx: Tensor, prev: Tensor,
+    k: Tensor[], v: Tensor[]) => sparsePass(x, t, y, idx, prev, k, v).out, rt);
   const cfg = o.guidance !== undefined && o.guidance !== 1;
   const copies = cfg ? 2 : 1;
   const perCall = Math.max(1, Math.floor(o.rows / copies));
   const patch = model.config.patch_size;
   const slices = new Map<number, SliceState>();
+  // Two sets of cache arrays per slice, kept across batches, that ORT writes into by turns
+  // (a call never writes the arrays it reads): fresh output buffers cost as much as the
+  // tokens RAS saves on a model this small.
+  const pairs = new Map<number, [Caches, Caches]>();
+  const targetFor = (slice: number, reading: Caches | undefined): Caches | undefined => {
+    const pair = pairs.get(slice);
+    if (!pair) return undefined;
+    return reading === pair[0] ? pair[1] : pair[0];
+  };
+  const keepPair = (slice: number, r: Caches) => {
+    const pair = pairs.get(slice);
+    if (!pair || !sameShapes(pair[0], r)) pairs.set(slice, [r, blank(r)]);
+  };
   const stats = { calls: 0, denseCalls: 0, rowCalls: 0 };
   const key = RngKey.fromSeed(o.seed ?? 0);
   return {
@@ -246,17 +263,24 @@ export function rasDenoiser(model: TokenDiT, params: unknown, prediction: Predic
           new HostArray(ys, [rows], 'int64')] as const;
         const state = slices.get(slice);
         stats.rowCalls++;
-        let r: { out: HostArray; k: HostArray[]; v: HostArray[] };
+        const nextSparse = step + 1 < dense.length && !dense[step + 1];
+        // Caches go out only when the next step reads them.
+        const target = nextSparse ? targetFor(slice, state?.last) : undefined;
+        const into = target?.out.shape[0] === rows ? target : undefined;
+        let r: Caches;
         if (isDense || !state?.active) {
-          r = (await denseFn(...args)) as typeof r;
+          r = nextSparse ? (into ? await denseFn.into(into, ...args) : await denseFn(...args))
+            : { out: await denseOut(...args), k: [], v: [] };
         } else {
           const active = state.active[0]!.length;
           const idx = new BigInt64Array(rows * active);
           for (let q = 0; q < rows; q++) {
             state.active[q % m]!.forEach((tok, a) => (idx[q * active + a] = BigInt(tok)));
           }
-          r = (await sparseFn(...args, new HostArray(idx, [rows, active], 'int64'), state.out,
-            state.k, state.v)) as typeof r;
+          const sparseArgs = [...args, new HostArray(idx, [rows, active], 'int64'), state.last.out,
+            state.last.k, state.last.v] as const;
+          r = nextSparse ? (into ? await sparseFn.into(into, ...sparseArgs)
+            : await sparseFn(...sparseArgs)) : { out: await sparseOut(...sparseArgs), k: [], v: [] };
         }
         // The prediction: the first C channels (a learned-sigma DiT returns 2C), guided.
         const full = r.out.data as Float32Array;
@@ -271,9 +295,10 @@ export function rasDenoiser(model: TokenDiT, params: unknown, prediction: Predic
           }
         }
         out.set(pred, i * per);
-        const next: SliceState = { out: r.out, k: r.k, v: r.v,
+        if (nextSparse && !into) keepPair(slice, r);
+        const next: SliceState = { last: r,
           dropped: state?.dropped ?? Array.from({ length: m }, () => new Float64Array((h / patch) * (w / patch))) };
-        if (step + 1 < dense.length && !dense[step + 1]) {
+        if (nextSparse) {
           const tokens = (h / patch) * (w / patch);
           const active = Math.max(1, tokens - Math.floor((1 - o.ratio) * tokens));
           if (o.selection === 'random') {
@@ -312,7 +337,7 @@ export function rasDenoiser(model: TokenDiT, params: unknown, prediction: Predic
       stats.calls = 0;
     },
     dispose: async () => {
-      await Promise.all([denseFn, sparseFn].map((f) => f.dispose()));
+      await Promise.all([denseFn, denseOut, sparseFn, sparseOut].map((f) => f.dispose()));
     },
   };
 }
