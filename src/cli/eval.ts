@@ -2,8 +2,9 @@
 import type { Command } from 'commander';
 import {
   CSV_COLUMNS, evaluateRuns, floorLine, parseRuns, pipelineSource, prepareMnistFid,
-  resultsTable, runName, writeSweep,
+  resultsCsv, resultsTable, runName, writeSweep, type RunResult,
 } from '../pipelines/eval.js';
+import { writeFileAtomic } from '../util/atomic.js';
 import {
   checkHeldImages, classCount, guidanceClipWarning, loadPipeline, parseAccel, SAMPLER_NAMES,
 } from '../pipelines/sample.js';
@@ -76,9 +77,17 @@ export function registerEval(program: Command): void {
             bar ??= progress(`sampling ${runName(run)}:${run.steps}`, total);
             bar.update(step + 1); // step is 0-based
           } });
-        const rows = await evaluateRuns(m, list, source, () => {
+        const done: RunResult[] = [];
+        const rows = await evaluateRuns(m, list, source, async (r) => {
           bar?.stop();
           bar = undefined;
+          if (!o.sweep) return;
+          // A long sweep keeps what it has measured: each run's line now, the CSV so far.
+          done.push(r);
+          console.log(`${runName(r)}:${r.steps}: MNIST-FID ${r.fid.toFixed(3)}` +
+            `${r.accuracy === null ? '' : `, class accuracy ${(100 * r.accuracy).toFixed(1)}%`}, ` +
+            `${r.secondsPerImage.toPrecision(3)} s per image`);
+          await writeFileAtomic(o.csv, resultsCsv(done));
         });
         if (!o.sweep) {
           const r = rows[0]!;

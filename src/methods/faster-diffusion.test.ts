@@ -122,20 +122,23 @@ test('sampling: every step a key step is the plain sampler bit for bit; parallel
 
 test('a group larger than maxRows decodes in chunks, with the same predictions', async () => {
   const { unet, params } = smallUnet();
-  const times = [900, 800, 700, 600, 500, 400];
+  const times = [900, 800, 700, 600, 500, 400, 300, 200];
   const x = { data: RngKey.fromSeed(4).normal(2 * 64), shape: [2, 1, 8, 8] };
+  const labelled = new UNet2DModel({ ...unet.config, num_class_embeds: 4 });
+  const labelledParams = mapTree(labelled.init(RngKey.fromSeed(5)) as Tree<HostArray>,
+    (v): v is HostArray => v instanceof HostArray, (a) => ops.constant(a)) as ParamsOf<UNet2DModel>;
   const run = async (maxRows?: number) => {
-    const d = fasterDiffusionDenoiser(unet, params, 'eps', { keySteps: 3, conditional: false,
-      rows: 2, times, trainTimesteps: 1000, ...(maxRows ? { maxRows } : {}) });
+    const d = fasterDiffusionDenoiser(labelled, labelledParams, 'eps', { keySteps: 4,
+      conditional: true, rows: 2, times, trainTimesteps: 1000, ...(maxRows ? { maxRows } : {}) });
     const outs: number[] = [];
     for (const t of times) {
-      outs.push(...(await d.predict(x, new Float64Array(2).fill(t))).data);
+      outs.push(...(await d.predict(x, new Float64Array(2).fill(t), [1, 3])).data);
     }
     await d.dispose();
     return { outs, calls: d.stats.rowCalls };
   };
   const whole = await run();
-  const chunked = await run(4); // 2 steps of 2 rows a call
+  const chunked = await run(4); // 2 steps of 2 rows a call: key [0, 1], decoder [2, 3], ...
   assert.equal(whole.calls, 2);
   assert.equal(chunked.calls, 4);
   assert.ok(maxDiff(whole.outs, chunked.outs) < 1e-5);

@@ -180,7 +180,7 @@ export function fasterDiffusionDenoiser(unet: UNet2DModel, params: ParamsOf<UNet
           pred = r.out.data as Float32Array;
         } else {
           const f = features.get(slice)!;
-          pred = ((ys ? await decLabelled(f.hidden, f.skips, ts, labels(ys, 1))
+          pred = ((ys ? await decLabelled(f.hidden, f.skips, ts, labels(ys, steps.length))
             : await decPlain(f.hidden, f.skips, ts)) as HostArray).data as Float32Array;
         }
         const size = rows * per;

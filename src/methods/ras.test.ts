@@ -146,7 +146,7 @@ test('sampling a flow DiT: ratio 1 is the plain sampler bit for bit; ratio 0.5 a
     await assert.rejects(sampleImages(p, { ...o, sampler: 'flow-heun',
       accel: { method: 'ras', ratio: 0.5 } }), /one model call per step, not flow-heun/);
     await assert.rejects(sampleImages(p, { ...o, accel: { method: 'deepcache', interval: 2 } }),
-      /caches U-Net features; this model is a DiTTransformer2DModel/);
+      /caches U-Net features, so it needs a UNet2DModel; this model is a DiTTransformer2DModel/);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }

@@ -120,9 +120,10 @@ export function acceleratedDenoiser(p: Pipeline, accel: Acceleration, o: { sampl
   const consts = mapTree(p.params, (x): x is HostArray => x instanceof HostArray,
     (a) => ops.constant(a));
   const family = p.model.family;
-  const needs = (kind: string, ok: boolean) => {
+  const needs = (kind: string, model: string, ok: boolean) => {
     if (!ok) {
-      throw new RangeError(`${accel.method} ${kind}; this model is a ${p.model.cls.className}`);
+      throw new RangeError(`${accel.method} ${kind}, so it needs ${model}; this model is a ` +
+        `${p.model.cls.className}`);
     }
   };
   const oneCall = (why: string) => {
@@ -133,7 +134,7 @@ export function acceleratedDenoiser(p: Pipeline, accel: Acceleration, o: { sampl
   };
   switch (accel.method) {
     case 'deepcache': {
-      needs('caches U-Net features', family === 'unet');
+      needs('caches U-Net features', 'a UNet2DModel', family === 'unet');
       if (accel.nonUniform) oneCall('a non-uniform DeepCache schedule is laid over the steps');
       const schedule = deepCacheSchedule(o.steps, accel);
       const d = deepCacheDenoiser(p.model.module as UNet2DModel, consts as ParamsOf<UNet2DModel>,
@@ -143,7 +144,7 @@ export function acceleratedDenoiser(p: Pipeline, accel: Acceleration, o: { sampl
         dispose: () => d.dispose() };
     }
     case 'faster': {
-      needs('splits a U-Net into encoder and decoder', family === 'unet');
+      needs('splits a U-Net into encoder and decoder', 'a UNet2DModel', family === 'unet');
       oneCall('Faster Diffusion plans its key steps over the steps');
       const times = samplerSchedule(o.sampler, p.scheduler, o.steps).timesteps;
       const d = fasterDiffusionDenoiser(p.model.module as UNet2DModel,
@@ -154,7 +155,7 @@ export function acceleratedDenoiser(p: Pipeline, accel: Acceleration, o: { sampl
         dispose: () => d.dispose(), ...(d.perturb ? { perturb: d.perturb } : {}) };
     }
     case 'ras': {
-      needs('selects transformer tokens', family === 'dit' || family === 'dit-moe');
+      needs('selects transformer tokens', 'a DiT or DiT-MoE', family === 'dit' || family === 'dit-moe');
       oneCall('RAS selects tokens from one step for the next');
       const d = rasDenoiser(p.model.module as DiTTransformer2DModel, consts, o.prediction,
         { ...accel, steps: o.steps, rows: o.rows, nullClass: p.model.numClasses,

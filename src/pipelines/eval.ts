@@ -176,7 +176,7 @@ export interface RunResult extends Run, Score {
 
 /** Samples and scores each run in turn. */
 export async function evaluateRuns(m: MnistFid, runs: readonly Run[], source: ImageSource,
-  onRun?: (r: RunResult) => void): Promise<RunResult[]> {
+  onRun?: (r: RunResult) => void | Promise<void>): Promise<RunResult[]> {
   const results: RunResult[] = [];
   const plain = new Map<string, { images: HostArray; seconds: number }>();
   const pending = new Map<RunResult, HostArray>();
@@ -206,7 +206,7 @@ export async function evaluateRuns(m: MnistFid, runs: readonly Run[], source: Im
       pending.set(r, s.images);
     }
     results.push(r);
-    onRun?.(r);
+    await onRun?.(r);
   }
   return results;
 }
