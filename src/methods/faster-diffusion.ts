@@ -103,7 +103,9 @@ export interface FasterDiffusionDenoiser extends Denoiser {
  * times of the sampler's steps, known in advance (one model call per step), so a key step can
  * decode its whole group at once; every call checks that it comes at the planned time.
  * Rows are split into slices of at most `rows`; a group's decoder passes are batched up to
- * `maxRows` rows a call (the memory limit's). Each slice keeps its own features and outputs.
+ * `maxRows` rows a call (the pipeline passes its batch size: on a CPU a bigger batch runs no
+ * faster, and every new group size is a new graph shape to compile; `sample --batch-size`
+ * raises it). Each slice keeps its own features and outputs.
  */
 export function fasterDiffusionDenoiser(unet: UNet2DModel, params: ParamsOf<UNet2DModel>,
   prediction: Prediction, o: FasterDiffusionOptions & { conditional: boolean; rows: number;

@@ -69,56 +69,54 @@ test('selection: the highest scores are cached; the starvation sign decides who 
   assert.ok(again.includes(0) && again.includes(2), `starved tokens come back: ${again}`);
 });
 
-test('the sparse pass on the same step\'s caches reproduces the dense pass', async () => {
-  const model = createImageModel('dit', 'tiny', 3, [2, 8, 8]).module as DiTTransformer2DModel;
-  const params = mapTree(randomized(model.init(RngKey.fromSeed(1)) as Tree<HostArray>),
+type Caches = { out: HostArray; k: HostArray[]; v: HostArray[] };
+
+/** Compiles both passes of a tiny model of `family` with random weights, runs the dense pass
+ *  on two images of `channels` x 8 x 8 and the sparse one on its caches: the sparse pass must
+ *  reproduce it. Returns what the caller checks further. */
+async function sparseOnDenseCaches(family: 'dit' | 'dit-moe', channels: number, seed: number) {
+  const model = createImageModel(family, 'tiny', 3, [channels, 8, 8]).module as
+    DiTTransformer2DModel | DiTMoETransformer2DModel;
+  const params = mapTree(randomized(model.init(RngKey.fromSeed(seed)) as Tree<HostArray>),
     (x): x is HostArray => x instanceof HostArray, (a) => ops.constant(a));
   const { dense, sparse } = rasPasses(model, params);
-  const x = new HostArray(RngKey.fromSeed(2).normal(2 * 128), [2, 2, 8, 8], 'float32');
+  const x = new HostArray(RngKey.fromSeed(seed + 1).normal(2 * channels * 64), [2, channels, 8, 8],
+    'float32');
   const t = new HostArray(Float32Array.from([300, 800]), [2]);
   const y = new HostArray(BigInt64Array.from([1n, 3n]), [2], 'int64');
   const idx = new HostArray(BigInt64Array.from([0n, 5n, 9n, 15n, 1n, 2n, 3n, 4n]), [2, 4], 'int64');
   const d = compile((a: Tensor, b: Tensor, c: Tensor) => dense(a, b, c));
   const s = compile((a: Tensor, b: Tensor, c: Tensor, i: Tensor, prev: Tensor, k: Tensor[],
     v: Tensor[]) => sparse(a, b, c, i, prev, k, v));
-  const r = (await d(x, t, y)) as { out: HostArray; k: HostArray[]; v: HostArray[] };
-  const again = (await s(x, t, y, idx, r.out, r.k, r.v)) as typeof r;
+  const r = (await d(x, t, y)) as Caches;
+  const again = (await s(x, t, y, idx, r.out, r.k, r.v)) as Caches;
   assert.ok(maxDiff(again.out.data as Float32Array, r.out.data as Float32Array) < 1e-5);
   r.k.forEach((k, b) => assert.ok(maxDiff(again.k[b]!.data as Float32Array, k.data as Float32Array) < 1e-5));
+  const on = async (x2: HostArray) => (await s(x2, t, y, idx, r.out, r.k, r.v)) as Caches;
+  return { model, params, dense: r, on, dispose: () => Promise.all([d.dispose(), s.dispose()]) };
+}
+
+test('the sparse pass on the same step\'s caches reproduces the dense pass', async () => {
+  const c = await sparseOnDenseCaches('dit', 2, 1);
   // On another input the refreshed tokens change and the cached ones keep the old output.
-  const x2 = new HostArray(RngKey.fromSeed(3).normal(2 * 128), [2, 2, 8, 8], 'float32');
-  const moved = (await s(x2, t, y, idx, r.out, r.k, r.v)) as typeof r;
+  const moved = await c.on(new HostArray(RngKey.fromSeed(3).normal(2 * 128), [2, 2, 8, 8], 'float32'));
   const patchOf = (data: Float32Array, img: number, tok: number) => {
     const [gy, gx] = [Math.floor(tok / 4), tok % 4];
     return [0, 1].flatMap((ch) => [0, 1].flatMap((py) => [0, 1].map((px) =>
       data[img * 128 + ch * 64 + (gy * 2 + py) * 8 + gx * 2 + px]!)));
   };
-  const [o1, o2] = [r.out.data as Float32Array, moved.out.data as Float32Array];
+  const [o1, o2] = [c.dense.out.data as Float32Array, moved.out.data as Float32Array];
   assert.deepEqual(patchOf(o2, 0, 7), patchOf(o1, 0, 7)); // cached
   assert.ok(maxDiff(patchOf(o2, 0, 5), patchOf(o1, 0, 5)) > 1e-4); // refreshed
-  await Promise.all([d.dispose(), s.dispose()]);
-  const ras = rasDenoiser(model, params, 'flow', { ratio: 0.5, steps: 10, rows: 4,
+  await c.dispose();
+  const ras = rasDenoiser(c.model, c.params, 'flow', { ratio: 0.5, steps: 10, rows: 4,
     nullClass: 10, conditional: true });
   const share = ras.sparseFlops([1, 2, 8, 8]);
   assert.ok(share > 0.3 && share < 0.75, `RAS step ${share.toFixed(3)} of the dense FLOPs`);
 });
 
 test('DiT-MoE: the sparse pass on the same step\'s caches reproduces the dense pass', async () => {
-  const model = createImageModel('dit-moe', 'tiny', 3, [1, 8, 8]).module as DiTMoETransformer2DModel;
-  const params = mapTree(randomized(model.init(RngKey.fromSeed(4)) as Tree<HostArray>),
-    (x): x is HostArray => x instanceof HostArray, (a) => ops.constant(a));
-  const { dense, sparse } = rasPasses(model, params);
-  const x = new HostArray(RngKey.fromSeed(5).normal(2 * 64), [2, 1, 8, 8], 'float32');
-  const t = new HostArray(Float32Array.from([100, 600]), [2]);
-  const y = new HostArray(BigInt64Array.from([0n, 2n]), [2], 'int64');
-  const idx = new HostArray(BigInt64Array.from([3n, 6n, 8n, 12n, 0n, 1n, 14n, 15n]), [2, 4], 'int64');
-  const d = compile((a: Tensor, b: Tensor, c: Tensor) => dense(a, b, c));
-  const s = compile((a: Tensor, b: Tensor, c: Tensor, i: Tensor, prev: Tensor, k: Tensor[],
-    v: Tensor[]) => sparse(a, b, c, i, prev, k, v));
-  const r = (await d(x, t, y)) as { out: HostArray; k: HostArray[]; v: HostArray[] };
-  const again = (await s(x, t, y, idx, r.out, r.k, r.v)) as typeof r;
-  assert.ok(maxDiff(again.out.data as Float32Array, r.out.data as Float32Array) < 1e-5);
-  await Promise.all([d.dispose(), s.dispose()]);
+  await (await sparseOnDenseCaches('dit-moe', 1, 4)).dispose();
 });
 
 test('sampling a flow DiT: ratio 1 is the plain sampler bit for bit; ratio 0.5 and the ' +

@@ -114,7 +114,7 @@ export interface AcceleratedDenoiser {
 
 /** The acceleration `accel` over the pipeline's model, checked against model and sampler. */
 export function acceleratedDenoiser(p: Pipeline, accel: Acceleration, o: { sampler: string;
-  steps: number; rows: number; maxRows: number; conditional: boolean; guidance: number; seed: number;
+  steps: number; rows: number; conditional: boolean; guidance: number; seed: number;
   prediction: Prediction; provider?: Provider }): AcceleratedDenoiser {
   const runtime = o.provider ? { provider: o.provider } : {};
   const consts = mapTree(p.params, (x): x is HostArray => x instanceof HostArray,
@@ -149,7 +149,7 @@ export function acceleratedDenoiser(p: Pipeline, accel: Acceleration, o: { sampl
       const times = samplerSchedule(o.sampler, p.scheduler, o.steps).timesteps;
       const d = fasterDiffusionDenoiser(p.model.module as UNet2DModel,
         consts as ParamsOf<UNet2DModel>, o.prediction, { ...accel, conditional: o.conditional,
-          rows: o.rows, maxRows: o.maxRows, times: Array.from(times),
+          rows: o.rows, maxRows: o.rows, times: Array.from(times),
           trainTimesteps: Number(p.scheduler.config.num_train_timesteps), runtime });
       return { denoiser: d, stats: d.stats, guided: false, reset: () => d.reset(),
         dispose: () => d.dispose(), ...(d.perturb ? { perturb: d.perturb } : {}) };

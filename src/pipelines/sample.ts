@@ -355,8 +355,6 @@ interface Plan {
   rowsPerCall: number;
   imagesPerBatch: number;
   warnings: string[];
-  /** The most rows one model call may hold within the limit (batched decoders use them). */
-  maxRowsPerCall: number;
 }
 
 /** How many rows each model call and each sampled batch may hold within the memory limit:
@@ -381,8 +379,7 @@ function planMemory(p: Pipeline, o: SampleOptions, largest: LargestTensor, rowBy
     : [];
   const imagesPerBatch = Math.max(1, Math.min(o.n, rowsPerCall,
     Math.floor((limit - rowsPerCall * callBytes) / latentBytes)));
-  return { rowsPerCall, imagesPerBatch, warnings,
-    maxRowsPerCall: Math.max(1, Math.floor(limit / 2 / callBytes)) };
+  return { rowsPerCall, imagesPerBatch, warnings };
 }
 
 /**
@@ -452,8 +449,7 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
     const key = RngKey.fromSeed(o.seed ?? 0);
     let first = 0;
     const accel = o.accel ? acceleratedDenoiser(p, o.accel, { sampler: o.sampler,
-      steps: o.steps, rows: plan.rowsPerCall, maxRows: plan.maxRowsPerCall,
-      conditional: labels !== undefined,
+      steps: o.steps, rows: plan.rowsPerCall, conditional: labels !== undefined,
       guidance: cfg ? guidance : 1, seed: o.seed ?? 0, prediction: spec.prediction,
       ...(o.provider ? { provider: o.provider } : {}) }) : undefined;
     disposeLater = accel;
