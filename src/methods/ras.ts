@@ -289,9 +289,8 @@ export function rasDenoiser(model: TokenDiT, params: unknown, prediction: Predic
         for (let b = 0; b < m; b++) {
           for (let e = 0; e < per; e++) {
             const cv = full[b * outC * h * w + e]!;
-            pred[b * per + e] = cfg
-              ? (() => { const u = full[(b + m) * outC * h * w + e]!; return u + o.guidance! * (cv - u); })()
-              : cv;
+            const u = cfg ? full[(b + m) * outC * h * w + e]! : 0;
+            pred[b * per + e] = cfg ? u + o.guidance! * (cv - u) : cv;
           }
         }
         out.set(pred, i * per);
