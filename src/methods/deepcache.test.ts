@@ -1,20 +1,15 @@
 /** DeepCache: the schedules, the partial graph's size, and exactness when nothing is cached. */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { test } from 'node:test';
 import { HostArray } from '../engine/host.js';
 import * as ops from '../engine/ops.js';
 import { RngKey } from '../engine/random/philox.js';
 import { mapTree, type Tree } from '../engine/tree.js';
 import type { Tensor } from '../engine/tensor.js';
-import { trainingScheduler } from '../diffusion/training.js';
 import { UNET2D_PRESETS, UNet2DModel } from '../models/unet2d.js';
 import type { ParamsOf } from '../nn/module.js';
-import { exportPipeline } from '../pipelines/checkpoint.js';
-import { createImageModel } from '../pipelines/image-models.js';
-import { loadPipeline, sampleImages } from '../pipelines/sample.js';
+import { sampleImages } from '../pipelines/sample.js';
+import { withTinyPipeline } from '../../test/support/tiny-pipeline.js';
 import { deepCacheDenoiser, deepCacheSchedule, nonUniformPoints } from './deepcache.js';
 
 test('uniform schedule: a full call every N; N = 1 is every call', () => {
@@ -57,13 +52,8 @@ test('the partial step is a smaller graph: the MNIST U-Net at its shallowest bra
   /branch must be a number of up-path resnets in \[1, 8\], got 9/);
 });
 
-test('with guidance: N = 1 is the plain sampler bit for bit; N = 3 runs a third full', async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'diffuse-deepcache-'));
-  try {
-    const model = createImageModel('unet', 'tiny', 3, [1, 8, 8]);
-    const params = model.module.init(RngKey.fromSeed(7)) as Tree<HostArray>;
-    await exportPipeline(dir, { model, scheduler: trainingScheduler('eps') }, params);
-    const p = await loadPipeline(dir);
+test('with guidance: N = 1 is the plain sampler bit for bit; N = 3 runs a third full', () =>
+  withTinyPipeline('unet', 'eps', async (p) => {
     const o = { sampler: 'ddim', steps: 6, n: 5, seed: 3, guidance: 2, batchSize: 4 } as const;
     const plain = await sampleImages(p, o);
     const one = await sampleImages(p, { ...o, accel: { method: 'deepcache', interval: 1 } });
@@ -75,10 +65,7 @@ test('with guidance: N = 1 is the plain sampler bit for bit; N = 3 runs a third 
     assert.ok(mse / plain.images.data.length < 0.05, `close to the full sample: ${mse}`);
     await assert.rejects(sampleImages(p, { ...o, sampler: 'heun',
       accel: { method: 'deepcache', interval: 3, nonUniform: true } }), /one model call per step/);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-});
+  }));
 
 test('the partial pass on the same step\'s cache reproduces the full pass', async () => {
   const { compile } = await import('../engine/runtime.js');

@@ -1,8 +1,5 @@
 /** Faster Diffusion: key steps, the parallel decoder's exactness, noise injection. */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { test } from 'node:test';
 import { HostArray } from '../engine/host.js';
 import * as ops from '../engine/ops.js';
@@ -10,12 +7,10 @@ import { RngKey } from '../engine/random/philox.js';
 import { compile } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
 import { mapTree, type Tree } from '../engine/tree.js';
-import { trainingScheduler } from '../diffusion/training.js';
 import { UNET2D_PRESETS, UNet2DModel } from '../models/unet2d.js';
 import type { ParamsOf } from '../nn/module.js';
-import { exportPipeline } from '../pipelines/checkpoint.js';
-import { createImageModel } from '../pipelines/image-models.js';
-import { loadPipeline, sampleImages } from '../pipelines/sample.js';
+import { sampleImages } from '../pipelines/sample.js';
+import { withTinyPipeline } from '../../test/support/tiny-pipeline.js';
 import {
   fasterDiffusionDenoiser, fasterDiffusionPasses, keyStepGroups, keyStepSchedule, PAPER_KEY_STEPS,
 } from './faster-diffusion.js';
@@ -90,13 +85,8 @@ test('prior noise injection adds 0.003 x_T once t < T / 2', () => {
 });
 
 test('sampling: every step a key step is the plain sampler bit for bit; parallel equals ' +
-  'serial; a group decodes in one call where the batch size leaves room', async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'diffuse-faster-'));
-  try {
-    const model = createImageModel('unet', 'tiny', 3, [1, 8, 8]);
-    const params = model.module.init(RngKey.fromSeed(7)) as Tree<HostArray>;
-    await exportPipeline(dir, { model, scheduler: trainingScheduler('eps') }, params);
-    const p = await loadPipeline(dir);
+  'serial; a group decodes in one call where the batch size leaves room', () =>
+  withTinyPipeline('unet', 'eps', async (p) => {
     const o = { sampler: 'ddim', steps: 6, n: 5, seed: 3, guidance: 2, batchSize: 4 } as const;
     const plain = await sampleImages(p, o);
     const every = await sampleImages(p, { ...o,
@@ -116,10 +106,7 @@ test('sampling: every step a key step is the plain sampler bit for bit; parallel
     assert.ok(maxDiff(injected.images.data, parallel.images.data) > 1e-6, 'injection changes x');
     await assert.rejects(sampleImages(p, { ...o, sampler: 'heun',
       accel: { method: 'faster', keySteps: 'paper' } }), /one model call per step, not heun/);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-});
+  }));
 
 test('a group larger than maxRows decodes in chunks, with the same predictions', async () => {
   const { unet, params } = smallUnet();

@@ -1,8 +1,5 @@
 /** RAS: scores, selection with starvation, the sparse pass's exactness, and sampling. */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
 import { test } from 'node:test';
 import { HostArray } from '../engine/host.js';
 import * as ops from '../engine/ops.js';
@@ -10,12 +7,11 @@ import { RngKey } from '../engine/random/philox.js';
 import { compile } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
 import { mapTree, type Tree } from '../engine/tree.js';
-import { trainingScheduler } from '../diffusion/training.js';
 import { DiTTransformer2DModel } from '../models/dit.js';
 import type { DiTMoETransformer2DModel } from '../models/dit-moe.js';
-import { exportPipeline } from '../pipelines/checkpoint.js';
 import { createImageModel } from '../pipelines/image-models.js';
-import { loadPipeline, sampleImages } from '../pipelines/sample.js';
+import { sampleImages } from '../pipelines/sample.js';
+import { withTinyPipeline } from '../../test/support/tiny-pipeline.js';
 import { rasDenseSteps, rasDenoiser, rasPasses, selectTokens, tokenScores } from './ras.js';
 
 /** Random adaLN and output weights: DiT's init makes every block the identity and the output 0. */
@@ -120,13 +116,8 @@ test('DiT-MoE: the sparse pass on the same step\'s caches reproduces the dense p
 });
 
 test('sampling a flow DiT: ratio 1 is the plain sampler bit for bit; ratio 0.5 and the ' +
-  'random control run sparse steps and stay close', async () => {
-  const dir = await mkdtemp(join(tmpdir(), 'diffuse-ras-'));
-  try {
-    const model = createImageModel('dit', 'tiny', 3, [1, 8, 8]);
-    const params = randomized(model.module.init(RngKey.fromSeed(7)) as Tree<HostArray>);
-    await exportPipeline(dir, { model, scheduler: trainingScheduler('flow') }, params);
-    const p = await loadPipeline(dir);
+  'random control run sparse steps and stay close', () =>
+  withTinyPipeline('dit', 'flow', async (p) => {
     const o = { sampler: 'flow-euler', steps: 10, n: 5, seed: 3, guidance: 2, batchSize: 4 } as const;
     const plain = await sampleImages(p, o);
     const all = await sampleImages(p, { ...o, accel: { method: 'ras', ratio: 1 } });
@@ -145,7 +136,4 @@ test('sampling a flow DiT: ratio 1 is the plain sampler bit for bit; ratio 0.5 a
       accel: { method: 'ras', ratio: 0.5 } }), /one model call per step, not flow-heun/);
     await assert.rejects(sampleImages(p, { ...o, accel: { method: 'deepcache', interval: 2 } }),
       /caches U-Net features, so it needs a UNet2DModel; this model is a DiTTransformer2DModel/);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-});
+  }, randomized));

@@ -1,0 +1,28 @@
+/** A tiny class-conditional pipeline (3 classes, 1 x 8 x 8) exported to a temporary folder and
+ *  loaded back, for tests that sample through the pipeline layer. */
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { HostArray } from '../../src/engine/host.js';
+import { RngKey } from '../../src/engine/random/philox.js';
+import type { Tree } from '../../src/engine/tree.js';
+import type { Prediction } from '../../src/diffusion/predictions.js';
+import { trainingScheduler } from '../../src/diffusion/training.js';
+import { exportPipeline } from '../../src/pipelines/checkpoint.js';
+import { createImageModel, type ModelFamily } from '../../src/pipelines/image-models.js';
+import { loadPipeline, type Pipeline } from '../../src/pipelines/sample.js';
+
+/** Runs `fn` on the loaded pipeline; `weights` may change the initial parameters. */
+export async function withTinyPipeline(family: ModelFamily, objective: Prediction,
+  fn: (p: Pipeline) => Promise<void>,
+  weights: (params: Tree<HostArray>) => Tree<HostArray> = (x) => x): Promise<void> {
+  const dir = await mkdtemp(join(tmpdir(), `diffuse-tiny-${family}-`));
+  try {
+    const model = createImageModel(family, 'tiny', 3, [1, 8, 8]);
+    const params = weights(model.module.init(RngKey.fromSeed(7)) as Tree<HostArray>);
+    await exportPipeline(dir, { model, scheduler: trainingScheduler(objective) }, params);
+    await fn(await loadPipeline(dir));
+  } finally {
+    await rm(dir, { recursive: true, force: true });
+  }
+}
