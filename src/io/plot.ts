@@ -149,8 +149,11 @@ function drawLine(c: Canvas, x0: number, y0: number, x1: number, y1: number, col
  * round ticks, axis labels, a title and a legend to the right, in the 3x5 font.
  */
 export function linePlot(series: readonly LineSeries[], opts: LinePlotOptions): Image {
-  const [width, height] = [opts.width ?? 640, opts.height ?? 420];
-  const [left, right, top, bottom] = [72, 180, opts.title ? 52 : 36, 48];
+  // The legend's column widens (and the image with it) for labels over 17 characters.
+  const longest = Math.max(0, ...[...series, ...(opts.hlines ?? [])].map((e) => e.label.length));
+  const right = Math.max(180, 50 + 8 * longest);
+  const [width, height] = [(opts.width ?? 640) + right - 180, opts.height ?? 420];
+  const [left, top, bottom] = [72, opts.title ? 52 : 36, 48];
   const [pw, ph] = [width - left - right, height - top - bottom];
   let [xlo, xhi, ylo, yhi] = [Infinity, -Infinity, Infinity, -Infinity];
   for (const s of series) {

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { HostArray } from '../engine/host.js';
 import { decodePng, encodePng, imageGrid, readPng, toByte } from './png.js';
-import { scatterPanels } from './plot.js';
+import { linePlot, scatterPanels } from './plot.js';
 
 test('grey and RGB images round-trip through PNG bytes', () => {
   const grey = { width: 3, height: 2, channels: 1 as const, data: Uint8Array.of(0, 50, 100, 150, 200, 255) };
@@ -39,6 +39,20 @@ test('scatter panels draw points inside their own panel', () => {
   const px = (x: number, y: number) => Array.from(img.data.slice(3 * (y * img.width + x), 3 * (y * img.width + x) + 3));
   assert.deepEqual(px(12, 24 + 99), [31, 119, 180]); // (0, 0) of panel 1 at its bottom-left
   assert.deepEqual(px(12 + 112 + 49, 24 + 49), [255, 127, 14]); // (0.5, 0.5) of panel 2
+});
+
+test('a line plot widens its legend column for long labels, keeping the plot area', () => {
+  const plot = (label: string) => linePlot([{ label, points: [0, 1, 1, 2] }],
+    { title: 't', xLabel: 'x', yLabel: 'y' });
+  assert.equal(plot('ddim').width, 640);
+  const long = plot('ddim+deepcache:5,nonuniform'); // 27 characters
+  assert.equal(long.width, 640 + 50 + 8 * 27 - 180);
+  // The legend text reaches past where the short image ends.
+  let inkPast = false;
+  for (let y = 0; y < long.height; y++) {
+    for (let x = 641; x < long.width; x++) inkPast ||= long.data[(y * long.width + x) * 3]! < 128;
+  }
+  assert.ok(inkPast, 'legend ink beyond x = 640');
 });
 
 test('readPng names a folder or a FIFO for what it is, without blocking on the FIFO',
