@@ -6,7 +6,7 @@ import {
 } from '../pipelines/eval.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import {
-  checkHeldImages, classCount, guidanceClipWarning, loadPipeline, parseAccel, SAMPLER_NAMES,
+  ACCEL_SPELLINGS, checkHeldImages, classCount, guidanceClipWarning, loadPipeline, parseAccelOption, SAMPLER_NAMES,
 } from '../pipelines/sample.js';
 import { addOptions, commandOptions, custom, int, num, oneOf, path } from './options.js';
 import { progress, type Progress } from './progress.js';
@@ -20,8 +20,8 @@ export const EVAL_OPTIONS = {
   steps: int({ min: 1, help: 'sampling steps', default: 50 }),
   guidance: num({ range: GUIDANCE_RANGE, arg: '<w>', help: 'classifier-free guidance weight ' +
     '(conditional models; 1: none)', default: 1 }),
-  accel: custom((v) => ({ spec: v, options: parseAccel(v) }), { arg: '<spec>',
-    expected: 'deepcache:N, optionally with ,nonuniform and ,branch=K', help: 'training-free ' +
+  accel: custom((v) => ({ spec: v, options: parseAccelOption(v) }), { arg: '<spec>',
+    expected: ACCEL_SPELLINGS, help: 'training-free ' +
     'acceleration of the --sampler run (as diffuse sample --accel)' }),
   sweep: custom((v) => parseRuns(v), { arg: '<runs>', expected: 'sampler:steps runs such as ' +
     'ddim:10,dpm++2m:25,ddim:50+deepcache:3', help: 'sampler:steps runs to compare instead of ' +

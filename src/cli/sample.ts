@@ -3,8 +3,8 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import {
-  checkDestination, classCount, describeAccel, loadPipeline, parseAccel, PROVIDERS, SAMPLER_NAMES,
-  sampleImages, sampleInBatches, writeSamples,
+  ACCEL_SPELLINGS, checkDestination, classCount, describeAccel, loadPipeline, parseAccelOption,
+  PROVIDERS, SAMPLER_NAMES, sampleImages, sampleInBatches, writeSamples,
 } from '../pipelines/sample.js';
 import { packageRoot } from '../util/package-root.js';
 import { Interrupted } from './errors.js';
@@ -48,9 +48,7 @@ export const SAMPLE_OPTIONS = {
   seed: int({ min: 0, help: 'seed', default: 0 }),
   generator: oneOf(['philox', 'torch'], { arg: '<g>', help: 'noise: philox (Diffuse) or torch ' +
     '(torch.randn on the CPU, as diffusers draws it)', default: 'philox' }),
-  accel: custom(parseAccel, { arg: '<spec>', expected: 'deepcache:N[,nonuniform][,branch=K], ' +
-    'faster[:K][,serial][,noinject] or ras:R[,random][,starvation=S][,cache=high|low]' +
-    '[,metric=std|l2norm]', help: 'training-free acceleration. U-Net: deepcache:3 runs the ' +
+  accel: custom(parseAccelOption, { arg: '<spec>', expected: ACCEL_SPELLINGS, help: 'training-free acceleration. U-Net: deepcache:3 runs the ' +
     'full U-Net every 3rd step and only its shallow branch between (,nonuniform: full steps ' +
     'denser around step 15; ,branch=K: recompute the last K up-path resnets, default 1); ' +
     'faster runs the encoder at the paper\'s key steps only and the decoder of the steps ' +

@@ -25,8 +25,28 @@ export type Acceleration =
   | ({ method: 'faster' } & FasterDiffusionOptions)
   | ({ method: 'ras' } & RasOptions);
 
-const SPELLINGS = 'deepcache:N[,nonuniform][,branch=K], faster[:K][,serial][,noinject] or ' +
-  'ras:R[,random][,starvation=S][,cache=high|low][,metric=std|l2norm]';
+/** Every spelling parseAccel takes, for messages and --help. */
+export const ACCEL_SPELLINGS = 'deepcache:N[,nonuniform][,branch=K], faster[:K][,serial]' +
+  '[,noinject] or ras:R[,random][,starvation=S][,cache=high|low][,metric=std|l2norm]';
+
+/** A malformed acceleration spelling; `reason` is the message without the list of spellings
+ *  (for callers that print that list themselves, as the CLI does). */
+export class AccelSpellingError extends RangeError {
+  constructor(message: string, readonly reason: string) {
+    super(message);
+    this.name = 'AccelSpellingError';
+  }
+}
+
+/** parseAccel for option parsers that state the expected form themselves: errors carry only
+ *  the reason. */
+export function parseAccelOption(text: string): Acceleration {
+  try {
+    return parseAccel(text);
+  } catch (e) {
+    throw e instanceof AccelSpellingError ? new RangeError(e.reason) : e;
+  }
+}
 
 /**
  * The command-line spelling of an acceleration:
@@ -39,7 +59,8 @@ const SPELLINGS = 'deepcache:N[,nonuniform][,branch=K], faster[:K][,serial][,noi
  */
 export function parseAccel(text: string): Acceleration {
   const [head, ...mods] = text.split(',').map((s) => s.trim());
-  const bad = (why: string) => new RangeError(`'${text}': ${why}; expected ${SPELLINGS}`);
+  const bad = (why: string) => new AccelSpellingError(`'${text}': ${why}; expected ${ACCEL_SPELLINGS}`,
+    why);
   const option = (mod: string) => /^([a-z]+)=(.+)$/.exec(mod);
   let m = /^deepcache:(\d+)$/.exec(head ?? '');
   if (m) {

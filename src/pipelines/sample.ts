@@ -49,7 +49,9 @@ import { graphDenoiser } from './graph-denoiser.js';
 import { familyOfClass, imageModelOf, type ImageModel, type ModelFamily } from './image-models.js';
 
 export { SAMPLER_NAMES, type SamplerName } from '../diffusion/sampling.js';
-export { describeAccel, parseAccel, type Acceleration } from './accel.js';
+export {
+  ACCEL_SPELLINGS, describeAccel, parseAccel, parseAccelOption, type Acceleration,
+} from './accel.js';
 export type { Provider };
 
 /** The ONNX Runtime providers a pipeline can run on. */

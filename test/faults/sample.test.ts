@@ -96,6 +96,14 @@ test('oversized requests are refused in seconds, before anything is allocated', 
   assertFails(await runCli(['eval', '--model', SHIPPED, '--n', '1000000']), 1,
     /1000000 images of 1x32x32 take 3\.8 GiB held at once, over half the memory limit/,
     'eval of a million samples');
+  // A bad --accel names the spellings once and says what is wrong with this one.
+  const accel = await sample(['--accel', 'deepcache:3,branch=x']);
+  const said = assertFails(accel, 2, /--accel: expected deepcache:N\S* .*ras:R\S*, got 'deepcache:3,branch=x' \(unknown modifier 'branch=x' of deepcache\)$/m,
+    '--accel with a bad modifier');
+  assert.equal(said.split('expected').length, 2, `the spellings once: ${said}`);
+  assertFails(await sample(['--accel', 'ras:0.5']), 1,
+    /ras selects transformer tokens, so it needs a DiT or DiT-MoE; this model is a UNet2DModel/,
+    'RAS on a U-Net');
 });
 
 test('a million images stream to a folder in bounded memory; Ctrl-C keeps whole PNGs', async () => {
