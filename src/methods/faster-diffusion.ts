@@ -148,8 +148,8 @@ export function fasterDiffusionDenoiser(unet: UNet2DModel, params: ParamsOf<UNet
         throw new RangeError(`Faster Diffusion: step ${step} was planned at model time ` +
           `${o.times[step]}, but the sampler asked for ${t[0]}`);
       }
-      const key = isKey[step]!;
-      if (key) stats.keyCalls++;
+      const keyStep = isKey[step]!;
+      if (keyStep) stats.keyCalls++;
       const n = x.shape[0]!;
       const per = x.data.length / n;
       const out = new Float32Array(x.data.length);
@@ -171,7 +171,7 @@ export function fasterDiffusionDenoiser(unet: UNet2DModel, params: ParamsOf<UNet
         const ts = new HostArray(Float32Array.from(steps.flatMap((s) =>
           new Array<number>(rows).fill(o.times[s]!))), [steps.length * rows]);
         let pred: Float32Array;
-        if (key || !features.has(slice)) {
+        if (keyStep || !features.has(slice)) {
           const xs = new HostArray(Float32Array.from(x.data.subarray(i * per, j * per)),
             [rows, ...x.shape.slice(1)], 'float32');
           const tk = new HostArray(Float32Array.from(t.subarray(i, j)), [rows]);
