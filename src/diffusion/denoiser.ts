@@ -77,6 +77,33 @@ export function withData(like: Batch, data: FloatArray): Batch {
   return { data, shape: like.shape };
 }
 
+/**
+ * The class labels a denoiser's condition carries, one per row: an Int32Array, a number[] or
+ * an int64 HostArray (what graph-backed denoisers take).
+ */
+export function conditionLabels(c: unknown): number[] {
+  const values = c instanceof HostArray ? Array.from(c.data as ArrayLike<number | bigint>, Number)
+    : Array.isArray(c) || ArrayBuffer.isView(c) ? Array.from(c as ArrayLike<number>, Number) : null;
+  if (!values) throw new TypeError(`class labels: expected a list of labels (one per row), got ${typeof c}`);
+  return values;
+}
+
+/** Labels as the int64 [rows] array a compiled graph takes. */
+export function int64Labels(values: readonly number[]): HostArray<'int64'> {
+  return new HostArray(BigInt64Array.from(values, (v) => BigInt(v)), [values.length], 'int64');
+}
+
+/** Rows [i, j) of a batch and their model times as float32 arrays for a compiled graph. */
+export function rowSlice(x: Batch, t: Float64Array, i: number, j: number):
+  { x: HostArray<'float32'>; t: HostArray<'float32'> } {
+  const per = x.data.length / x.shape[0]!;
+  return {
+    x: new HostArray(Float32Array.from(x.data.subarray(i * per, j * per)),
+      [j - i, ...x.shape.slice(1)], 'float32'),
+    t: new HostArray(Float32Array.from(t.subarray(i, j)), [j - i], 'float32'),
+  };
+}
+
 /** Calls the denoiser at one model time for every row and checks the result's shape. */
 export async function evaluate(
   denoiser: Denoiser,

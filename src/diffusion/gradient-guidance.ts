@@ -27,7 +27,7 @@ import * as ops from '../engine/ops.js';
 import { compile, type RuntimeOptions } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
 import { asPrecisionOf, zerosLike, type FloatArray } from './arith.js';
-import { withData, type Batch, type Denoiser } from './denoiser.js';
+import { int64Labels, withData, type Batch, type Denoiser } from './denoiser.js';
 import { withGuidance, type GuidanceFn } from './guidance.js';
 import type { Prediction } from './predictions.js';
 import type { Process } from './process.js';
@@ -117,7 +117,7 @@ function labelArray(labels: ClassifierGuidanceOptions['labels'], rows: number): 
   if (list.length !== rows) {
     throw new RangeError(`classifierGuidance: ${list.length} labels for a batch of ${rows} rows`);
   }
-  return new HostArray(BigInt64Array.from(list, (v) => BigInt(v)), [rows], 'int64');
+  return int64Labels(list);
 }
 
 /**

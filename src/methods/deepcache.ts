@@ -21,7 +21,9 @@ import { HostArray } from '../engine/host.js';
 import { compile, type RuntimeOptions } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
 import { countFlops } from '../engine/flops.js';
-import { withData, type Batch, type Denoiser } from '../diffusion/denoiser.js';
+import {
+  conditionLabels, int64Labels, rowSlice, withData, type Batch, type Denoiser,
+} from '../diffusion/denoiser.js';
 import type { Prediction } from '../diffusion/predictions.js';
 import type { UNet2DModel } from '../models/unet2d.js';
 import type { ParamsOf } from '../nn/module.js';
@@ -136,9 +138,6 @@ export function deepCacheDenoiser(unet: UNet2DModel, params: ParamsOf<UNet2DMode
     rt);
   const cache = new Map<number, HostArray>();
   const stats = { calls: 0, fullCalls: 0, rowCalls: 0 };
-  const labelsOf = (c: unknown, i: number, j: number) => new HostArray(
-    BigInt64Array.from(Array.from(c as ArrayLike<number>, Number).slice(i, j), (v) => BigInt(v)),
-    [j - i], 'int64');
   return {
     prediction,
     stats,
@@ -149,12 +148,11 @@ export function deepCacheDenoiser(unet: UNet2DModel, params: ParamsOf<UNet2DMode
       const n = x.shape[0]!;
       const per = x.data.length / n;
       const out = new Float32Array(x.data.length);
+      const labels = o.conditional ? conditionLabels(condition) : undefined;
       for (let i = 0, slice = 0; i < n; i += o.rows, slice++) {
         const j = Math.min(n, i + o.rows);
-        const xs = new HostArray(Float32Array.from(x.data.subarray(i * per, j * per)),
-          [j - i, ...x.shape.slice(1)], 'float32');
-        const ts = new HostArray(Float32Array.from(t.subarray(i, j)), [j - i]);
-        const y = o.conditional ? labelsOf(condition, i, j) : undefined;
+        const { x: xs, t: ts } = rowSlice(x, t, i, j);
+        const y = labels ? int64Labels(labels.slice(i, j)) : undefined;
         let pred: HostArray;
         stats.rowCalls++;
         if (isFull || !cache.has(slice)) {

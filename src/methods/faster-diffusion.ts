@@ -23,7 +23,9 @@ import { compile, type RuntimeOptions } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
 import { countFlops } from '../engine/flops.js';
 import { roundOf, type FloatArray } from '../diffusion/arith.js';
-import { withData, type Batch, type Denoiser } from '../diffusion/denoiser.js';
+import {
+  conditionLabels, int64Labels, rowSlice, withData, type Batch, type Denoiser,
+} from '../diffusion/denoiser.js';
 import type { Prediction } from '../diffusion/predictions.js';
 import type { UNet2DModel } from '../models/unet2d.js';
 import type { ParamsOf } from '../nn/module.js';
@@ -130,11 +132,8 @@ export function fasterDiffusionDenoiser(unet: UNet2DModel, params: ParamsOf<UNet
   const ahead = new Map<string, Float32Array>();
   const stats = { calls: 0, keyCalls: 0, rowCalls: 0 };
   let xT: FloatArray | undefined;
-  const labels = (v: number[], g: number) => {
-    const all = new BigInt64Array(v.length * g);
-    for (let k = 0; k < g; k++) v.forEach((l, i) => (all[k * v.length + i] = BigInt(l)));
-    return new HostArray(all, [all.length], 'int64');
-  };
+  /** The labels once per decoded step (rows are time-major). */
+  const tiled = (v: number[], g: number) => int64Labels(new Array<number[]>(g).fill(v).flat());
   return {
     prediction,
     stats,
@@ -153,11 +152,11 @@ export function fasterDiffusionDenoiser(unet: UNet2DModel, params: ParamsOf<UNet
       const n = x.shape[0]!;
       const per = x.data.length / n;
       const out = new Float32Array(x.data.length);
+      const labels = o.conditional ? conditionLabels(condition) : undefined;
       for (let i = 0, slice = 0; i < n; i += o.rows, slice++) {
         const j = Math.min(n, i + o.rows);
         const rows = j - i;
-        const ys = o.conditional
-          ? Array.from(condition as ArrayLike<number>, Number).slice(i, j) : undefined;
+        const ys = labels?.slice(i, j);
         const stored = ahead.get(`${slice}:${step}`);
         if (stored) {
           ahead.delete(`${slice}:${step}`);
@@ -172,17 +171,15 @@ export function fasterDiffusionDenoiser(unet: UNet2DModel, params: ParamsOf<UNet
           new Array<number>(rows).fill(o.times[s]!))), [steps.length * rows]);
         let pred: Float32Array;
         if (keyStep || !features.has(slice)) {
-          const xs = new HostArray(Float32Array.from(x.data.subarray(i * per, j * per)),
-            [rows, ...x.shape.slice(1)], 'float32');
-          const tk = new HostArray(Float32Array.from(t.subarray(i, j)), [rows]);
-          const r = (ys ? await keyLabelled(xs, tk, ts, labels(ys, 1), labels(ys, steps.length))
+          const { x: xs, t: tk } = rowSlice(x, t, i, j);
+          const r = (ys ? await keyLabelled(xs, tk, ts, int64Labels(ys), tiled(ys, steps.length))
             : await keyPlain(xs, tk, ts)) as { out: HostArray; hidden: HostArray;
             skips: HostArray[] };
           features.set(slice, { hidden: r.hidden, skips: r.skips });
           pred = r.out.data as Float32Array;
         } else {
           const f = features.get(slice)!;
-          pred = ((ys ? await decLabelled(f.hidden, f.skips, ts, labels(ys, steps.length))
+          pred = ((ys ? await decLabelled(f.hidden, f.skips, ts, tiled(ys, steps.length))
             : await decPlain(f.hidden, f.skips, ts)) as HostArray).data as Float32Array;
         }
         const size = rows * per;

@@ -28,7 +28,7 @@ import { RngKey } from '../engine/random/philox.js';
 import { compile, type RuntimeOptions } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
 import { countFlops } from '../engine/flops.js';
-import { withData, type Batch, type Denoiser } from '../diffusion/denoiser.js';
+import { conditionLabels, withData, type Batch, type Denoiser } from '../diffusion/denoiser.js';
 import type { Prediction } from '../diffusion/predictions.js';
 import { ditCond, type DiTTransformer2DModel, type KvSource } from '../models/dit.js';
 import { DiTMoETransformer2DModel } from '../models/dit-moe.js';
@@ -219,6 +219,8 @@ export function rasDenoiser(model: TokenDiT, params: unknown, prediction: Predic
   const copies = cfg ? 2 : 1;
   const perCall = Math.max(1, Math.floor(o.rows / copies));
   const patch = model.config.patch_size;
+  /** Tokens refreshed at a RAS step: all but the official int((1 - ratio) T) cached ones. */
+  const activeOf = (tokens: number) => Math.max(1, tokens - Math.floor((1 - o.ratio) * tokens));
   const slices = new Map<number, SliceState>();
   // Two sets of cache arrays per slice, kept across batches, that ORT writes into by turns
   // (a call never writes the arrays it reads): fresh output buffers cost as much as the
@@ -244,7 +246,9 @@ export function rasDenoiser(model: TokenDiT, params: unknown, prediction: Predic
       if (isDense) stats.denseCalls++;
       const [n, c, h, w] = x.shape as [number, number, number, number];
       const per = c * h * w;
+      const tokens = (h / patch) * (w / patch);
       const out = new Float32Array(x.data.length);
+      const labels = o.conditional ? conditionLabels(condition) : undefined;
       for (let i = 0, slice = 0; i < n; i += perCall, slice++) {
         const j = Math.min(n, i + perCall);
         const m = j - i;
@@ -256,8 +260,7 @@ export function rasDenoiser(model: TokenDiT, params: unknown, prediction: Predic
           const img = i + (r % m);
           xs.set(x.data.subarray(img * per, (img + 1) * per), r * per);
           ts[r] = t[img]!;
-          const label = o.conditional ? Number((condition as ArrayLike<number>)[img]) : o.nullClass;
-          ys[r] = BigInt(r < m ? label : o.nullClass);
+          ys[r] = BigInt(r < m && labels ? labels[img]! : o.nullClass);
         }
         const args = [new HostArray(xs, [rows, c, h, w], 'float32'), new HostArray(ts, [rows]),
           new HostArray(ys, [rows], 'int64')] as const;
@@ -296,10 +299,9 @@ export function rasDenoiser(model: TokenDiT, params: unknown, prediction: Predic
         out.set(pred, i * per);
         if (nextSparse && !into) keepPair(slice, r);
         const next: SliceState = { last: r,
-          dropped: state?.dropped ?? Array.from({ length: m }, () => new Float64Array((h / patch) * (w / patch))) };
+          dropped: state?.dropped ?? Array.from({ length: m }, () => new Float64Array(tokens)) };
         if (nextSparse) {
-          const tokens = (h / patch) * (w / patch);
-          const active = Math.max(1, tokens - Math.floor((1 - o.ratio) * tokens));
+          const active = activeOf(tokens);
           if (o.selection === 'random') {
             next.active = Array.from({ length: m }, (_, b) => {
               const u = key.fold(step).fold(i + b).uniform(tokens);
@@ -319,8 +321,7 @@ export function rasDenoiser(model: TokenDiT, params: unknown, prediction: Predic
     sparseFlops(shape) {
       const [, c, h, w] = shape as [number, number, number, number];
       const rows = copies;
-      const tokens = (h / patch) * (w / patch);
-      const active = Math.max(1, tokens - Math.floor((1 - o.ratio) * tokens));
+      const active = activeOf((h / patch) * (w / patch));
       const xs = { shape: [rows, c, h, w] };
       const ts = { shape: [rows] };
       const ys = { shape: [rows], dtype: 'int64' as const };

@@ -3,10 +3,7 @@
  * (`deepcache:3`, `faster`, `ras:0.5`), their checks against the model and sampler, and the
  * Denoiser each one puts in place of the plain model graph (methods/ holds the methods).
  */
-import { HostArray } from '../engine/host.js';
-import * as ops from '../engine/ops.js';
 import type { Provider } from '../engine/runtime.js';
-import { mapTree } from '../engine/tree.js';
 import type { FloatArray } from '../diffusion/arith.js';
 import type { Denoiser } from '../diffusion/denoiser.js';
 import type { Prediction } from '../diffusion/predictions.js';
@@ -133,13 +130,13 @@ export interface AcceleratedDenoiser {
   dispose(): Promise<void>;
 }
 
-/** The acceleration `accel` over the pipeline's model, checked against model and sampler. */
-export function acceleratedDenoiser(p: Pipeline, accel: Acceleration, o: { sampler: string;
-  steps: number; rows: number; conditional: boolean; guidance: number; seed: number;
-  prediction: Prediction; provider?: Provider }): AcceleratedDenoiser {
+/** The acceleration `accel` over the pipeline's model, checked against model and sampler;
+ *  `consts` are the pipeline's weights as graph constants (the caller's, shared with its
+ *  plain model graph). */
+export function acceleratedDenoiser(p: Pipeline, consts: unknown, accel: Acceleration,
+  o: { sampler: string; steps: number; rows: number; conditional: boolean; guidance: number;
+    seed: number; prediction: Prediction; provider?: Provider }): AcceleratedDenoiser {
   const runtime = o.provider ? { provider: o.provider } : {};
-  const consts = mapTree(p.params, (x): x is HostArray => x instanceof HostArray,
-    (a) => ops.constant(a));
   const family = p.model.family;
   const needs = (kind: string, model: string, ok: boolean) => {
     if (!ok) {

@@ -184,7 +184,7 @@ export async function evaluateRuns(m: MnistFid, runs: readonly Run[], source: Im
     const base = plain.get(`${r.sampler}:${r.steps}`);
     if (!base || base.images.data.length !== images.data.length) return false;
     let sum = 0;
-    images.data.forEach((v, i) => { sum += (Number(v) - Number(base.images.data[i]))! ** 2; });
+    images.data.forEach((v, i) => { sum += (Number(v) - Number(base.images.data[i])) ** 2; });
     r.mseToFull = sum / images.data.length;
     r.speedup = base.seconds / r.seconds;
     return true;

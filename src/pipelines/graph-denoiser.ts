@@ -6,7 +6,7 @@ import { HostArray } from '../engine/host.js';
 import { compile, type RuntimeOptions } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
 import type { Graph } from '../engine/trace.js';
-import type { Batch, Denoiser } from '../diffusion/denoiser.js';
+import { conditionLabels, int64Labels, type Batch, type Denoiser } from '../diffusion/denoiser.js';
 import type { Prediction } from '../diffusion/predictions.js';
 
 /** The model as a traced function: x [B, ...], t [B] float32 model times, optional int64
@@ -58,10 +58,9 @@ export function graphDenoiser(model: ModelFn, prediction: Prediction, runtime: R
 }
 
 function labelsOf(c: unknown, rows: number): HostArray {
-  const values = c instanceof HostArray ? Array.from(c.data as ArrayLike<number | bigint>, Number)
-    : Array.isArray(c) || ArrayBuffer.isView(c) ? Array.from(c as ArrayLike<number>, Number) : null;
-  if (!values || values.length !== rows) {
-    throw new TypeError(`class labels: expected ${rows} labels (one per row), got ${values?.length ?? typeof c}`);
+  const values = conditionLabels(c);
+  if (values.length !== rows) {
+    throw new TypeError(`class labels: expected ${rows} labels (one per row), got ${values.length}`);
   }
-  return new HostArray(BigInt64Array.from(values, (v) => BigInt(v)), [rows], 'int64');
+  return int64Labels(values);
 }

@@ -450,7 +450,7 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
     const torch = o.generator === 'torch' ? new TorchGenerator(o.seed ?? 0) : undefined;
     const key = RngKey.fromSeed(o.seed ?? 0);
     let first = 0;
-    const accel = o.accel ? acceleratedDenoiser(p, o.accel, { sampler: o.sampler,
+    const accel = o.accel ? acceleratedDenoiser(p, consts, o.accel, { sampler: o.sampler,
       steps: o.steps, rows: plan.rowsPerCall, conditional: labels !== undefined,
       guidance: cfg ? guidance : 1, seed: o.seed ?? 0, prediction: spec.prediction,
       ...(o.provider ? { provider: o.provider } : {}) }) : undefined;
