@@ -1,35 +1,30 @@
 /**
- * @file The image-diffusion training loop behind `diffuse train`: one compiled graph per
- * step (noise, forward, weighted loss, backward, clipping, AdamW, EMA), batches and noise
- * drawn on the host as pure functions of (seed, step) so an interrupted run resumes exactly,
- * checkpoints swapped in atomically, a JSONL log and sample grids along the way.
+ * @file What `diffuse train` optimises: one compiled graph per step (noise, forward, weighted
+ * loss, backward, clipping, AdamW, EMA) and each step's batch and noise, drawn on the host as
+ * pure functions of (seed, step). The loop around it (checkpoints, exact resume, logs, grids,
+ * faults) is training-loop.ts, shared with `diffuse distill`.
  */
-import { appendFile, readFile, truncate, writeFile } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
-import { join } from 'node:path';
 import { HostArray } from '../engine/host.js';
 import * as ops from '../engine/ops.js';
 import { RngKey } from '../engine/random/philox.js';
 import type { Tensor } from '../engine/tensor.js';
-import { flatten, type Tree } from '../engine/tree.js';
+import type { Tree } from '../engine/tree.js';
 import { PREDICTIONS, type Prediction } from '../diffusion/predictions.js';
-import { specToJson, type SchedulerSpec } from '../diffusion/diffusers/spec.js';
+import type { SchedulerSpec } from '../diffusion/diffusers/spec.js';
 import {
   lossWeights, noisySample, trainingPoints, trainingScheduler, trainingTarget, type Weighting,
 } from '../diffusion/training.js';
-import { imageGrid, writePng } from '../io/png.js';
 import { batchAt, datasetSize, type ImageDataset } from '../data/dataset.js';
 import { adamw } from '../nn/optim.js';
 import { constantLr, cosineLr, warmupLr } from '../nn/schedules.js';
-import { compileTrainStep, type TrainState } from '../nn/train.js';
-import { writeFileAtomic, type SwapPhase } from '../util/atomic.js';
-import { ensureWritableFolder, errnoCode, FileSystemError } from '../util/fs-errors.js';
-import {
-  exportPipeline, loadCheckpoint, recoverRunFolders, saveCheckpoint, type PipelineFiles,
-} from './checkpoint.js';
-import { acquireRunLock } from './run-lock.js';
+import { compileTrainStep } from '../nn/train.js';
 import { createImageModel, type ImageModel, type ModelFamily } from './image-models.js';
 import { sampleImages, type Pipeline } from './sample.js';
+import {
+  runTraining, type TrainEvents, type TrainResult as LoopResult,
+} from './training-loop.js';
+
+export { TrainWriteError, type TrainEvents } from './training-loop.js';
 
 /** What the model learns to predict (the regression target; diffusion/predictions.ts). */
 export type Objective = Prediction;
@@ -56,16 +51,6 @@ export interface TrainOptions {
   logEvery: number;
   sampleEvery: number;
   checkpointEvery: number;
-}
-
-export interface TrainEvents {
-  onStep?: (s: { step: number; loss: number; smoothed: number; imagesPerSecond: number; lr: number }) => void;
-  onCheckpoint?: (step: number, dir: string) => void;
-  onSample?: (step: number, path: string) => void;
-  /** Stops the run after the current step, with a checkpoint. */
-  signal?: AbortSignal;
-  /** Called at each phase of a checkpoint swap; tests throw here to crash a save midway. */
-  onCheckpointPhase?: (phase: SwapPhase) => void;
 }
 
 /** Options a resumed run must share with the checkpoint (the others may change). */
@@ -115,10 +100,10 @@ function lossFn(o: TrainOptions, model: ImageModel) {
 
 /**
  * A grid of EMA samples during training: DDIM (flow-Euler for flow runs), 25 steps, fixed
- * noise, four images per class in turn. Returns the PNG's path.
+ * noise, four images per class in turn.
  */
-async function writeTrainingGrid(o: TrainOptions, model: ImageModel, spec: SchedulerSpec,
-  ema: Tree<HostArray>, step: number): Promise<string> {
+async function trainingGrid(o: TrainOptions, model: ImageModel, spec: SchedulerSpec,
+  ema: Tree<HostArray>): Promise<{ images: HostArray; cols: number }> {
   const k = model.numClasses;
   const n = k ? Math.min(k, 10) * 4 : 16;
   const pipeline: Pipeline = { model, params: ema, scheduler: spec, modelFolder: o.out, notes: [] };
@@ -126,22 +111,16 @@ async function writeTrainingGrid(o: TrainOptions, model: ImageModel, spec: Sched
     sampler: spec.family === 'flow' ? 'flow-euler' : 'ddim', steps: 25, n, seed: 1234,
     ...(k ? { classes: Array.from({ length: n }, (_, i) => Math.floor(i / 4) % k) } : {}),
   });
-  const path = join(o.out, 'samples', `step-${String(step).padStart(6, '0')}.png`);
-  await writePng(path, imageGrid(r.images, { cols: k ? 8 : 4 }));
-  return path;
+  return { images: r.images, cols: k ? 8 : 4 };
 }
 
-export interface TrainResult {
-  state: TrainState;
+export interface TrainResult extends LoopResult {
   model: ImageModel;
-  losses: number[];
-  interrupted: boolean;
-  seconds: number;
 }
 
 /**
  * Trains `o.steps` steps (continuing from `o.out/checkpoint` when `resume`), writing
- * checkpoints, logs, sample grids and, at the end, the pipeline `o.out/model`.
+ * checkpoints, logs, sample grids and, at the end, the pipeline `o.out/model` (EMA weights).
  */
 export async function train(o: TrainOptions, data: ImageDataset, resume: boolean, ev: TrainEvents = {}):
   Promise<TrainResult> {
@@ -157,177 +136,17 @@ export async function train(o: TrainOptions, data: ImageDataset, resume: boolean
   if (dh !== dw) throw new Error(`images must be square, the dataset's are ${dh}x${dw}`);
   const model = createImageModel(o.model, o.size, classes, [dc, dh, dw]);
   const spec = trainingScheduler(o.objective);
-  const files: PipelineFiles = { model, scheduler: spec };
   const lr = o.lrSchedule === 'cosine' ? cosineLr(o.lr, o.steps, o.warmupSteps, o.lr / 100)
     : o.warmupSteps > 0 ? warmupLr(o.lr, o.warmupSteps) : constantLr(o.lr);
   const key = RngKey.fromSeed(o.seed);
-  const run = Object.fromEntries(RUN_KEYS.map((k) => [k, o[k]]));
-  const checkpointDir = join(o.out, 'checkpoint');
-  const logPath = join(o.out, 'log.jsonl');
-  await ensureWritableFolder(o.out); // a read-only or unwritable place fails here, in one line
-  const lock = await writingFile(join(o.out, '.lock'), null, () => acquireRunLock(o.out));
-  const trainer = compileTrainStep(lossFn(o, model), adamw({ lr, weightDecay: 0 }),
+  const trainer = compileTrainStep<HostBatch & Tree<HostArray>>(lossFn(o, model), adamw({ lr, weightDecay: 0 }),
     { clipGradNorm: o.gradClip, ema: { maxDecay: o.emaDecay }, runtime: { name: 'train_step' } });
-  try {
-    return await runSteps();
-  } finally {
-    await trainer.dispose();
-    await lock.release();
-  }
-
-  async function runSteps(): Promise<TrainResult> {
-    // The step of the checkpoint on disk (null: none yet), for the messages of a failed run.
-    let lastSaved: number | null = null;
-    // A full disk, a read-only or unwritable folder: one line naming the file, the cause and
-    // what is kept, instead of Node's "ENOSPC: no space left on device, write".
-    const writing = <T>(what: string, f: () => Promise<T>): Promise<T> => writingFile(what, lastSaved, f);
-    await writing(o.out, () => recoverRunFolders(o.out)); // a crash mid-swap leaves the newest checkpoint under a temp name
-    let state = trainer.init(model.module.init(key.fold(2)) as Tree<HostArray>);
-    if (resume) {
-      state = (await loadCheckpoint(checkpointDir, files, state, run)).state;
-      lastSaved = state.step;
-      await writing(logPath, () => truncateLog(logPath, state.step));
-    } else if (existsSync(checkpointDir)) {
-      throw new Error(`${o.out} already holds a run (checkpoint/); pass --resume to continue it or choose another --out`);
-    } else {
-      await writing(logPath, () => writeFile(logPath, ''));
-    }
-    const kept = (): string => lastSaved === null ? 'no checkpoint was saved yet'
-      : `the checkpoint of step ${lastSaved} is kept`;
-    const save = async (): Promise<void> => {
-      // The last guard before weights reach the disk: a checkpoint or model/ never holds NaN.
-      const bad = nonFinite(state);
-      if (bad) {
-        throw new Error(`training diverged by step ${state.step}: ${bad} is not finite; ${kept()} ` +
-          '(try a lower --lr)');
-      }
-      await writing(checkpointDir, () => saveCheckpoint(checkpointDir, files, state,
-        { step: state.step, run, diffuse: '0.1.0' },
-        ev.onCheckpointPhase ? { onPhase: ev.onCheckpointPhase } : {}));
-      lastSaved = state.step;
-      ev.onCheckpoint?.(state.step, checkpointDir);
-    };
-    const losses: number[] = [];
-    let smoothed = NaN;
-    const start = performance.now();
-    let windowStart = performance.now();
-    let windowSteps = 0;
-    let interrupted = false;
-      while (state.step < o.steps) {
-        const r = await trainer.step(state, drawBatch(o, data, model, spec, key, state.step) as never);
-        // A non-finite gradient norm poisons the update even when the loss is still finite:
-        // an infinite gradient times the clipping scale 0 is NaN, and so are the new weights.
-        // The diverged state is not saved: the last checkpoint stays the last finite one.
-        const { loss, gradNorm } = r.metrics;
-        if (!Number.isFinite(loss) || !Number.isFinite(gradNorm)) {
-          const what = Number.isFinite(loss) ? `the gradient norm is ${gradNorm} (loss ${loss})`
-            : `the loss is ${loss}`;
-          throw new Error(`training diverged at step ${state.step + 1}: ${what}; ${kept()} ` +
-            '(try a lower --lr)');
-        }
-        state = r.state;
-        losses.push(r.metrics.loss);
-        smoothed = Number.isNaN(smoothed) ? r.metrics.loss : 0.95 * smoothed + 0.05 * r.metrics.loss;
-        windowSteps++;
-        const rate = (windowSteps * o.batchSize) / ((performance.now() - windowStart) / 1000);
-        if (windowSteps >= 20) (windowStart = performance.now(), windowSteps = 0);
-        ev.onStep?.({ step: state.step, loss: r.metrics.loss, smoothed, imagesPerSecond: rate, lr: r.metrics.lr });
-        if (state.step % o.logEvery === 0 || state.step === o.steps) {
-          await writing(logPath, () => appendFile(logPath, `${JSON.stringify({ step: state.step, loss: r.metrics.loss, lr: r.metrics.lr,
-            grad_norm: r.metrics.gradNorm, images_per_s: rate, elapsed_s: (performance.now() - start) / 1000 })}\n`));
-        }
-        if (o.sampleEvery > 0 && state.step % o.sampleEvery === 0) {
-          const grid = join(o.out, 'samples');
-          ev.onSample?.(state.step, await writing(grid, () => writeTrainingGrid(o, model, spec, state.ema!, state.step)));
-        }
-        if (ev.signal?.aborted) {
-          interrupted = true;
-          break;
-        }
-        if (o.checkpointEvery > 0 && state.step % o.checkpointEvery === 0 && state.step < o.steps) await save();
-      }
-    await save();
-    const modelDir = join(o.out, 'model');
-    if (!interrupted) await writing(modelDir, () => exportPipeline(modelDir, files, state.ema!));
-    return { state, model, losses, interrupted, seconds: (performance.now() - start) / 1000 };
-  }
-}
-
-/**
- * Drops log lines past `step` (they will be recomputed, identically, by the resumed run). The
- * log is appended in step order, so what is kept is a prefix of the file: it is cut in place,
- * which needs no free space (a resume after a full disk must not lose the log by rewriting
- * it); anything else is rewritten atomically.
- */
-async function truncateLog(path: string, step: number): Promise<void> {
-  if (!existsSync(path)) return;
-  // A line cut short (power loss, full disk) is dropped: the resumed run writes it again.
-  const stepOf = (l: string): number => {
-    try {
-      return (JSON.parse(l) as { step: number }).step;
-    } catch {
-      return Infinity;
-    }
-  };
-  const text = await readFile(path, 'utf8');
-  const lines = text.split('\n');
-  let prefix = 0; // bytes of the leading complete lines that are kept
-  let i = 0;
-  for (; i < lines.length - 1 && stepOf(lines[i]!) <= step; i++) prefix += Buffer.byteLength(lines[i]!) + 1;
-  const kept = lines.filter((l) => l && stepOf(l) <= step);
-  if (kept.length === i) {
-    if (prefix < Buffer.byteLength(text)) await truncate(path, prefix);
-  } else {
-    await writeFileAtomic(path, kept.map((l) => `${l}\n`).join(''));
-  }
-}
-
-/** The first parameter, EMA weight or optimizer slot of `s` holding a NaN or infinity, by
- *  name, or null. */
-function nonFinite(s: TrainState): string | null {
-  for (const [tree, what] of [[s.params, 'weight'], [s.ema, 'EMA weight'], [s.opt, 'optimizer state']] as const) {
-    if (!tree) continue;
-    const flat = flatten(tree as Tree<HostArray>, (x): x is HostArray => x instanceof HostArray);
-    for (const [i, a] of flat.leaves.entries()) {
-      const d = a.data;
-      if (!(d instanceof Float32Array)) continue;
-      for (let j = 0; j < d.length; j++) if (!Number.isFinite(d[j]!)) return `${what} '${flat.paths[i]}'`;
-    }
-  }
-  return null;
-}
-
-/** Errno codes of a failed write that the user can fix, and what that asks of them. */
-const REMEDIES: Readonly<Record<string, string>> = {
-  ENOSPC: 'free some space', EDQUOT: 'free some space', EROFS: 'make it writable',
-  EACCES: 'fix the permissions', EPERM: 'fix the permissions',
-};
-
-/** A run stopped by a write the user can fix (a full disk, a read-only folder). */
-export class TrainWriteError extends Error {
-  override name = 'TrainWriteError';
-  constructor(readonly path: string, readonly code: string, message: string, options?: ErrorOptions) {
-    super(message, options);
-  }
-}
-
-/**
- * Runs `f`, which writes `what` (a file or folder of the run); a full disk or a denied write
- * becomes a TrainWriteError: the file (the error's own path, with the temp-name tags of an
- * atomic write taken off, else `what`), the cause, and which checkpoint is kept (`saved`: its
- * step, or null for none).
- */
-async function writingFile<T>(what: string, saved: number | null, f: () => Promise<T>): Promise<T> {
-  try {
-    return await f();
-  } catch (e) {
-    const code = errnoCode(e);
-    const remedy = code ? REMEDIES[code] : undefined;
-    if (!code || !remedy || e instanceof TrainWriteError) throw e;
-    const file = ((e as NodeJS.ErrnoException).path ?? what).replace(/\.tmp-\d+-[0-9a-f]+/g, '');
-    const next = saved === null ? `no checkpoint was saved yet: ${remedy} and run again`
-      : `the checkpoint of step ${saved} is kept: ${remedy}, then continue with --resume`;
-    const cannot = new FileSystemError('write', file, code).message; // cannot write FILE: the disk is full (...)
-    throw new TrainWriteError(file, code, `${cannot}; ${next}`, { cause: e });
-  }
+  const r = await runTraining({
+    options: o, files: { model, scheduler: spec }, trainer, exported: 'ema',
+    run: Object.fromEntries(RUN_KEYS.map((k) => [k, o[k]])),
+    initialWeights: () => model.module.init(key.fold(2)) as Tree<HostArray>,
+    batch: (step) => drawBatch(o, data, model, spec, key, step) as HostBatch & Tree<HostArray>,
+    grid: (ema) => trainingGrid(o, model, spec, ema),
+  }, resume, ev);
+  return { ...r, model };
 }
