@@ -8,6 +8,7 @@ import { writeFileAtomic } from '../util/atomic.js';
 import {
   ACCEL_SPELLINGS, checkHeldImages, classCount, guidanceClipWarning, loadPipeline, parseAccelOption, SAMPLER_NAMES,
 } from '../pipelines/sample.js';
+import { studentSampling } from '../pipelines/student.js';
 import { addOptions, commandOptions, custom, int, num, oneOf, path } from './options.js';
 import { progress, type Progress } from './progress.js';
 import { GUIDANCE_RANGE } from './sample.js';
@@ -48,9 +49,19 @@ export function registerEval(program: Command): void {
       'print the floor (held-out digits against the same split), class accuracy for conditional ' +
       'models and seconds per image; without --model, print the floor only'), EVAL_OPTIONS)
     .action(async (_: unknown, cmd: Command) => {
-      const o = commandOptions(EVAL_OPTIONS, cmd).values;
+      const resolved = commandOptions(EVAL_OPTIONS, cmd);
+      const o = { ...resolved.values };
       const pipeline = o.model === undefined ? undefined : await loadPipeline(o.model);
       for (const note of pipeline?.notes ?? []) console.log(`note: ${note}`);
+      if (pipeline?.student) {
+        // A distilled student is scored as it was trained unless the flags say otherwise.
+        const chose = (k: 'sampler' | 'steps' | 'guidance') => resolved.sources[k] !== 'default';
+        const run = studentSampling(pipeline.student, {
+          ...(chose('sampler') ? { sampler: o.sampler } : {}), ...(chose('steps') ? { steps: o.steps } : {}),
+          ...(chose('guidance') ? { guidance: o.guidance } : {}) });
+        for (const r of o.sweep ?? []) studentSampling(pipeline.student, { sampler: r.sampler, steps: r.steps });
+        Object.assign(o, run, { sampler: run.sampler as typeof o.sampler });
+      }
       const list = o.sweep ?? [{ sampler: o.sampler, steps: o.steps,
         ...(o.accel ? { accel: o.accel } : {}) }];
       const memoryLimit = o.maxMemory * 2 ** 20;

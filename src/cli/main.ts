@@ -7,6 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { EXIT, exitCodeOf } from './errors.js';
+import { registerDistill } from './distill.js';
 import { registerEval } from './eval.js';
 import { registerSample } from './sample.js';
 import { registerToy } from './toy.js';
@@ -32,6 +33,7 @@ export function buildProgram(): Command {
   registerSample(program);
   registerTrainClassifier(program);
   registerEval(program);
+  registerDistill(program);
   return program;
 }
 

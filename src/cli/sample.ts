@@ -6,6 +6,7 @@ import {
   ACCEL_SPELLINGS, checkDestination, classCount, describeAccel, loadPipeline, parseAccelOption,
   PROVIDERS, SAMPLER_NAMES, sampleImages, sampleInBatches, writeSamples,
 } from '../pipelines/sample.js';
+import { studentSampling } from '../pipelines/student.js';
 import { packageRoot } from '../util/package-root.js';
 import { Interrupted } from './errors.js';
 import { addOptions, commandOptions, custom, int, num, oneOf, path } from './options.js';
@@ -84,11 +85,15 @@ export function registerSample(program: Command): void {
       const pipeline = await loadPipeline(dir);
       for (const note of pipeline.notes) console.error(`note: ${note}`);
       const flow = pipeline.scheduler.family === 'flow';
-      const sampler = o.sampler ?? (flow ? 'flow-euler' : 'dpm++2m');
+      // A distilled student runs as it was trained unless the user says otherwise.
+      const student = pipeline.student && studentSampling(pipeline.student, { sampler: o.sampler,
+        steps: opts.sources.steps === 'default' ? undefined : o.steps, guidance: o.guidance });
+      const sampler = student?.sampler ?? o.sampler ?? (flow ? 'flow-euler' : 'dpm++2m');
+      const steps = student?.steps ?? o.steps;
       const k = classCount(pipeline.model);
-      const guidance = o.guidance ?? (k ? DEFAULT_GUIDANCE : 1);
+      const guidance = student?.guidance ?? o.guidance ?? (k ? DEFAULT_GUIDANCE : 1);
       console.log(`${pipeline.model.cls.className} from ${pipeline.modelFolder} ` +
-        `(${k ? `${k} classes` : 'unconditional'}): ${o.n} images, ${sampler}, ${o.steps} steps` +
+        `(${k ? `${k} classes` : 'unconditional'}): ${o.n} images, ${sampler}, ${steps} steps` +
         `${guidance !== 1 ? `, guidance ${guidance}` : ''}` +
         `${o.accel ? `, ${describeAccel(o.accel)}` : ''}, seed ${o.seed} ` +
         `(${o.generator})`);
@@ -100,7 +105,7 @@ export function registerSample(program: Command): void {
       process.once('SIGINT', onInt);
       let bar: ReturnType<typeof progress> | undefined;
       const options = {
-        sampler, steps: o.steps, n: o.n, guidance, seed: o.seed, generator: o.generator,
+        sampler, steps, n: o.n, guidance, seed: o.seed, generator: o.generator,
         batchSize: o.batchSize, provider: o.provider, memoryLimit: o.maxMemory * 2 ** 20,
         ...(o.accel ? { accel: o.accel } : {}),
         ...(o.class !== undefined ? { classes: o.class } : {}), signal: stop.signal,

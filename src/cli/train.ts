@@ -9,6 +9,7 @@ import {
   addOptions, commandOptions, configFile, flag, int, num, oneOf, path, type Resolved,
 } from './options.js';
 import { progress } from './progress.js';
+import { stopOnSignal } from './stop-signal.js';
 
 const familyPresets = MODEL_FAMILIES.map((f) => `${f} ${presetNames(f).join('|')}`).join(', ');
 
@@ -75,13 +76,7 @@ export function registerTrain(program: Command): void {
         trainOptions(commandOptions(TRAIN_OPTIONS, cmd));
       const data = await loadTrainingData(spec);
       const o: TrainOptions = { ...f, conditional: !unconditional && !!data.labels };
-      const stop = new AbortController();
-      const onSignal = () => {
-        process.stderr.write('\nstopping after this step; writing a checkpoint...\n');
-        stop.abort();
-      };
-      process.once('SIGINT', onSignal);
-      process.once('SIGTERM', onSignal);
+      const stop = stopOnSignal();
       const bar = progress('train', o.steps, ['loss', 'img/s']);
       const r = await train(o, data, resume, {
         signal: stop.signal,
@@ -90,8 +85,7 @@ export function registerTrain(program: Command): void {
         onSample: (step, path) => process.stderr.write(`\nstep ${step}: samples in ${path}\n`),
       });
       bar.stop();
-      process.off('SIGINT', onSignal);
-      process.off('SIGTERM', onSignal);
+      stop.release();
       if (r.interrupted) {
         throw new Interrupted(`interrupted at step ${r.state.step}; checkpoint in ` +
           `${join(o.out, 'checkpoint')}. Continue with: diffuse train --out ${o.out} --resume ` +

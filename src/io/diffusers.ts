@@ -633,6 +633,9 @@ export interface ModelIndex {
   components: Record<string, ComponentSpec>;
   /** Other entries (e.g. `requires_safety_checker`), as read. */
   options: Record<string, unknown>;
+  /** Entries whose names start with '_' (diffusers' loaders skip them) other than the class
+   *  and version, as read: where a tool keeps its own notes on a pipeline. */
+  privateEntries: Record<string, unknown>;
 }
 
 /** Reads `dir/model_index.json`: the pipeline class and component -> [library, ClassName]. */
@@ -647,14 +650,18 @@ export async function readModelIndex(dir: string): Promise<ModelIndex> {
   }
   const components: Record<string, ComponentSpec> = {};
   const options: Record<string, unknown> = {};
+  const privateEntries: Record<string, unknown> = {};
   for (const [key, v] of Object.entries(entries)) {
-    if (key.startsWith('_')) continue; // diffusers' bookkeeping, e.g. _name_or_path
+    if (key.startsWith('_')) { // diffusers' bookkeeping (_name_or_path) or another tool's
+      privateEntries[key] = v;
+      continue;
+    }
     const spec = Array.isArray(v) && v.length === 2 &&
       (v.every((x) => typeof x === 'string') || v.every((x) => x === null));
     if (spec) components[key] = v as unknown as ComponentSpec; // Sound: checked just above.
     else options[key] = v;
   }
-  const out: ModelIndex = { path, pipelineClass: cls, components, options };
+  const out: ModelIndex = { path, pipelineClass: cls, components, options, privateEntries };
   if (typeof version === 'string') out.diffusersVersion = version;
   return out;
 }

@@ -22,12 +22,15 @@ import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
 import type { TrainState } from '../nn/train.js';
 import { recoverFolder, replaceFolder, type ReplaceFolderOptions } from '../util/atomic.js';
 import type { ImageModel } from './image-models.js';
+import { STUDENT_KEY, type StudentRecord } from './student.js';
 
 const isHost = (x: unknown): x is HostArray => x instanceof HostArray;
 
 export interface PipelineFiles {
   model: ImageModel;
   scheduler: SchedulerSpec;
+  /** For a distilled student: what it was made for (model_index.json's _diffuse_student). */
+  student?: StudentRecord;
 }
 
 /**
@@ -54,7 +57,7 @@ async function writePipeline(dir: string, f: PipelineFiles, params: Tree<HostArr
   await writingTo(join(dir, 'model_index.json'), () => writeModelIndex(dir, pipelineClass, {
     [f.model.component]: ['diffusers', f.model.cls.className],
     scheduler: ['diffusers', f.scheduler.className],
-  }));
+  }, f.student ? { [STUDENT_KEY]: { ...f.student } } : {}));
 }
 
 /** Writes the final pipeline (EMA weights) that `diffuse sample` loads. */

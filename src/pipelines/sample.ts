@@ -47,6 +47,7 @@ import { ensureWritableFile, ensureWritableFolder, explainFsError } from '../uti
 import { acceleratedDenoiser, type Acceleration, type AcceleratedDenoiser } from './accel.js';
 import { graphDenoiser } from './graph-denoiser.js';
 import { familyOfClass, imageModelOf, type ImageModel, type ModelFamily } from './image-models.js';
+import { readStudentRecord, type StudentRecord } from './student.js';
 
 export { SAMPLER_NAMES, type SamplerName } from '../diffusion/sampling.js';
 export {
@@ -69,6 +70,8 @@ export interface Pipeline {
   modelFolder: string;
   /** Things a user should know: a default scheduler, config keys ignored. */
   notes: string[];
+  /** For a student `diffuse distill` made: what it was trained for. */
+  student?: StudentRecord;
 }
 
 // Sound: each model file's class object is a ModelClass of its own module and config type;
@@ -103,9 +106,11 @@ export async function loadPipeline(dir: string): Promise<Pipeline> {
   const notes: string[] = [];
   let modelDir = dir;
   let indexClass: string | undefined;
+  let student: StudentRecord | undefined;
   const isPipeline = await isFile(join(dir, MODEL_INDEX_NAME));
   if (isPipeline) {
     const index = await readModelIndex(dir);
+    student = readStudentRecord(index.privateEntries, index.path);
     const found = COMPONENTS.find((c) => index.components[c]?.[1]);
     if (!found) {
       throw new DiffusersFolderError(index.path, `names no 'unet' or 'transformer' component ` +
@@ -145,7 +150,7 @@ export async function loadPipeline(dir: string): Promise<Pipeline> {
   checkFinite(loaded.params as Tree<HostArray>, modelDir);
   const scheduler = await findScheduler(dir, modelDir, isPipeline, notes);
   return { model: imageModelOf(family, loaded.config), params: loaded.params as Tree<HostArray>,
-    scheduler, modelFolder: modelDir, notes };
+    scheduler, modelFolder: modelDir, notes, ...(student ? { student } : {}) };
 }
 
 /** Refuses weights with NaN or infinities at load: sampled, they give an all-black image. */
