@@ -59,7 +59,7 @@ const promised: Record<string, [Record<string, unknown>, Record<string, string>]
   './pipelines': [pipelines, {
     loadPipeline: 'function', sampleImages: 'function', train: 'function',
     prepareMnistFid: 'function', trainToy: 'function', trainClassifier: 'function',
-    graphDenoiser: 'function', MODEL_FAMILIES: 'object',
+    graphDenoiser: 'function', MODEL_FAMILIES: 'object', distill: 'function', studentSampling: 'function',
   }],
 };
 

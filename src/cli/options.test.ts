@@ -10,6 +10,7 @@ import { promisify } from 'node:util';
 import { CommanderError } from 'commander';
 import { repoRoot } from '../../test/support/paths.js';
 import { EXIT, exitCodeOf, Interrupted, UsageError } from './errors.js';
+import { DISTILL_OPTIONS, distillOptions } from './distill.js';
 import { EVAL_OPTIONS } from './eval.js';
 import { buildProgram } from './main.js';
 import { kebab, parseArgs, type Schema } from './options.js';
@@ -20,7 +21,7 @@ import { TRAIN_OPTIONS, trainOptions } from './train.js';
 
 const COMMANDS: Record<string, Schema> = {
   train: TRAIN_OPTIONS, sample: SAMPLE_OPTIONS, eval: EVAL_OPTIONS, toy: TOY_OPTIONS,
-  'train-classifier': TRAIN_CLASSIFIER_OPTIONS,
+  'train-classifier': TRAIN_CLASSIFIER_OPTIONS, distill: DISTILL_OPTIONS,
 };
 
 /** The message a thunk fails with, which must be a UsageError. */
@@ -135,6 +136,21 @@ test('the size preset is checked against the family, wherever each came from', (
     `"size" ${IN_CONFIG}: ${message.replace("'xs'", '"xs"')}`);
   assert.equal(trainConfig({ model: 'dit', size: 'xs' }).size, 'xs');
   assert.equal(trainFlags('--objective', 'x0').objective, 'x0', 'x0 is an objective');
+});
+
+test('distill: the method is required and picks the defaults; options it cannot use are refused', () => {
+  const distillFlags = (...argv: string[]) => distillOptions(parseArgs(DISTILL_OPTIONS, 'distill', argv));
+  assert.equal(usageError(() => distillFlags()), "--method: expected one of mmd, boot, got 'undefined' " +
+    '(the default; it is required)');
+  const mmd = distillFlags('--method', 'mmd');
+  assert.deepEqual([mmd.studentSteps, mmd.steps, mmd.lr, mmd.gradClip, mmd.emaDecay], [5, 200, 2e-5, 0.5, 0]);
+  const boot = distillFlags('--method', 'boot', '--iterations', '30');
+  assert.deepEqual([boot.studentSteps, boot.steps, boot.lr, boot.emaDecay], [1, 30, 1e-4, 0.999]);
+  assert.equal(distillFlags('--method', 'mmd', '--steps', '10').studentSteps, 10);
+  assert.match(usageError(() => distillFlags('--method', 'boot', '--steps', '2')),
+    /^--steps: expected 1 for --method boot/);
+  assert.match(usageError(() => distillFlags('--method', 'mmd', '--ema-decay', '0.9')),
+    /^--ema-decay: expected no value for --method mmd/);
 });
 
 test('a config file plus an overriding flag: flags win, then the file, then the defaults', () =>

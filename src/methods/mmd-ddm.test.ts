@@ -3,10 +3,17 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { compile } from '../engine/runtime.js';
-import type { HostArray } from '../engine/host.js';
 import type { Tensor } from '../engine/tensor.js';
 import { checkGrad, randn } from '../../test/support/gradcheck.js';
-import { mmd2Unbiased } from './mmd-ddm.js';
+import { HostArray } from '../engine/host.js';
+import * as ops from '../engine/ops.js';
+import { RngKey } from '../engine/random/philox.js';
+import { mapTree, type Tree } from '../engine/tree.js';
+import { samplerSchedule } from '../diffusion/sampling.js';
+import { trainingScheduler } from '../diffusion/training.js';
+import { UNET2D_PRESETS, UNet2DModel } from '../models/unet2d.js';
+import type { ParamsOf } from '../nn/module.js';
+import { mmd2Unbiased, mmdDdmLoss } from './mmd-ddm.js';
 
 /** The unbiased MMD^2 U-statistic with k(x, y) = (<x, y> / d + 1)^3, in float64, pair by pair;
  *  `paired` leaves the cross pairs i = j out too. */
@@ -71,4 +78,30 @@ test('the gradient of mmd2Unbiased matches finite differences', async () => {
     { rtol: 2e-2, atol: 1e-3 });
   await checkGrad('mmd2Unbiased paired', (x, y) => mmd2Unbiased(x!, y!, true),
     [randn([5, 5], 9), randn([5, 5], 10)], { rtol: 2e-2, atol: 1e-3 });
+});
+
+test('the MMD-DDM loss differentiates through a 2-step guided DDIM chain (finite differences)', async () => {
+  // A tiny class-conditional U-Net on 8x8 images; the gradient is checked for its output conv.
+  const model = new UNet2DModel({ ...UNET2D_PRESETS['mnist-s'], block_out_channels: [8, 16],
+    layers_per_block: 1, norm_num_groups: 4, down_block_types: ['DownBlock2D', 'AttnDownBlock2D'],
+    up_block_types: ['AttnUpBlock2D', 'UpBlock2D'], sample_size: 8, num_class_embeds: 4 });
+  const init = model.init(RngKey.fromSeed(3)) as Tree<HostArray>;
+  const consts = mapTree(init, (a): a is HostArray => a instanceof HostArray, (a) => ops.constant(a));
+  const spec = trainingScheduler('eps');
+  const schedule = samplerSchedule('ddim', spec, 2);
+  const projection = ops.constant(randn([64, 6], 21, 0.3));
+  const n = 4;
+  const labels = new HostArray(BigInt64Array.from([0n, 1n, 2n, 1n]), [n], 'int64');
+  const loss = (w: Tensor, noise: Tensor, real: Tensor): Tensor => {
+    const params = { ...(consts as Record<string, Tree<Tensor>>),
+      conv_out: { ...(consts as Record<string, Record<string, Tensor>>)['conv_out'], weight: w } };
+    return mmdDdmLoss({
+      model: (p) => (x, t, y) => model.forward(p as ParamsOf<UNet2DModel>, x, t, y),
+      prediction: 'eps', schedule, guidance: 2, nullClass: 3,
+      features: (x) => ops.matmul(ops.reshape(x, [n, 64]), projection),
+    })(params as Tree<Tensor>, { noise, real, labels: ops.constant(labels) } as unknown as Tree<Tensor>);
+  };
+  const w = (init as Record<string, Record<string, HostArray>>)['conv_out']!['weight']!;
+  await checkGrad('MMD-DDM through 2 DDIM steps', (a, b, c) => loss(a!, b!, c!),
+    [w, randn([n, 1, 8, 8], 22), randn([n, 1, 8, 8], 23, 0.5)], { wrt: [0], eps: 1e-3, rtol: 3e-2, atol: 1e-4 });
 });

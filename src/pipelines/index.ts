@@ -24,10 +24,14 @@ export {
   type ModelFamily,
 } from './image-models.js';
 
-// ---- training ----
+// ---- training and distillation (one loop: training-loop.ts) ----
 export {
   train, type Objective, type TrainEvents, type TrainOptions, type TrainResult,
 } from './train.js';
+export {
+  DISTILL_METHODS, distill, type DistillMethod, type DistillOptions, type DistillResult,
+} from './distill.js';
+export { studentSampling, type StudentRecord } from './student.js';
 
 // ---- evaluation: MNIST-FID (the shipped classifier's features, not Inception-FID) ----
 export {
