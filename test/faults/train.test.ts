@@ -1,7 +1,8 @@
 /**
  * @file Fault probes of `diffuse train`, end to end against the built CLI (runCli): two runs
  * into one folder, a SIGKILL at every phase of a checkpoint or model/ swap, a full disk while
- * a checkpoint is written, a diverging run, every --config key with a bad value, Ctrl-C. Each
+ * a checkpoint is written, a diverging run, every --config key with a bad value, Ctrl-C (of
+ * `diffuse distill` too, which runs the same loop). Each
  * failure must end with a non-zero exit and one line (no stack trace), in seconds and under
  * 1.5 GB; no probe may lose a completed checkpoint or the run's log, and every run that is
  * resumed must end bit for bit where an uninterrupted run with the same options ends.
@@ -24,6 +25,7 @@ import { SAMPLE_OPTIONS } from '../../src/cli/sample.js';
 import { TOY_OPTIONS } from '../../src/cli/toy.js';
 import { TRAIN_CLASSIFIER_OPTIONS } from '../../src/cli/train-classifier.js';
 import { TRAIN_OPTIONS } from '../../src/cli/train.js';
+import { DISTILL_OPTIONS } from '../../src/cli/distill.js';
 import {
   assertFails, assertOk, assertSane, largestPeak, runCli, type CliOptions, type CliResult,
 } from './cli.js';
@@ -86,7 +88,8 @@ function weights(out: string): Map<string, Buffer> {
 function assertSameWeights(out: string, ref: string, what: string): void {
   const [a, b] = [weights(out), weights(ref)];
   assert.deepEqual([...a.keys()].sort(), [...b.keys()].sort(), `${what}: other files`);
-  assert.ok(b.has('model/unet/diffusion_pytorch_model.safetensors'), `${what}: no model/`);
+  assert.ok(b.has('model/unet/diffusion_pytorch_model.safetensors') ||
+    b.has('model/transformer/diffusion_pytorch_model.safetensors'), `${what}: no model/`);
   for (const [k, bytes] of b) assert.ok(bytes.equals(a.get(k)!), `${what}: ${k} differs`);
 }
 
@@ -346,7 +349,7 @@ test('a diverging run (a DiT at --lr 10) stops at the step that went non-finite;
 /** The commands and their option tables; each one with a --config option is probed. */
 const TABLES: Record<string, Schema> = {
   train: TRAIN_OPTIONS, sample: SAMPLE_OPTIONS, eval: EVAL_OPTIONS, toy: TOY_OPTIONS,
-  'train-classifier': TRAIN_CLASSIFIER_OPTIONS,
+  'train-classifier': TRAIN_CLASSIFIER_OPTIONS, distill: DISTILL_OPTIONS,
 };
 
 /** Two values `spec` must refuse: one outside its range or choices (or empty), one of the
@@ -429,5 +432,26 @@ test('Ctrl-C during train exits 130 with a checkpoint; --resume ends bit-identic
   const ref = await reference(6);
   assertSameWeights(out, ref, 'Ctrl-C');
   assertSameLog(out, ref, 'Ctrl-C');
+  assert.deepEqual(leftovers(out), []);
+});
+
+test('Ctrl-C during distill exits 130 with a checkpoint; --resume ends bit-identical', async (t) => {
+  // A tiny teacher: the model/ of a 2-step reference training run, distilled by BOOT (no data).
+  const teacher = join(await reference(2), 'model');
+  const args = (out: string): string[] => ['distill', '--method', 'boot', '--teacher', teacher,
+    '--iterations', '4', '--batch-size', '4', '--teacher-steps', '4', '--sample-every', '0',
+    '--log-every', '1', '--checkpoint-every', '2', '--out', out];
+  const out = fresh('distill-ctrl-c');
+  const r = await runCli(args(out), { timeoutMs: 120_000, interruptOn: /distill boot 1\/4/ });
+  const line = assertFails(r, 130, /^diffuse: interrupted at step (\d+); checkpoint in \S+\/checkpoint\. Continue with: diffuse distill --out \S+ --resume/, 'Ctrl-C');
+  t.diagnostic(line);
+  const step = Number(/at step (\d+)/.exec(line)![1]);
+  assert.ok(step >= 1 && step < 4, line);
+  assert.equal(stepOf(join(out, 'checkpoint')), step, 'the checkpoint is of the step reported');
+  assertOk(await runCli([...args(out), '--resume'], { timeoutMs: 120_000 }), 'resume');
+  const ref = fresh('distill-ref');
+  assertOk(await runCli(args(ref), { timeoutMs: 120_000 }), 'uninterrupted distill');
+  assertSameWeights(out, ref, 'distill Ctrl-C');
+  assertSameLog(out, ref, 'distill Ctrl-C');
   assert.deepEqual(leftovers(out), []);
 });
