@@ -17,13 +17,12 @@ import { mapTree, type Tree } from '../engine/tree.js';
 import { parseScheduler, specToJson, type SchedulerSpec } from '../diffusion/diffusers/spec.js';
 import { samplerSchedule, samplerSpec } from '../diffusion/sampling.js';
 import type { Schedule } from '../diffusion/schedule.js';
-import type { RowModel } from '../diffusion/traced-steps.js';
 import { batchAt, datasetSize, type ImageDataset } from '../data/dataset.js';
 import { bootLoss, signalPath, type SignalPath } from '../methods/boot.js';
 import { mmdDdmLoss } from '../methods/mmd-ddm.js';
 import { adamw } from '../nn/optim.js';
 import { compileTrainStep } from '../nn/train.js';
-import type { ImageModel } from './image-models.js';
+import { predictionOf } from './image-models.js';
 import { loadMetricClassifier } from './metrics.js';
 import { classCount, loadPipeline, sampleImages, type Pipeline } from './sample.js';
 import type { StudentRecord } from './student.js';
@@ -57,15 +56,6 @@ const RUN_KEYS: (keyof DistillOptions)[] = ['method', 'teacher', 'studentSteps',
 
 export interface DistillResult extends TrainResult {
   student: StudentRecord;
-}
-
-/** `model` as a function of its weights over rows (learned-sigma outputs cut to the mean). */
-function rows(model: ImageModel, params: unknown): RowModel {
-  const c = model.sampleShape[0];
-  return (x, t, labels) => {
-    const out = model.apply(params, x, t, labels).out;
-    return out.shape[1] === c ? out : ops.sliceAxis(out, 1, 0, c);
-  };
 }
 
 const isHost = (x: unknown): x is HostArray => x instanceof HostArray;
@@ -139,7 +129,7 @@ export async function distill(o: DistillOptions, data: ImageDataset | undefined,
     const cp = constants(classifier.params as unknown as Tree<HostArray>);
     const schedule = ddimSchedule(teacher.scheduler, o.studentSteps);
     const loss = mmdDdmLoss({
-      model: (p) => rows(model, p), prediction: teacher.scheduler.prediction, schedule,
+      model: (p) => predictionOf(model, p), prediction: teacher.scheduler.prediction, schedule,
       guidance: o.guidance, nullClass: model.numClasses,
       features: (x) => classifier.model.features(cp as never, x),
     });
@@ -168,7 +158,7 @@ export async function distill(o: DistillOptions, data: ImageDataset | undefined,
   const path = signalPath(ddimSchedule(teacher.scheduler, o.teacherSteps));
   const studentScheduler = bootStudentScheduler(teacher.scheduler);
   const loss = bootLoss({
-    student: (p) => rows(model, p), teacher: rows(model, constants(teacher.params)),
+    student: (p) => predictionOf(model, p), teacher: predictionOf(model, constants(teacher.params)),
     teacherPrediction: teacher.scheduler.prediction, guidance: o.guidance, nullClass: model.numClasses,
   });
   const student: StudentRecord = { method: 'boot', sampler: 'ddim', steps: 1, guidance: o.guidance,

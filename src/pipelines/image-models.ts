@@ -68,6 +68,18 @@ export function imageModelOf(family: ModelFamily, config: unknown): ImageModel {
   }
 }
 
+/** The model's prediction over rows as a function of x, t and labels alone: `params` bound,
+ *  and a learned-sigma output (DiT's out_channels = 2C, variance after the mean) cut to the
+ *  mean, the part samplers and losses use. */
+export function predictionOf(model: ImageModel, params: unknown):
+  (x: Tensor, t: Tensor, labels?: Tensor) => Tensor {
+  const c = model.sampleShape[0];
+  return (x, t, labels) => {
+    const out = model.apply(params, x, t, labels).out; // [B, C', H, W]
+    return out.shape[1] === c ? out : ops.sliceAxis(out, 1, 0, c);
+  };
+}
+
 function unetSampleShape(c: UNet2DConfig): readonly [number, number, number] {
   const s = c.sample_size;
   if (s === null) throw new ConfigError('UNet2DModel config: sample_size is needed to sample (got null)');

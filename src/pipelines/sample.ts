@@ -46,7 +46,9 @@ import type { Prediction } from '../diffusion/predictions.js';
 import { ensureWritableFile, ensureWritableFolder, explainFsError } from '../util/fs-errors.js';
 import { acceleratedDenoiser, type Acceleration, type AcceleratedDenoiser } from './accel.js';
 import { graphDenoiser } from './graph-denoiser.js';
-import { familyOfClass, imageModelOf, type ImageModel, type ModelFamily } from './image-models.js';
+import {
+  familyOfClass, imageModelOf, predictionOf, type ImageModel, type ModelFamily,
+} from './image-models.js';
 import { readStudentRecord, type StudentRecord } from './student.js';
 
 export { SAMPLER_NAMES, type SamplerName } from '../diffusion/sampling.js';
@@ -424,11 +426,7 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
   const per = c * h * w;
   const consts = mapTree(p.params, (x): x is HostArray => x instanceof HostArray,
     (a) => ops.constant(a));
-  const model = (x: Tensor, t: Tensor, y?: Tensor): Tensor => {
-    const out = p.model.apply(consts, x, t, y).out; // [B, C', H, W]
-    // Learned-sigma models (DiT's out_channels = 2C) return the variance after the mean.
-    return out.shape[1] === c ? out : ops.sliceAxis(out, 1, 0, c);
-  };
+  const model = predictionOf(p.model, consts);
   const graph = graphDenoiser(model, spec.prediction,
     { name: 'sample_denoiser', ...(o.provider ? { provider: o.provider } : {}) });
   const start = performance.now();
