@@ -19,7 +19,7 @@ export const METHOD_DEFAULTS = {
   // that rate too slowly for a ~200-step run.
   mmd: { steps: 5, iterations: 200, lr: 2e-5, gradClip: 0.5, emaDecay: 0 },
   // BOOT: one step; the student starts from the teacher's weights.
-  boot: { steps: 1, iterations: 1500, lr: 1e-4, gradClip: 1, emaDecay: 0.999 },
+  boot: { steps: 1, iterations: 2500, lr: 1e-4, gradClip: 1, emaDecay: 0.999 },
 } as const;
 
 export const DISTILL_OPTIONS = {
@@ -31,7 +31,7 @@ export const DISTILL_OPTIONS = {
   teacher: path({ arg: '<dir>', help: `the trained model (default: ${DEFAULT_MODEL_DIR})` }),
   steps: int({ min: 1, help: 'sampling steps of the student: mmd T\' (default 5), boot 1' }),
   teacherSteps: int({ min: 2, help: 'boot: DDIM steps of the teacher path the student learns',
-    default: 20 }),
+    default: 10 }),
   guidance: num({ range: GUIDANCE_RANGE, arg: '<w>', help: 'classifier-free guidance of the ' +
     `teacher (default ${DEFAULT_GUIDANCE} for class-conditional teachers, 1 otherwise); boot ` +
     'distils it into the student' }),
@@ -39,7 +39,7 @@ export const DISTILL_OPTIONS = {
     default: 'mnist' }),
   classifier: path({ arg: '<dir>', help: 'mmd: the classifier whose features are compared ' +
     '(default: the shipped models/mnist-classifier)' }),
-  iterations: int({ min: 1, help: 'optimisation steps (default mmd 200, boot 1500)' }),
+  iterations: int({ min: 1, help: 'optimisation steps (default mmd 200, boot 2500)' }),
   batchSize: int({ min: 2, help: 'images per step (mmd: generated, and as many real)',
     default: 64 }),
   lr: num({ range: '(0, 1]', help: 'learning rate of Adam (default mmd 2e-5, boot 1e-4)' }),

@@ -655,16 +655,16 @@ describe('scheduler_config.json and model_index.json', () => {
     const dir = fresh();
     const path = await writeModelIndex(dir, 'StableDiffusionPipeline',
       { unet: ['diffusers', 'UNet2DConditionModel'], safety_checker: [null, null] },
-      { requires_safety_checker: false });
+      { requires_safety_checker: false, _tool_note: { made_by: 'diffuse' } });
     assert.equal(await readFile(path, 'utf8'), ['{',
       '  "_class_name": "StableDiffusionPipeline",', '  "_diffusers_version": "0.31.0",',
-      '  "requires_safety_checker": false,', '  "safety_checker": [', '    null,', '    null',
+      '  "_tool_note": {', '    "made_by": "diffuse"', '  },', '  "requires_safety_checker": false,', '  "safety_checker": [', '    null,', '    null',
       '  ],', '  "unet": [', '    "diffusers",', '    "UNet2DConditionModel"', '  ]', '}', '']
       .join('\n'));
     const read = await readModelIndex(dir);
     assert.deepEqual(read, { path, pipelineClass: 'StableDiffusionPipeline',
       diffusersVersion: '0.31.0', options: { requires_safety_checker: false },
-      components: { unet: ['diffusers', 'UNet2DConditionModel'], safety_checker: [null, null] } });
+      privateEntries: { _tool_note: { made_by: 'diffuse' } }, components: { unet: ['diffusers', 'UNet2DConditionModel'], safety_checker: [null, null] } });
     await writeFile(path, JSON.stringify({ _class_name: ['my_module', 'MyPipeline'] }));
     await assert.rejects(readModelIndex(dir), fails([path, 'custom pipelines']));
     await assert.rejects(writeModelIndex(dir, 'P', { unet: ['diffusers', null] as never }),
