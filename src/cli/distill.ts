@@ -7,7 +7,6 @@ import { Interrupted } from './errors.js';
 import {
   addOptions, commandOptions, configFile, flag, int, num, oneOf, path, type Resolved,
 } from './options.js';
-import { classCount, loadPipeline } from '../pipelines/sample.js';
 import { progress } from './progress.js';
 import { DEFAULT_GUIDANCE, DEFAULT_MODEL_DIR, GUIDANCE_RANGE } from './sample.js';
 import { stopOnSignal } from './stop-signal.js';
@@ -58,9 +57,9 @@ export const DISTILL_OPTIONS = {
 };
 
 /** The options `diffuse distill` runs with: the method's defaults filled in and the checks
- *  that span options. Guidance stays undefined until the teacher is known. */
+ *  that span options. Guidance left out is the teacher's default (distill resolves it). */
 export function distillOptions(r: Resolved<typeof DISTILL_OPTIONS>):
-  Omit<DistillOptions, 'guidance'> & { guidance?: number; data: string; resume: boolean } {
+  DistillOptions & { data: string; resume: boolean } {
   const { config: _, method, iterations, steps, lr, gradClip, emaDecay, teacher, classifier,
     ...o } = r.values;
   if (method === undefined) throw r.refuse('method', `one of ${DISTILL_METHODS.join(', ')}`, 'it is required');
@@ -84,9 +83,7 @@ export function registerDistill(program: Command): void {
       'the T\'-step DDIM chain, or a one-step BOOT generator; checkpoints, exact --resume, a ' +
       'JSONL log and sample grids as diffuse train'), DISTILL_OPTIONS)
     .action(async (_: unknown, cmd: Command) => {
-      const { data: spec, resume, guidance, ...f } = distillOptions(commandOptions(DISTILL_OPTIONS, cmd));
-      const classes = classCount((await loadPipeline(f.teacher)).model);
-      const o: DistillOptions = { ...f, guidance: guidance ?? (classes ? DEFAULT_GUIDANCE : 1) };
+      const { data: spec, resume, ...o } = distillOptions(commandOptions(DISTILL_OPTIONS, cmd));
       const data = o.method === 'mmd' ? await loadTrainingData(spec) : undefined;
       const stop = stopOnSignal();
       const bar = progress(`distill ${o.method}`, o.steps, ['loss', 'img/s']);

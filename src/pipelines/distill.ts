@@ -16,7 +16,6 @@ import type { Tensor } from '../engine/tensor.js';
 import { mapTree, type Tree } from '../engine/tree.js';
 import { parseScheduler, specToJson, type SchedulerSpec } from '../diffusion/diffusers/spec.js';
 import { samplerSchedule, samplerSpec } from '../diffusion/sampling.js';
-import type { Schedule } from '../diffusion/schedule.js';
 import { batchAt, datasetSize, type ImageDataset } from '../data/dataset.js';
 import { bootLoss, signalPath, type SignalPath } from '../methods/boot.js';
 import { mmdDdmLoss } from '../methods/mmd-ddm.js';
@@ -24,7 +23,8 @@ import { adamw } from '../nn/optim.js';
 import { compileTrainStep } from '../nn/train.js';
 import { predictionOf } from './image-models.js';
 import { loadMetricClassifier } from './metrics.js';
-import { classCount, loadPipeline, sampleImages, type Pipeline } from './sample.js';
+import { classCount, DEFAULT_GUIDANCE, loadPipeline, type Pipeline } from './sample.js';
+import { progressGrid } from './train.js';
 import type { StudentRecord } from './student.js';
 import { runTraining, type LoopOptions, type TrainEvents, type TrainResult } from './training-loop.js';
 
@@ -39,8 +39,9 @@ export interface DistillOptions extends LoopOptions {
   studentSteps: number;
   /** boot: the DDIM steps of the teacher path the student learns. */
   teacherSteps: number;
-  /** Classifier-free guidance (conditional teachers; 1: none). */
-  guidance: number;
+  /** Classifier-free guidance (1: none; default DEFAULT_GUIDANCE for a class-conditional
+   *  teacher, 1 otherwise). */
+  guidance?: number;
   lr: number;
   gradClip: number;
   /** boot: the student's EMA decay (0: none; mmd never keeps one, as the official code). */
@@ -61,12 +62,6 @@ export interface DistillResult extends TrainResult {
 const isHost = (x: unknown): x is HostArray => x instanceof HostArray;
 const constants = (p: Tree<HostArray>): Tree<Tensor> => mapTree(p, isHost, (a) => ops.constant(a));
 
-/** The DDIM schedule of `steps` steps on the teacher's process (diffusers' DDIMScheduler with
- *  the teacher's betas: "leading" spacing, alpha_bar 1 at the end). */
-function ddimSchedule(teacher: SchedulerSpec, steps: number): Schedule {
-  return samplerSchedule('ddim', teacher, steps);
-}
-
 /** The BOOT student's scheduler: DDIM on the teacher's betas, predicting the sample itself. */
 export function bootStudentScheduler(teacher: SchedulerSpec): SchedulerSpec {
   const json = specToJson(samplerSpec('ddim', teacher));
@@ -74,13 +69,12 @@ export function bootStudentScheduler(teacher: SchedulerSpec): SchedulerSpec {
     thresholding: false, timestep_spacing: 'leading', set_alpha_to_one: true, steps_offset: 0 });
 }
 
-/** Checks a loaded teacher can be distilled with these options; returns its class count. */
-function checkTeacher(t: Pipeline, o: DistillOptions): number {
+/** Checks a loaded teacher can be distilled with these options (guidance resolved). */
+function checkTeacher(t: Pipeline, o: DistillOptions & { guidance: number }, k: number): void {
   if (t.scheduler.family !== 'vp' || t.scheduler.prediction === 'flow') {
     throw new RangeError(`distill: the teacher ${o.teacher} is a flow-matching model; MMD-DDM and ` +
       'BOOT here distil the DDIM path of a DDPM-family (VP) model');
   }
-  const k = classCount(t.model);
   if (!k && o.guidance !== 1) {
     throw new RangeError(`distill: guidance ${o.guidance} needs a class-conditional teacher; ` +
       `${o.teacher} is unconditional (use --guidance 1)`);
@@ -89,24 +83,18 @@ function checkTeacher(t: Pipeline, o: DistillOptions): number {
     throw new RangeError(`distill: BOOT students are one-step generators here (--steps 1); ` +
       `got --steps ${o.studentSteps}`);
   }
-  return k;
-}
-
-/** Labels for a grid of 4 images per class (or none), and its column count. */
-function gridLabels(k: number): { n: number; classes?: number[]; cols: number } {
-  if (!k) return { n: 16, cols: 4 };
-  const n = Math.min(k, 10) * 4;
-  return { n, classes: Array.from({ length: n }, (_, i) => Math.floor(i / 4) % k), cols: 8 };
 }
 
 /**
  * Distils `o.teacher` into a student in `o.out/model` (continuing from `o.out/checkpoint` when
  * `resume`). `data` is the real image set MMD compares against (BOOT needs none).
  */
-export async function distill(o: DistillOptions, data: ImageDataset | undefined, resume: boolean,
-  ev: TrainEvents = {}): Promise<DistillResult> {
-  const teacher = await loadPipeline(o.teacher);
-  const k = checkTeacher(teacher, o);
+export async function distill(given: DistillOptions, data: ImageDataset | undefined,
+  resume: boolean, ev: TrainEvents = {}): Promise<DistillResult> {
+  const teacher = await loadPipeline(given.teacher);
+  const k = classCount(teacher.model);
+  const o = { ...given, guidance: given.guidance ?? (k ? DEFAULT_GUIDANCE : 1) };
+  checkTeacher(teacher, o, k);
   const model = teacher.model;
   const key = RngKey.fromSeed(o.seed);
   const run = Object.fromEntries(RUN_KEYS.map((name) => [name, o[name] ?? null]));
@@ -127,7 +115,8 @@ export async function distill(o: DistillOptions, data: ImageDataset | undefined,
     if (k && !data.labels) throw new RangeError('distill: a class-conditional teacher needs labelled real images');
     const classifier = await loadMetricClassifier(o.classifier);
     const cp = constants(classifier.params as unknown as Tree<HostArray>);
-    const schedule = ddimSchedule(teacher.scheduler, o.studentSteps);
+    // diffusers' DDIMScheduler on the teacher's betas: "leading" spacing, alpha_bar 1 at the end
+    const schedule = samplerSchedule('ddim', teacher.scheduler, o.studentSteps);
     const loss = mmdDdmLoss({
       model: (p) => predictionOf(model, p), prediction: teacher.scheduler.prediction, schedule,
       guidance: o.guidance, nullClass: model.numClasses,
@@ -144,18 +133,13 @@ export async function distill(o: DistillOptions, data: ImageDataset | undefined,
         const real = batchAt(data, key.fold(0), step, b);
         return { noise: noise(step), real: real.images, ...(k ? { labels: real.labels! } : {}) };
       },
-      grid: async (weights) => {
-        const g = gridLabels(k);
-        const pipeline: Pipeline = { ...teacher, params: weights };
-        const s = await sampleImages(pipeline, { sampler: 'ddim', steps: o.studentSteps, n: g.n,
-          seed: 1234, guidance: k ? o.guidance : 1, ...(g.classes ? { classes: g.classes } : {}) });
-        return { images: s.images, cols: g.cols };
-      },
+      grid: (weights) => progressGrid({ ...teacher, params: weights },
+        { sampler: 'ddim', steps: o.studentSteps, guidance: o.guidance }),
     }, resume, ev);
     return { ...r, student };
   }
 
-  const path = signalPath(ddimSchedule(teacher.scheduler, o.teacherSteps));
+  const path = signalPath(samplerSchedule('ddim', teacher.scheduler, o.teacherSteps));
   const studentScheduler = bootStudentScheduler(teacher.scheduler);
   const loss = bootLoss({
     student: (p) => predictionOf(model, p), teacher: predictionOf(model, constants(teacher.params)),
@@ -171,13 +155,8 @@ export async function distill(o: DistillOptions, data: ImageDataset | undefined,
     options: o, files: { model, scheduler: studentScheduler, student }, run, trainer,
     exported: o.emaDecay > 0 ? 'ema' : 'params', initialWeights: () => teacher.params,
     batch: (step) => bootBatch(path, noise(step), key.fold(2).fold(step), k),
-    grid: async (weights) => {
-      const g = gridLabels(k);
-      const pipeline: Pipeline = { ...teacher, params: weights, scheduler: studentScheduler };
-      const s = await sampleImages(pipeline, { sampler: 'ddim', steps: 1, n: g.n, seed: 1234,
-        guidance: 1, ...(g.classes ? { classes: g.classes } : {}) });
-      return { images: s.images, cols: g.cols };
-    },
+    grid: (weights) => progressGrid({ ...teacher, params: weights, scheduler: studentScheduler },
+      { sampler: 'ddim', steps: 1 }),
   }, resume, ev);
   return { ...r, student };
 }

@@ -99,18 +99,15 @@ function lossFn(o: TrainOptions, model: ImageModel) {
 }
 
 /**
- * A grid of EMA samples during training: DDIM (flow-Euler for flow runs), 25 steps, fixed
- * noise, four images per class in turn.
+ * A grid of a run's samples for `samples/`: fixed noise (seed 1234), four images per class in
+ * turn (16 for an unconditional model), with the sampler, steps and guidance of `how`.
  */
-async function trainingGrid(o: TrainOptions, model: ImageModel, spec: SchedulerSpec,
-  ema: Tree<HostArray>): Promise<{ images: HostArray; cols: number }> {
-  const k = model.numClasses;
+export async function progressGrid(p: Pipeline, how: { sampler: string; steps: number; guidance?: number }):
+  Promise<{ images: HostArray; cols: number }> {
+  const k = p.model.numClasses;
   const n = k ? Math.min(k, 10) * 4 : 16;
-  const pipeline: Pipeline = { model, params: ema, scheduler: spec, modelFolder: o.out, notes: [] };
-  const r = await sampleImages(pipeline, {
-    sampler: spec.family === 'flow' ? 'flow-euler' : 'ddim', steps: 25, n, seed: 1234,
-    ...(k ? { classes: Array.from({ length: n }, (_, i) => Math.floor(i / 4) % k) } : {}),
-  });
+  const r = await sampleImages(p, { ...how, n, seed: 1234,
+    ...(k ? { classes: Array.from({ length: n }, (_, i) => Math.floor(i / 4) % k) } : {}) });
   return { images: r.images, cols: k ? 8 : 4 };
 }
 
@@ -146,7 +143,9 @@ export async function train(o: TrainOptions, data: ImageDataset, resume: boolean
     run: Object.fromEntries(RUN_KEYS.map((k) => [k, o[k]])),
     initialWeights: () => model.module.init(key.fold(2)) as Tree<HostArray>,
     batch: (step) => drawBatch(o, data, model, spec, key, step) as HostBatch & Tree<HostArray>,
-    grid: (ema) => trainingGrid(o, model, spec, ema),
+    // EMA samples: DDIM (flow-Euler for flow runs), 25 steps
+    grid: (ema) => progressGrid({ model, params: ema, scheduler: spec, modelFolder: o.out, notes: [] },
+      { sampler: spec.family === 'flow' ? 'flow-euler' : 'ddim', steps: 25 }),
   }, resume, ev);
   return { ...r, model };
 }
