@@ -3,13 +3,11 @@ import { join } from 'node:path';
 import type { Command } from 'commander';
 import { loadTrainingData } from '../pipelines/data.js';
 import { DISTILL_METHODS, distill, type DistillOptions } from '../pipelines/distill.js';
-import { Interrupted } from './errors.js';
 import {
   addOptions, commandOptions, configFile, flag, int, num, oneOf, path, type Resolved,
 } from './options.js';
-import { progress } from './progress.js';
 import { DEFAULT_GUIDANCE, DEFAULT_MODEL_DIR, GUIDANCE_RANGE } from './sample.js';
-import { stopOnSignal } from './stop-signal.js';
+import { runInTerminal } from './training-run.js';
 
 /** Per-method defaults of the options whose good value depends on the method. */
 export const METHOD_DEFAULTS = {
@@ -85,21 +83,8 @@ export function registerDistill(program: Command): void {
     .action(async (_: unknown, cmd: Command) => {
       const { data: spec, resume, ...o } = distillOptions(commandOptions(DISTILL_OPTIONS, cmd));
       const data = o.method === 'mmd' ? await loadTrainingData(spec) : undefined;
-      const stop = stopOnSignal();
-      const bar = progress(`distill ${o.method}`, o.steps, ['loss', 'img/s']);
-      const r = await distill(o, data, resume, {
-        signal: stop.signal,
-        onStep: (s) => bar.update(s.step, { loss: s.smoothed.toExponential(3),
-          'img/s': s.imagesPerSecond.toFixed(1) }),
-        onSample: (step, p) => process.stderr.write(`\nstep ${step}: samples in ${p}\n`),
-      });
-      bar.stop();
-      stop.release();
-      if (r.interrupted) {
-        throw new Interrupted(`interrupted at step ${r.state.step}; checkpoint in ` +
-          `${join(o.out, 'checkpoint')}. Continue with: diffuse distill --out ${o.out} --resume ` +
-          '(and the same options)');
-      }
+      const r = await runInTerminal('distill', `distill ${o.method}`, o.steps, o.out,
+        (l) => l.toExponential(3), (ev) => distill(o, data, resume, ev));
       const how = `--sampler ${r.student.sampler} --steps ${r.student.steps}` +
         (r.student.method === 'mmd' && r.student.guidance !== 1 ? ` --guidance ${r.student.guidance}` : '');
       console.log(`distilled ${r.losses.length} steps in ${r.seconds.toFixed(0)} s; student in ` +

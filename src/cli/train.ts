@@ -4,12 +4,10 @@ import type { Command } from 'commander';
 import { loadTrainingData } from '../pipelines/data.js';
 import { MODEL_FAMILIES, presetNames } from '../pipelines/image-models.js';
 import { OBJECTIVES, train, type TrainOptions } from '../pipelines/train.js';
-import { Interrupted } from './errors.js';
 import {
   addOptions, commandOptions, configFile, flag, int, num, oneOf, path, type Resolved,
 } from './options.js';
-import { progress } from './progress.js';
-import { stopOnSignal } from './stop-signal.js';
+import { runInTerminal } from './training-run.js';
 
 const familyPresets = MODEL_FAMILIES.map((f) => `${f} ${presetNames(f).join('|')}`).join(', ');
 
@@ -76,21 +74,8 @@ export function registerTrain(program: Command): void {
         trainOptions(commandOptions(TRAIN_OPTIONS, cmd));
       const data = await loadTrainingData(spec);
       const o: TrainOptions = { ...f, conditional: !unconditional && !!data.labels };
-      const stop = stopOnSignal();
-      const bar = progress('train', o.steps, ['loss', 'img/s']);
-      const r = await train(o, data, resume, {
-        signal: stop.signal,
-        onStep: (s) => bar.update(s.step, { loss: s.smoothed.toFixed(4),
-          'img/s': s.imagesPerSecond.toFixed(1) }),
-        onSample: (step, path) => process.stderr.write(`\nstep ${step}: samples in ${path}\n`),
-      });
-      bar.stop();
-      stop.release();
-      if (r.interrupted) {
-        throw new Interrupted(`interrupted at step ${r.state.step}; checkpoint in ` +
-          `${join(o.out, 'checkpoint')}. Continue with: diffuse train --out ${o.out} --resume ` +
-          '(and the same options)');
-      }
+      const r = await runInTerminal('train', 'train', o.steps, o.out, (l) => l.toFixed(4),
+        (ev) => train(o, data, resume, ev));
       console.log(`trained ${r.losses.length} steps in ${r.seconds.toFixed(0)} s; model in ` +
         `${join(o.out, 'model')}`);
     });
