@@ -7,6 +7,7 @@
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
 import { EXIT, exitCodeOf } from './errors.js';
+import { registerClassify } from './classify.js';
 import { registerDistill } from './distill.js';
 import { registerEval } from './eval.js';
 import { registerSample } from './sample.js';
@@ -34,6 +35,7 @@ export function buildProgram(): Command {
   registerTrainClassifier(program);
   registerEval(program);
   registerDistill(program);
+  registerClassify(program);
   return program;
 }
 

@@ -3,11 +3,14 @@
  * functions over tensors) and samplers (which see only host batches).
  */
 import { HostArray } from '../engine/host.js';
+import * as ops from '../engine/ops.js';
 import { compile, type RuntimeOptions } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
 import type { Graph } from '../engine/trace.js';
+import { mapTree, type Tree } from '../engine/tree.js';
 import { conditionLabels, int64Labels, type Batch, type Denoiser } from '../diffusion/denoiser.js';
 import type { Prediction } from '../diffusion/predictions.js';
+import { predictionOf, type ImageModel } from './image-models.js';
 
 /** The model as a traced function: x [B, ...], t [B] float32 model times, optional int64
  *  class labels [B] -> prediction shaped like x. */
@@ -63,4 +66,16 @@ function labelsOf(c: unknown, rows: number): HostArray {
     throw new TypeError(`class labels: expected ${rows} labels (one per row), got ${values.length}`);
   }
   return int64Labels(values);
+}
+
+/**
+ * A loaded model's weights baked into its graph (constants, which ORT prepacks), the
+ * learned-sigma half cut off, compiled as a Denoiser: how pipelines that only evaluate a model
+ * (sampling, classifying, encoding) get one.
+ */
+export function modelDenoiser(model: ImageModel, params: Tree<HostArray>, prediction: Prediction,
+  runtime: RuntimeOptions = {}): GraphDenoiser {
+  const consts = mapTree(params, (x): x is HostArray => x instanceof HostArray,
+    (a) => ops.constant(a));
+  return graphDenoiser(predictionOf(model, consts), prediction, runtime);
 }

@@ -17,7 +17,7 @@ export {
   MemoryLimitError, NonFiniteError, sampleImages, sampleInBatches, writeSamples, type Pipeline,
   type SampleDestination, type SampleOptions, type SampleResult, type SampleStats,
 } from './sample.js';
-export { graphDenoiser, type GraphDenoiser, type ModelFn } from './graph-denoiser.js';
+export { graphDenoiser, modelDenoiser, type GraphDenoiser, type ModelFn } from './graph-denoiser.js';
 export { describeAccel, parseAccel, type Acceleration } from './accel.js';
 export {
   createImageModel, familyOfClass, imageModelOf, MODEL_FAMILIES, presetNames, type ImageModel,
@@ -39,6 +39,12 @@ export {
   resultsTable, scoreImages, speedQualityPlot, type ImageSource, type MnistFid,
   type MnistFidOptions, type Run, type RunResult, type Score,
 } from './eval.js';
+
+// ---- diffusion models as classifiers ----
+export {
+  CLASSIFY_DEFAULTS, classifyCsv, classifyImages, type ClassifyEvents, type ClassifyOptions,
+  type ClassifyResult,
+} from './classify.js';
 
 // ---- the 2-D toy demo ----
 export {

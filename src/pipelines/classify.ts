@@ -1,0 +1,144 @@
+/**
+ * @file The run behind `diffuse classify`: a loaded class-conditional pipeline used as a
+ * zero-shot classifier (methods/diffusion-classifier.ts), a batch of images per round of model
+ * calls, the noise of each image a function of (seed, image index) alone.
+ */
+import { HostArray } from '../engine/host.js';
+import { pointsAt } from '../diffusion/training.js';
+import { toEps } from '../diffusion/predictions.js';
+import {
+  classifyBatch, DIFFUSION_CLASSIFIER_DEFAULTS, philoxNoise, rowsPerImage,
+  type DiffusionClassifierOptions, type NoiseLevels,
+} from '../methods/diffusion-classifier.js';
+import { int64Labels, type Batch } from '../diffusion/denoiser.js';
+import { modelDenoiser } from './graph-denoiser.js';
+import { classCount, type Pipeline, type Provider } from './sample.js';
+
+export interface ClassifyOptions extends DiffusionClassifierOptions {
+  seed: number;
+  /** Images whose rounds share model calls. */
+  imagesPerBatch: number;
+  /** Most rows per model call. */
+  rowsPerCall: number;
+  provider?: Provider;
+  signal?: AbortSignal;
+}
+
+export const CLASSIFY_DEFAULTS: Readonly<ClassifyOptions> = Object.freeze({
+  ...DIFFUSION_CLASSIFIER_DEFAULTS, seed: 0, imagesPerBatch: 25, rowsPerCall: 250,
+});
+
+export interface ClassifyResult {
+  predictions: Int32Array;
+  /** Per image, per class: the mean error it was last scored with. */
+  meanErrors: Float64Array[];
+  /** Fraction right, when labels were given. */
+  accuracy?: number;
+  seconds: number;
+  /** Model rows per image (image x class x timestep x trial). */
+  rowsPerImage: number;
+}
+
+export interface ClassifyEvents {
+  /** After each batch: images done, of total, and how many of those were right (labels). */
+  onBatch?: (done: number, total: number, correct: number) => void;
+}
+
+/** x_t = alpha x0 + sigma eps at the pipeline's training timesteps (DDPM tables or flow). */
+export function noiseLevels(p: Pipeline): NoiseLevels {
+  const T = p.scheduler.config.num_train_timesteps as number;
+  return {
+    T,
+    coefficients: (t) => {
+      const pt = pointsAt(p.scheduler, [t]);
+      return { alpha: pt.alpha[0]!, sigma: pt.sigma[0]! };
+    },
+  };
+}
+
+/**
+ * Classifies images [N, C, H, W] (in [-1, 1]) with the pipeline's class-conditional model;
+ * `labels` (one per image), when given, give the accuracy.
+ */
+export async function classifyImages(p: Pipeline, images: HostArray<'float32'>,
+  labels: ArrayLike<number> | undefined, options: Partial<ClassifyOptions> = {},
+  ev: ClassifyEvents = {}): Promise<ClassifyResult> {
+  const o = { ...CLASSIFY_DEFAULTS, ...options };
+  const classes = classCount(p.model);
+  if (classes < 2) {
+    throw new RangeError(`the Diffusion Classifier needs a class-conditional model: ` +
+      `${p.modelFolder} (${p.model.cls.className}) has no class labels`);
+  }
+  const shape = p.model.sampleShape;
+  const [n, ...rest] = images.shape;
+  if (rest.length !== 3 || rest.some((v, i) => v !== shape[i])) {
+    throw new RangeError(`images: expected [N, ${shape.join(', ')}] for ${p.modelFolder}, got ` +
+      `[${images.shape.join(', ')}]`);
+  }
+  if (labels && labels.length !== n) {
+    throw new RangeError(`labels: expected one per image (${n}), got ${labels.length}`);
+  }
+  for (const [k, v] of [['imagesPerBatch', o.imagesPerBatch], ['rowsPerCall', o.rowsPerCall]] as const) {
+    if (!(Number.isInteger(v) && v >= 1)) throw new RangeError(`${k} must be an integer >= 1, got ${v}`);
+  }
+  const levels = noiseLevels(p);
+  const cost = rowsPerImage(classes, levels.T, o); // checks the rounds before anything compiles
+  const per = shape[0] * shape[1] * shape[2];
+  const prediction = p.scheduler.prediction;
+  const graph = modelDenoiser(p.model, p.params, prediction,
+    { name: 'classify_denoiser', ...(o.provider ? { provider: o.provider } : {}) });
+  const eps = async (x: Float32Array, t: Float64Array, y: Int32Array): Promise<Float32Array> => {
+    const rows = t.length;
+    const out = new Float32Array(rows * per);
+    for (let i = 0; i < rows; i += o.rowsPerCall) {
+      if (o.signal?.aborted) throw o.signal.reason instanceof Error ? o.signal.reason : new Error('aborted');
+      const j = Math.min(rows, i + o.rowsPerCall);
+      const xb: Batch = new HostArray(x.subarray(i * per, j * per), [j - i, ...shape], 'float32');
+      const pb = (await graph.predict(xb, t.subarray(i, j), int64Labels(Array.from(y.subarray(i, j))))).data;
+      if (prediction === 'eps') out.set(pb, i * per);
+      else {
+        for (let r = i; r < j; r++) {
+          const { alpha, sigma } = levels.coefficients(t[r]!);
+          const at = (r - i) * per;
+          out.set(toEps(prediction, xb.data.subarray(at, at + per), pb.subarray(at, at + per),
+            alpha, sigma) as Float32Array, r * per);
+        }
+      }
+    }
+    return out;
+  };
+  const predictions = new Int32Array(n);
+  const meanErrors: Float64Array[] = [];
+  let correct = 0;
+  const start = performance.now();
+  try {
+    for (let first = 0; first < n; first += o.imagesPerBatch) {
+      const count = Math.min(o.imagesPerBatch, n - first);
+      const x0 = images.data.subarray(first * per, (first + count) * per);
+      const r = await classifyBatch(eps, levels, x0, per, classes, o,
+        philoxNoise(o.seed, first, per));
+      r.images.forEach((v, b) => {
+        predictions[first + b] = v.prediction;
+        meanErrors.push(v.meanError);
+        if (labels && labels[first + b] === v.prediction) correct++;
+      });
+      ev.onBatch?.(first + count, n, correct);
+    }
+  } finally {
+    await graph.dispose();
+  }
+  return { predictions, meanErrors, seconds: (performance.now() - start) / 1000,
+    rowsPerImage: cost, ...(labels ? { accuracy: correct / n } : {}) };
+}
+
+/** One line per image: index, label (if known), prediction, mean error per class. */
+export function classifyCsv(r: ClassifyResult, labels?: ArrayLike<number>, names?: string[]):
+  string {
+  const k = r.meanErrors[0]?.length ?? 0;
+  const head = ['image', ...(names ? ['file'] : []), ...(labels ? ['label'] : []), 'prediction',
+    ...Array.from({ length: k }, (_, c) => `error_${c}`)];
+  const lines = r.meanErrors.map((e, i) => [i, ...(names ? [names[i]] : []),
+    ...(labels ? [labels[i]] : []), r.predictions[i],
+    ...Array.from(e, (v) => Number.isFinite(v) ? v.toPrecision(6) : '')].join(','));
+  return [head.join(','), ...lines].join('\n') + '\n';
+}
