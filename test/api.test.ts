@@ -60,7 +60,7 @@ const promised: Record<string, [Record<string, unknown>, Record<string, string>]
     loadPipeline: 'function', sampleImages: 'function', train: 'function',
     prepareMnistFid: 'function', trainToy: 'function', trainClassifier: 'function',
     graphDenoiser: 'function', MODEL_FAMILIES: 'object', distill: 'function', studentSampling: 'function',
-    classifyImages: 'function', modelDenoiser: 'function',
+    classifyImages: 'function', modelDenoiser: 'function', probeSweep: 'function',
   }],
 };
 

@@ -1,9 +1,11 @@
 /**
  * @file The images a command reads: `--images DIR` (a folder of PNGs, class sub-folders named
  * by class number give labels) or `--test-split` (the 1,000 held-out MNIST digits, never
- * trained on), the first `--n` of them.
+ * trained on); `--n` takes a fixed random subset (the held-out split, like a class folder,
+ * is ordered by class: its first N would be the first few classes only).
  */
-import { HostArray } from '../engine/host.js';
+import type { HostArray } from '../engine/host.js';
+import { RngKey } from '../engine/random/philox.js';
 import { subset, type ImageDataset } from '../data/dataset.js';
 import { loadImageFolder } from '../data/image-folder.js';
 import { mnistSplits } from '../data/mnist.js';
@@ -14,7 +16,7 @@ export const IMAGE_INPUT_OPTIONS = {
   images: path({ arg: '<dir>', help: 'a folder of PNG images (in sub-folders named by class ' +
     'number, e.g. 0/ .. 9/, for labels)' }),
   testSplit: flag({ help: 'the 1,000 held-out MNIST digits (never trained on)' }),
-  n: int({ min: 1, help: 'use only the first N images' }),
+  n: int({ min: 1, help: 'use N of the images (a fixed random subset, the same every run)' }),
 };
 
 export interface InputImages {
@@ -53,7 +55,9 @@ export async function readInputImages(o: { images?: string; testSplit: boolean; 
     }
   }
   const total = data.images.shape[0]!;
-  if (o.n !== undefined && o.n < total) data = subset(data, Array.from({ length: o.n }, (_, i) => i));
+  if (o.n !== undefined && o.n < total) {
+    data = subset(data, RngKey.fromSeed(0).permutation(total).subarray(0, o.n));
+  }
   return { images: data.images, ...(data.labels ? { labels: data.labels } : {}), source,
     ...(note ? { note } : {}) };
 }

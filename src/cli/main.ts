@@ -10,6 +10,7 @@ import { EXIT, exitCodeOf } from './errors.js';
 import { registerClassify } from './classify.js';
 import { registerDistill } from './distill.js';
 import { registerEval } from './eval.js';
+import { registerProbe } from './probe.js';
 import { registerSample } from './sample.js';
 import { registerToy } from './toy.js';
 import { registerTrainClassifier } from './train-classifier.js';
@@ -36,6 +37,7 @@ export function buildProgram(): Command {
   registerEval(program);
   registerDistill(program);
   registerClassify(program);
+  registerProbe(program);
   return program;
 }
 

@@ -217,3 +217,61 @@ export function linePlot(series: readonly LineSeries[], opts: LinePlotOptions): 
   });
   return { width: canvas.width, height: canvas.height, channels: 3, data: canvas.data };
 }
+
+export interface HeatMapOptions {
+  title?: string;
+  /** Labels of the rows (top to bottom) and columns (left to right). */
+  rows: readonly string[];
+  cols: readonly string[];
+  rowLabel?: string;
+  colLabel?: string;
+  /** The text written in a cell (default: the value with 3 significant digits). */
+  format?: (v: number) => string;
+}
+
+/**
+ * A table of values as coloured cells, white (lowest) to dark blue (highest), the value
+ * written in each cell and its best (highest) cell outlined; NaN cells are grey and empty.
+ * `values[r][c]` is row r, column c.
+ */
+export function heatMap(values: readonly (readonly number[])[], opts: HeatMapOptions): Image {
+  const { rows, cols } = opts;
+  if (values.length !== rows.length || values.some((r) => r.length !== cols.length)) {
+    throw new RangeError(`heatMap: expected ${rows.length} rows of ${cols.length} values`);
+  }
+  const fmt = opts.format ?? ((v: number) => v.toPrecision(3));
+  const cellW = Math.max(56, 8 * Math.max(...values.flat().map((v) => fmt(v).length)) + 12);
+  const cellH = 28;
+  const left = 16 + 8 * Math.max(...rows.map((r) => r.length), (opts.rowLabel ?? '').length);
+  const top = (opts.title ? 30 : 8) + 20 + (opts.colLabel ? 18 : 0);
+  const canvas = new Canvas(left + cols.length * cellW + 12, top + rows.length * cellH + 12);
+  const ink: Rgb = [0, 0, 0];
+  if (opts.title) canvas.text(8, 8, opts.title, ink);
+  if (opts.colLabel) canvas.text(left, top - 38, opts.colLabel, ink);
+  if (opts.rowLabel) canvas.text(8, top - 20, opts.rowLabel, ink);
+  const finite = values.flat().filter(Number.isFinite);
+  const [lo, hi] = [Math.min(...finite), Math.max(...finite)];
+  let best: [number, number] | undefined;
+  values.forEach((row, r) => row.forEach((v, c) => {
+    if (Number.isFinite(v) && (!best || v > values[best[0]]![best[1]]!)) best = [r, c];
+  }));
+  cols.forEach((label, c) => canvas.text(left + c * cellW + 6, top - 16, label, ink));
+  values.forEach((row, r) => {
+    const y = top + r * cellH;
+    canvas.text(8, y + 9, rows[r]!, ink);
+    row.forEach((v, c) => {
+      const x = left + c * cellW;
+      const u = Number.isFinite(v) ? (hi > lo ? (v - lo) / (hi - lo) : 1) : NaN;
+      const color: Rgb = Number.isNaN(u) ? [200, 200, 200]
+        : [Math.round(255 - 215 * u), Math.round(255 - 170 * u), Math.round(255 - 75 * u)];
+      for (let j = 1; j < cellH - 1; j++) for (let i = 1; i < cellW - 1; i++) canvas.set(x + i, y + j, color);
+      if (Number.isFinite(v)) canvas.text(x + 6, y + 9, fmt(v), u > 0.55 ? [255, 255, 255] : ink);
+    });
+  });
+  if (best) {
+    const [r, c] = best;
+    canvas.rect(left + c * cellW, top + r * cellH, cellW, cellH, [214, 39, 40]);
+    canvas.rect(left + c * cellW + 1, top + r * cellH + 1, cellW - 2, cellH - 2, [214, 39, 40]);
+  }
+  return { width: canvas.width, height: canvas.height, channels: 3, data: canvas.data };
+}

@@ -45,6 +45,10 @@ export {
   CLASSIFY_DEFAULTS, classifyCsv, classifyImages, type ClassifyEvents, type ClassifyOptions,
   type ClassifyResult,
 } from './classify.js';
+export {
+  PROBE_CSV_COLUMNS, PROBE_DEFAULTS, probeBlocks, probeCsv, probeHeatMap, probeSweep,
+  type ProbeEvents, type ProbeOptions, type ProbeRow,
+} from './probe.js';
 
 // ---- the 2-D toy demo ----
 export {

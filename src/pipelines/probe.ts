@@ -1,0 +1,201 @@
+/**
+ * @file The run behind `diffuse probe`: DDAE features (methods/ddae.ts) of a loaded U-Net on the
+ * MNIST train and held-out splits, a linear probe per (block, timestep) trained on the first
+ * and scored on the second, and the sweep's CSV and heat map.
+ *
+ * Each (t, draw) is one pass over the images that yields every block asked for at once. The
+ * noise of image i at (t, draw) is one Philox stream's segment i, so features do not depend
+ * on the batch size; the held-out split draws from streams of its own.
+ */
+import { HostArray } from '../engine/host.js';
+import * as ops from '../engine/ops.js';
+import { RngKey } from '../engine/random/philox.js';
+import { compile } from '../engine/runtime.js';
+import type { Tensor } from '../engine/tensor.js';
+import { mapTree } from '../engine/tree.js';
+import { pointsAt } from '../diffusion/training.js';
+import type { ImageDataset } from '../data/dataset.js';
+import { heatMap } from '../io/plot.js';
+import type { Image } from '../io/png.js';
+import { pooledFeatures, unetBlocks } from '../methods/ddae.js';
+import {
+  LINEAR_PROBE_DEFAULTS, probeAccuracy, trainLinearProbe, type LinearProbeOptions,
+} from '../methods/linear-probe.js';
+import type { UNet2DConfig, UNet2DModel } from '../models/unet2d.js';
+import type { ParamsOf } from '../nn/module.js';
+import type { Pipeline, Provider } from './sample.js';
+
+export interface ProbeOptions {
+  /** Blocks as down.i / mid / up.i (all of the U-Net's by default). */
+  blocks?: readonly string[];
+  /** 0-based training timesteps (DDAE's t = 11 is 10 here). */
+  timesteps: readonly number[];
+  /** Noisy copies of each training image (fresh noise per copy: DDAE's per-epoch noise). */
+  draws: number;
+  /** Average-pool each block to a pool x pool grid (1: DDAE's global average pool). */
+  pool: number;
+  seed: number;
+  /** Images per model call. */
+  batchSize: number;
+  probe: Partial<LinearProbeOptions>;
+  provider?: Provider;
+}
+
+export const PROBE_DEFAULTS: Readonly<ProbeOptions> = Object.freeze({
+  timesteps: [10], draws: 1, pool: 1, seed: 0, batchSize: 250, probe: {},
+});
+
+export interface ProbeRow {
+  block: string;
+  t: number;
+  /** Feature dimension (the block's channels). */
+  dim: number;
+  /** On the held-out split, and on the training split the probe was fit to. */
+  accuracy: number;
+  trainAccuracy: number;
+}
+
+export interface ProbeEvents {
+  /** Images featurised so far, of the total the run needs. */
+  onImages?: (done: number, total: number) => void;
+  onRow?: (row: ProbeRow) => void;
+}
+
+/** The U-Net of a pipeline, or an error naming the pipeline's model. */
+function unetOf(p: Pipeline): { model: UNet2DModel; config: UNet2DConfig } {
+  if (p.model.family !== 'unet') {
+    throw new RangeError(`DDAE probes read U-Net blocks: ${p.modelFolder} is a ` +
+      `${p.model.cls.className} (expected UNet2DModel)`);
+  }
+  return { model: p.model.module as UNet2DModel, config: p.model.config as UNet2DConfig };
+}
+
+/** The U-Net blocks of a pipeline's model, as probe names them. */
+export function probeBlocks(p: Pipeline): string[] {
+  return unetBlocks(unetOf(p).config);
+}
+
+/**
+ * Pooled features of `blocks` for images [N, C, H, W] noised to timestep t with noise stream
+ * `stream`: one Float32Array [N, channels] per block.
+ */
+async function featuresAt(run: (x: HostArray, t: HostArray, y?: HostArray) => Promise<HostArray[]>,
+  p: Pipeline, images: HostArray<'float32'>, t: number, key: RngKey, batchSize: number,
+  onBatch: (count: number) => void): Promise<Float32Array[]> {
+  const [n, ...rest] = images.shape as [number, number, number, number];
+  const per = rest[0] * rest[1] * rest[2];
+  const pt = pointsAt(p.scheduler, [t]);
+  const [a, s] = [pt.alpha[0]!, pt.sigma[0]!];
+  const conditional = p.model.numClasses > 0;
+  const out: Float32Array[] = [];
+  for (let first = 0; first < n; first += batchSize) {
+    const count = Math.min(batchSize, n - first);
+    const eps = key.normal(count * per, first * per);
+    const x = images.data.subarray(first * per, (first + count) * per);
+    const xt = new HostArray<'float32'>(Float32Array.from(x, (v, i) => a * v + s * eps[i]!),
+      [count, ...rest], 'float32');
+    const ts = new HostArray<'float32'>(new Float32Array(count).fill(t), [count], 'float32');
+    const y = conditional ? new HostArray(new BigInt64Array(count).fill(BigInt(p.model.numClasses)),
+      [count], 'int64') : undefined;
+    const feats = await run(xt, ts, y);
+    feats.forEach((f, b) => {
+      const dim = f.shape[1]!;
+      out[b] ??= new Float32Array(n * dim);
+      out[b]!.set(f.data as Float32Array, first * dim);
+    });
+    onBatch(count);
+  }
+  return out;
+}
+
+/**
+ * Trains and scores a linear probe for every (block, timestep): features of the train split
+ * (`draws` noisy copies of each image) and of the held-out split (one), probe fit on the first.
+ */
+export async function probeSweep(p: Pipeline, data: { train: ImageDataset; heldOut: ImageDataset },
+  options: Partial<ProbeOptions> = {}, ev: ProbeEvents = {}): Promise<ProbeRow[]> {
+  const o = { ...PROBE_DEFAULTS, ...options };
+  const { model } = unetOf(p);
+  const blocks = [...(o.blocks ?? probeBlocks(p))];
+  const known = unetBlocks(model.config);
+  const unknown = blocks.find((b) => !known.includes(b));
+  if (unknown !== undefined || blocks.length === 0) {
+    throw new RangeError(`block '${unknown ?? ''}' is not one of this U-Net's: ${known.join(', ')}`);
+  }
+  const T = p.scheduler.config.num_train_timesteps as number;
+  for (const t of o.timesteps) {
+    if (!(Number.isInteger(t) && t >= 0 && t < T)) {
+      throw new RangeError(`timestep ${t} is not an integer in [0, ${T})`);
+    }
+  }
+  if (!(Number.isInteger(o.draws) && o.draws >= 1)) throw new RangeError(`draws must be an integer >= 1, got ${o.draws}`);
+  if (!data.train.labels || !data.heldOut.labels) throw new RangeError('the probe needs labelled train and held-out images');
+  const shape = p.model.sampleShape;
+  for (const [name, d] of [['train', data.train], ['held-out', data.heldOut]] as const) {
+    if (d.images.shape.slice(1).some((v, i) => v !== shape[i])) {
+      throw new RangeError(`${name} images: expected [N, ${shape.join(', ')}] for ${p.modelFolder}, ` +
+        `got [${d.images.shape.join(', ')}]`);
+    }
+  }
+  const classes = Math.max(...data.train.labels, ...data.heldOut.labels) + 1;
+  const consts = mapTree(p.params, (x): x is HostArray => x instanceof HostArray,
+    (a) => ops.constant(a)) as unknown as ParamsOf<UNet2DModel>;
+  const fn = p.model.numClasses > 0
+    ? compile((x: Tensor, t: Tensor, y: Tensor) => pooledFeatures(model, consts, x, t, y, blocks, o.pool),
+      { name: 'ddae_features', ...(o.provider ? { provider: o.provider } : {}) })
+    : compile((x: Tensor, t: Tensor) => pooledFeatures(model, consts, x, t, undefined, blocks, o.pool),
+      { name: 'ddae_features', ...(o.provider ? { provider: o.provider } : {}) });
+  // Sound: both compiled functions return one [N, dim] array per block.
+  const call = fn as unknown as (...args: HostArray[]) => Promise<HostArray[]>;
+  const run = (x: HostArray, t: HostArray, y?: HostArray) => (y ? call(x, t, y) : call(x, t));
+  const nTrain = data.train.images.shape[0]!;
+  const nHeld = data.heldOut.images.shape[0]!;
+  const total = o.timesteps.length * (o.draws * nTrain + nHeld);
+  let done = 0;
+  const tick = (k: number) => ev.onImages?.((done += k), total);
+  const key = RngKey.fromSeed(o.seed);
+  const rows: ProbeRow[] = [];
+  try {
+    for (const t of o.timesteps) {
+      const train: Float32Array[][] = [];
+      for (let d = 0; d < o.draws; d++) {
+        train.push(await featuresAt(run, p, data.train.images, t, key.fold(t).fold(d), o.batchSize, tick));
+      }
+      const held = await featuresAt(run, p, data.heldOut.images, t, key.fold(t).fold(1_000_000),
+        o.batchSize, tick);
+      const labels = Int32Array.from({ length: o.draws * nTrain },
+        (_, i) => data.train.labels![i % nTrain]!);
+      blocks.forEach((block, b) => {
+        const dim = held[b]!.length / nHeld;
+        const features = new Float32Array(o.draws * nTrain * dim);
+        train.forEach((f, d) => features.set(f[b]!, d * nTrain * dim));
+        const { probe } = trainLinearProbe(features, labels, dim, classes,
+          { ...LINEAR_PROBE_DEFAULTS, seed: o.seed, ...o.probe });
+        const row = { block, t, dim, accuracy: probeAccuracy(probe, held[b]!, data.heldOut.labels!),
+          trainAccuracy: probeAccuracy(probe, features, labels) };
+        rows.push(row);
+        ev.onRow?.(row);
+      });
+    }
+  } finally {
+    await fn.dispose();
+  }
+  return rows;
+}
+
+export const PROBE_CSV_COLUMNS = ['block', 't', 'dim', 'accuracy', 'train_accuracy'] as const;
+
+export function probeCsv(rows: readonly ProbeRow[]): string {
+  return [PROBE_CSV_COLUMNS.join(','), ...rows.map((r) =>
+    [r.block, r.t, r.dim, r.accuracy.toFixed(4), r.trainAccuracy.toFixed(4)].join(','))].join('\n') + '\n';
+}
+
+/** Held-out accuracy (%) by block (rows) and timestep (columns), the best cell outlined. */
+export function probeHeatMap(rows: readonly ProbeRow[], title: string): Image {
+  const blocks = [...new Set(rows.map((r) => r.block))];
+  const ts = [...new Set(rows.map((r) => r.t))];
+  const values = blocks.map((b) => ts.map((t) =>
+    100 * (rows.find((r) => r.block === b && r.t === t)?.accuracy ?? NaN)));
+  return heatMap(values, { title, rows: blocks, cols: ts.map((t) => `t=${t}`), rowLabel: 'block',
+    colLabel: 'timestep', format: (v) => v.toFixed(1) });
+}
