@@ -9,6 +9,7 @@ import { Command, CommanderError } from 'commander';
 import { EXIT, exitCodeOf } from './errors.js';
 import { registerClassify } from './classify.js';
 import { registerDistill } from './distill.js';
+import { registerEncode } from './encode.js';
 import { registerEval } from './eval.js';
 import { registerProbe } from './probe.js';
 import { registerSample } from './sample.js';
@@ -38,6 +39,7 @@ export function buildProgram(): Command {
   registerDistill(program);
   registerClassify(program);
   registerProbe(program);
+  registerEncode(program);
   return program;
 }
 

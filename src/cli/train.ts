@@ -15,8 +15,8 @@ const familyPresets = MODEL_FAMILIES.map((f) => `${f} ${presetNames(f).join('|')
 export const TRAIN_OPTIONS = {
   config: configFile('read options from a JSON file; its keys are the long options ' +
     '("batch-size": 32), checked as the flags are; flags given here win over it'),
-  data: path({ arg: '<mnist|DIR>', help: 'mnist, or a folder of PNGs (labels from sub-folder ' +
-    'names)', default: 'mnist' }),
+  data: path({ arg: '<mnist|mnist-bold|DIR>', help: 'mnist, mnist-bold (the same digits ' +
+    'dilated by a pixel), or a folder of PNGs (labels from sub-folder names)', default: 'mnist' }),
   model: oneOf(MODEL_FAMILIES, { arg: '<family>', help: 'model family', default: 'unet' }),
   size: oneOf([...new Set(MODEL_FAMILIES.flatMap(presetNames))], { arg: '<preset>',
     help: `size preset of the --model family (${familyPresets})`, default: 's' }),

@@ -50,6 +50,14 @@ export {
   type ProbeEvents, type ProbeOptions, type ProbeRow,
 } from './probe.js';
 
+// ---- encoding, translation and SDEdit (DPM-Encoder / CycleDiffusion) ----
+export {
+  checkCodesFit, classPreservation, decodeLatents, encodeImages, img2img, invertImages,
+  LATENT_KEYS, LatentFileError, readLatents, reconstructionError, translateImages, writeLatents,
+  writeRowsGrid, type ClassPreservation, type DecodeOptions, type EncodeOptions,
+  type LatentCodes, type RunStats,
+} from './encode.js';
+
 // ---- the 2-D toy demo ----
 export {
   sampleToy, TOY_DATASETS, toyDistance, trainToy, type ToyModel, type ToySampleOptions,
