@@ -8,6 +8,7 @@ import { writeFileAtomic } from '../util/atomic.js';
 import {
   ACCEL_SPELLINGS, checkHeldImages, classCount, guidanceClipWarning, loadPipeline, parseAccelOption, SAMPLER_NAMES,
 } from '../pipelines/sample.js';
+import { GUIDE_SPELLING, loadGuide, parseGuide } from '../pipelines/guide.js';
 import { studentSampling } from '../pipelines/student.js';
 import { addOptions, commandOptions, custom, int, num, oneOf, path } from './options.js';
 import { progress, type Progress } from './progress.js';
@@ -32,6 +33,9 @@ export const EVAL_OPTIONS = {
     default: 'mnist-fid-sweep.csv' }),
   plot: path({ arg: '<file.png>', help: 'sweep plot: MNIST-FID against seconds per image',
     default: 'mnist-fid-sweep.png' }),
+  guide: custom(parseGuide, { arg: '<spec>', expected: GUIDE_SPELLING, help: 'classifier ' +
+    'guidance of every run (as diffuse sample --guide; with --guidance 0 it guides the ' +
+    'unconditional model), scored by class accuracy towards the guide\'s targets' }),
   seed: int({ min: 0, help: 'sampling seed', default: 0 }),
   batchSize: int({ min: 1, help: 'most images per model call', default: 64 }),
   maxMemory: int({ min: 64, arg: '<MiB>', help: 'memory the run may plan for (all --n samples ' +
@@ -83,7 +87,10 @@ export function registerEval(program: Command): void {
           return;
         }
         let bar: Progress | undefined;
+        const guide = o.guide ? await loadGuide(o.guide) : undefined;
+        if (guide) console.log(`classifier guidance: ${guide.description}`);
         const source = pipelineSource(pipeline, { n: o.n, seed: o.seed, guidance: o.guidance,
+          ...(guide ? { guide } : {}),
           batchSize: o.batchSize, memoryLimit, onStep: (run, step, total) => {
             bar ??= progress(`sampling ${runName(run)}:${run.steps}`, total);
             bar.update(step + 1); // step is 0-based

@@ -11,6 +11,7 @@ import { registerClassify } from './classify.js';
 import { registerDistill } from './distill.js';
 import { registerEncode } from './encode.js';
 import { registerEval } from './eval.js';
+import { registerTrainExperts } from './experts.js';
 import { registerProbe } from './probe.js';
 import { registerSample } from './sample.js';
 import { registerToy } from './toy.js';
@@ -35,6 +36,7 @@ export function buildProgram(): Command {
   registerToy(program);
   registerSample(program);
   registerTrainClassifier(program);
+  registerTrainExperts(program);
   registerEval(program);
   registerDistill(program);
   registerClassify(program);

@@ -7,6 +7,7 @@ import {
   parseAccelOption,
   PROVIDERS, SAMPLER_NAMES, sampleImages, sampleInBatches, writeSamples,
 } from '../pipelines/sample.js';
+import { GUIDE_SPELLING, loadGuide, parseGuide } from '../pipelines/guide.js';
 import { studentSampling } from '../pipelines/student.js';
 import { packageRoot } from '../util/package-root.js';
 import { Interrupted } from './errors.js';
@@ -54,6 +55,10 @@ export const SAMPLE_OPTIONS = {
     'between in one batch (faster:K: every K-th step is a key step; ,serial: no batching; ' +
     ',noinject: no prior noise injection). DiT: ras:0.5 refreshes half the tokens per step ' +
     '(,random: the random-selection control)' }),
+  guide: custom(parseGuide, { arg: '<spec>', expected: GUIDE_SPELLING, help: 'classifier ' +
+    'guidance towards --class: classifier:DIR:SCALE with DIR a noise-aware classifier ' +
+    '(train-classifier --noise-aware), a clean one (applied to noisy images as they are) or ' +
+    'an experts folder (train-experts); with --guidance 0 it guides the unconditional model' }),
   batchSize: int({ min: 1, help: 'most images per model call', default: 64 }),
   provider: oneOf(PROVIDERS, { arg: '<p>', help: 'ONNX Runtime provider', default: 'cpu' }),
   out: path({ arg: '<file.png>', help: 'the PNG grid to write', default: 'samples.png' }),
@@ -95,6 +100,8 @@ export function registerSample(program: Command): void {
         `${guidance !== 1 ? `, guidance ${guidance}` : ''}` +
         `${o.accel ? `, ${describeAccel(o.accel)}` : ''}, seed ${o.seed} ` +
         `(${o.generator})`);
+      const guide = o.guide ? await loadGuide(o.guide) : undefined;
+      if (guide) console.log(`classifier guidance: ${guide.description}`);
       const to = o.outDir === undefined ? { out: o.out } : { outDir: o.outDir };
       await checkDestination(pipeline.model, o.n, to); // seconds in, not after sampling
       let written = 0;
@@ -105,7 +112,7 @@ export function registerSample(program: Command): void {
       const options = {
         sampler, steps, n: o.n, guidance, seed: o.seed, generator: o.generator,
         batchSize: o.batchSize, provider: o.provider, memoryLimit: o.maxMemory * 2 ** 20,
-        ...(o.accel ? { accel: o.accel } : {}),
+        ...(o.accel ? { accel: o.accel } : {}), ...(guide ? { guide } : {}),
         ...(o.class !== undefined ? { classes: o.class } : {}), signal: stop.signal,
         onWarning: (message: string) => console.error(`warning: ${message}`),
         onStep: (step: number, total: number) =>

@@ -47,6 +47,8 @@ export const TRAIN_OPTIONS = {
   sampleEvery: int({ min: 0, help: 'sample grid interval (steps; 0: never)', default: 500 }),
   checkpointEvery: int({ min: 0, help: 'checkpoint interval (steps; 0: only on Ctrl-C and at ' +
     'the end, as always)', default: 200 }),
+  init: path({ arg: '<dir>', help: 'start from a trained pipeline\'s weights (fine-tuning, ' +
+    'e.g. on --data mnist-bold); its config replaces --size' }),
   resume: flag({ help: 'continue the run in --out from its checkpoint' }),
 };
 

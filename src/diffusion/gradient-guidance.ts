@@ -95,15 +95,17 @@ export interface ClassifierGuidanceOptions {
    * The labels y. A GuidanceFn does not see the sampler's condition (withGuidance passes only
    * x, t and the x0 estimate), so they are fixed here: one class for every row, one class per
    * row (int64 [B]), or a host array whose first axis is the batch, passed to logProb as is
-   * (one-hot rows, embeddings). Build a new guide to sample other classes.
+   * (one-hot rows, embeddings); or a function read at every call, for a sampler that moves
+   * on to other images (and classes) without recompiling the gradient graph.
    */
-  labels: number | readonly number[] | HostArray;
+  labels: number | readonly number[] | HostArray | (() => number | readonly number[] | HostArray);
   scale: GuidanceScale;
   /** Options for the compiled gradient graph (provider, threads). */
   runtime?: RuntimeOptions;
 }
 
-function labelArray(labels: ClassifierGuidanceOptions['labels'], rows: number): HostArray {
+function labelArray(given: ClassifierGuidanceOptions['labels'], rows: number): HostArray {
+  const labels = typeof given === 'function' ? given() : given;
   if (labels instanceof HostArray) {
     if (labels.shape[0] !== rows) {
       throw new RangeError(

@@ -17,6 +17,7 @@ import type { Tensor } from '../engine/tensor.js';
 import { parseScheduler, type SchedulerSpec } from './diffusers/spec.js';
 import { trainTables } from './diffusers/tables.js';
 import { DIFFUSERS_PREDICTION_TYPE, type Prediction } from './predictions.js';
+import { discreteVp, rectifiedFlow, type Process } from './process.js';
 
 /**
  * The process Diffuse trains on, as the diffusers scheduler spec its pipelines ship: DDPM's
@@ -72,6 +73,13 @@ export function pointsAt(spec: SchedulerSpec, t: ArrayLike<number>): TrainingPoi
     }
   }
   return pts;
+}
+
+/** The process a scheduler spec's model was trained on, as samplers and guidance see it:
+ *  the DDPM table (model time = table index) or rectified flow (model time = s T). */
+export function processOf(spec: SchedulerSpec): Process {
+  const T = spec.config.num_train_timesteps as number;
+  return spec.family === 'flow' ? rectifiedFlow({ timeScale: T }) : discreteVp(alphasCumprodOf(spec));
 }
 
 /**

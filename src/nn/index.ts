@@ -20,3 +20,7 @@ export {
   compileTrainStep, type StepMetrics, type TrainState, type TrainStep, type TrainStepOptions,
 } from './train.js';
 export { loadStateDict, StateDictError, type LoadOptions } from './state.js';
+export {
+  applyLora, loraInit, loraParameterCount, loraScale, mergeLoraHost, type LoraFactors,
+  type LoraOptions, type LoraTree,
+} from './lora.js';

@@ -19,6 +19,7 @@ import {
   classAccuracy, featureExtractor, frechetDistance, gaussianStats, loadMetricClassifier,
   referenceStats, type FeatureExtractor, type ReferenceStats,
 } from './metrics.js';
+import type { LoadedGuide } from './guide.js';
 import {
   classCount, NonFiniteError, parseAccel, sampleImages, type Acceleration, type Pipeline,
 } from './sample.js';
@@ -146,13 +147,15 @@ export type ImageSource = (run: Run) =>
 
 /** Samples a pipeline (sample.ts): conditional models get the classes 0..K-1 cycled. */
 export function pipelineSource(p: Pipeline, o: { n: number; seed: number; guidance?: number;
-  batchSize?: number; memoryLimit?: number;
+  batchSize?: number; memoryLimit?: number; guide?: LoadedGuide;
   onStep?: (run: Run, step: number, total: number) => void }): ImageSource {
-  const k = classCount(p.model);
+  // A guide's targets are classes too, for an unconditional model as for a conditional one.
+  const k = classCount(p.model) || (o.guide?.classes ?? 0);
   const classes = Array.from({ length: k }, (_, i) => i);
   return async (run) => {
     const r = await sampleImages(p, { sampler: run.sampler, steps: run.steps, n: o.n, seed: o.seed,
-      ...(k ? { classes, guidance: o.guidance ?? 1 } : {}),
+      ...(k ? { classes } : {}), ...(classCount(p.model) ? { guidance: o.guidance ?? 1 } : {}),
+      ...(o.guide ? { guide: o.guide } : {}),
       ...(o.batchSize ? { batchSize: o.batchSize } : {}),
       ...(o.memoryLimit ? { memoryLimit: o.memoryLimit } : {}),
       ...(run.accel ? { accel: run.accel.options } : {}),

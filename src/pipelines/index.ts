@@ -58,6 +58,14 @@ export {
   type LatentCodes, type RunStats,
 } from './encode.js';
 
+// ---- classifier guidance and its experts (PPAP) ----
+export { GUIDE_SPELLING, loadGuide, parseGuide, type GuideSpec, type LoadedGuide } from './guide.js';
+export {
+  EXPERT_METHODS, EXPERTS_DEFAULTS, EXPERTS_FILE, EXPERTS_FORMAT, ExpertsFileError, readExperts,
+  trainExperts, type ExpertMethod, type ExpertReport, type ExpertsEvents, type ExpertsOptions,
+  type ExpertsRecord, type TrainedExperts,
+} from './experts.js';
+
 // ---- the 2-D toy demo ----
 export {
   sampleToy, TOY_DATASETS, toyDistance, trainToy, type ToyModel, type ToySampleOptions,

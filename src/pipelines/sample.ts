@@ -30,7 +30,9 @@ import type { Tensor } from '../engine/tensor.js';
 import { flatten, mapTree, type Tree } from '../engine/tree.js';
 import { withData, type Batch, type Denoiser, type NoiseSource } from '../diffusion/denoiser.js';
 import { parseScheduler, type SchedulerSpec } from '../diffusion/diffusers/spec.js';
-import { classifierFreeGuidance } from '../diffusion/guidance.js';
+import { classifierFreeGuidance, withGuidance } from '../diffusion/guidance.js';
+import type { Releasable } from '../diffusion/gradient-guidance.js';
+import { processOf } from '../diffusion/training.js';
 import { sample, samplerSpec } from '../diffusion/sampling.js';
 import { fileKind, readRegularFile } from '../io/files.js';
 import { imageGrid, writePng } from '../io/png.js';
@@ -46,6 +48,7 @@ import type { Prediction } from '../diffusion/predictions.js';
 import { ensureWritableFile, ensureWritableFolder, explainFsError } from '../util/fs-errors.js';
 import { acceleratedDenoiser, type Acceleration, type AcceleratedDenoiser } from './accel.js';
 import { graphDenoiser } from './graph-denoiser.js';
+import type { LoadedGuide } from './guide.js';
 import {
   familyOfClass, imageModelOf, predictionOf, type ImageModel, type ModelFamily,
 } from './image-models.js';
@@ -231,6 +234,9 @@ export interface SampleOptions {
   memoryLimit?: number;
   /** Training-free acceleration: DeepCache or Faster Diffusion (U-Net), RAS (DiT). */
   accel?: Acceleration;
+  /** Classifier guidance towards `classes` (guide.ts): with guidance 0 on a class-conditional
+   *  model, or on an unconditional one, it guides the unconditional model. */
+  guide?: LoadedGuide;
   provider?: Provider;
   /** Progress over the whole run: `step` of `total` (sampler steps x batches of images). */
   onStep?: (step: number, total: number) => void;
@@ -296,7 +302,7 @@ function checkInt(v: number, what: string, min: number): void {
 
 /** One label per image, or undefined for an unconditional model. */
 function labelsFor(m: ImageModel, o: SampleOptions): number[] | undefined {
-  const k = classCount(m);
+  const k = classCount(m) || (o.guide?.classes ?? 0);
   if (k === 0) {
     if (o.classes !== undefined) {
       throw new RangeError(`classes given, but the model is unconditional (${m.cls.className} ` +
@@ -421,12 +427,16 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
   if (!Number.isFinite(guidance)) {
     throw new RangeError(`guidance must be a finite number, got ${guidance}`);
   }
-  const labels = labelsFor(p.model, o);
+  const targets = labelsFor(p.model, o);
+  // The model's own labels; guide targets alone for an unconditional model.
+  const labels = classCount(p.model) ? targets : undefined;
   if (!labels && guidance !== 1) {
     throw new RangeError(`guidance ${guidance} needs a class-conditional model; this one is ` +
       `unconditional (use guidance 1)`);
   }
-  const cfg = labels !== undefined && guidance !== 1;
+  // Guidance 0 is the unconditional model alone: the null label, one call per step.
+  const unconditional = labels !== undefined && guidance === 0;
+  const cfg = labels !== undefined && guidance !== 1 && !unconditional;
   const [c, h, w] = p.model.sampleShape;
   const per = c * h * w;
   const consts = mapTree(p.params, (x): x is HostArray => x instanceof HostArray,
@@ -436,6 +446,7 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
     { name: 'sample_denoiser', ...(o.provider ? { provider: o.provider } : {}) });
   const start = performance.now();
   let disposeLater: AcceleratedDenoiser | undefined;
+  let disposeGuide: Releasable | undefined;
   try {
     const plan = planMemory(p, o, largestIntermediate(graph.traceAt([1, c, h, w],
       labels !== undefined)), per * 4);
@@ -465,6 +476,13 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
     disposeLater = accel;
     const checked = finiteOutputs(accel?.denoiser ?? inBatches(graph, plan.rowsPerCall),
       () => first);
+    let guideTargets: number[] = [];
+    const process = processOf(p.scheduler);
+    const guideFn = o.guide?.guidance((t) => {
+      const { alpha, sigma } = process.at(t);
+      return Math.log((alpha * alpha) / (sigma * sigma));
+    }, () => guideTargets, o.provider);
+    disposeGuide = guideFn;
     for (let b = 0; b < batches; b++) {
       first = b * imagesPerBatch;
       const count = Math.min(imagesPerBatch, o.n - first);
@@ -475,10 +493,13 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
         : (size, k) => key.fold(k + 1).normal(size, offset);
       const x0 = new HostArray<'float32'>(noise(count * per, -1), shape, 'float32');
       accel?.reset();
-      const condition = labels?.slice(first, first + count);
-      const denoiser = cfg && !accel?.guided ? classifierFreeGuidance(checked,
+      const condition = unconditional ? new Array<number>(count).fill(p.model.numClasses)
+        : labels?.slice(first, first + count);
+      const cfgDenoiser = cfg && !accel?.guided ? classifierFreeGuidance(checked,
         { scale: guidance, uncondition: new Array<number>(count).fill(p.model.numClasses) })
         : checked;
+      guideTargets = targets?.slice(first, first + count) ?? [];
+      const denoiser = guideFn ? withGuidance(cfgDenoiser, process, guideFn) : cfgDenoiser;
       const x = await sample(denoiser, x0, p.scheduler, {
         sampler: o.sampler, steps: o.steps, noise, condition,
         ...(o.signal ? { signal: o.signal } : {}),
@@ -501,6 +522,7 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
   } finally {
     await graph.dispose();
     await disposeLater?.dispose();
+    await disposeGuide?.dispose();
   }
 }
 

@@ -19,7 +19,7 @@ import { adamw } from '../nn/optim.js';
 import { constantLr, cosineLr, warmupLr } from '../nn/schedules.js';
 import { compileTrainStep } from '../nn/train.js';
 import { createImageModel, type ImageModel, type ModelFamily } from './image-models.js';
-import { sampleImages, type Pipeline } from './sample.js';
+import { classCount, loadPipeline, sampleImages, type Pipeline } from './sample.js';
 import {
   runTraining, type TrainEvents, type TrainResult as LoopResult,
 } from './training-loop.js';
@@ -51,11 +51,14 @@ export interface TrainOptions {
   logEvery: number;
   sampleEvery: number;
   checkpointEvery: number;
+  /** A trained pipeline folder to start from (fine-tuning): its config replaces `size`, its
+   *  weights the random initialisation. */
+  init?: string;
 }
 
 /** Options a resumed run must share with the checkpoint (the others may change). */
 const RUN_KEYS: (keyof TrainOptions)[] = ['model', 'size', 'objective', 'weighting', 'minSnrGamma', 'conditional',
-  'labelDropout', 'batchSize', 'seed', 'lr', 'lrSchedule', 'warmupSteps', 'gradClip', 'emaDecay'];
+  'labelDropout', 'batchSize', 'seed', 'lr', 'lrSchedule', 'warmupSteps', 'gradClip', 'emaDecay', 'init'];
 
 interface HostBatch { x0: HostArray; eps: HostArray; t: HostArray; a: HostArray; s: HostArray; w: HostArray; labels?: HostArray }
 
@@ -115,6 +118,22 @@ export interface TrainResult extends LoopResult {
   model: ImageModel;
 }
 
+/** The pipeline `o.init` names, checked against the run: same family, objective, classes and
+ *  image shape (what its weights were trained for). */
+async function initialPipeline(o: TrainOptions, classes: number,
+  shape: readonly [number, number, number]): Promise<Pipeline> {
+  const p = await loadPipeline(o.init!);
+  const mismatch = (what: string, want: unknown, got: unknown) => new Error(`--init ${o.init}: ` +
+    `its model has ${what} ${String(got)}, this run asks for ${String(want)}`);
+  if (p.model.family !== o.model) throw mismatch('family', o.model, p.model.family);
+  if (p.scheduler.prediction !== o.objective) throw mismatch('objective', o.objective, p.scheduler.prediction);
+  if (classCount(p.model) !== classes) throw mismatch('classes', classes, classCount(p.model));
+  if (p.model.sampleShape.some((v, i) => v !== shape[i])) {
+    throw mismatch('image shape', shape.join('x'), p.model.sampleShape.join('x'));
+  }
+  return p;
+}
+
 /**
  * Trains `o.steps` steps (continuing from `o.out/checkpoint` when `resume`), writing
  * checkpoints, logs, sample grids and, at the end, the pipeline `o.out/model` (EMA weights).
@@ -131,7 +150,8 @@ export async function train(o: TrainOptions, data: ImageDataset, resume: boolean
   }
   const [, dc, dh, dw] = data.images.shape as [number, number, number, number];
   if (dh !== dw) throw new Error(`images must be square, the dataset's are ${dh}x${dw}`);
-  const model = createImageModel(o.model, o.size, classes, [dc, dh, dw]);
+  const start = o.init === undefined ? undefined : await initialPipeline(o, classes, [dc, dh, dw]);
+  const model = start?.model ?? createImageModel(o.model, o.size, classes, [dc, dh, dw]);
   const spec = trainingScheduler(o.objective);
   const lr = o.lrSchedule === 'cosine' ? cosineLr(o.lr, o.steps, o.warmupSteps, o.lr / 100)
     : o.warmupSteps > 0 ? warmupLr(o.lr, o.warmupSteps) : constantLr(o.lr);
@@ -141,7 +161,7 @@ export async function train(o: TrainOptions, data: ImageDataset, resume: boolean
   const r = await runTraining({
     options: o, files: { model, scheduler: spec }, trainer, exported: 'ema',
     run: Object.fromEntries(RUN_KEYS.map((k) => [k, o[k]])),
-    initialWeights: () => model.module.init(key.fold(2)) as Tree<HostArray>,
+    initialWeights: () => start?.params ?? model.module.init(key.fold(2)) as Tree<HostArray>,
     batch: (step) => drawBatch(o, data, model, spec, key, step) as HostBatch & Tree<HostArray>,
     // EMA samples: DDIM (flow-Euler for flow runs), 25 steps
     grid: (ema) => progressGrid({ model, params: ema, scheduler: spec, modelFolder: o.out, notes: [] },

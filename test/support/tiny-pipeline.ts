@@ -12,13 +12,14 @@ import { exportPipeline } from '../../src/pipelines/checkpoint.js';
 import { createImageModel, type ModelFamily } from '../../src/pipelines/image-models.js';
 import { loadPipeline, type Pipeline } from '../../src/pipelines/sample.js';
 
-/** Runs `fn` on the loaded pipeline; `weights` may change the initial parameters. */
+/** Runs `fn` on the loaded pipeline; `weights` may change the initial parameters; `classes`
+ *  0 makes an unconditional model. */
 export async function withTinyPipeline(family: ModelFamily, objective: Prediction,
   fn: (p: Pipeline) => Promise<void>,
-  weights: (params: Tree<HostArray>) => Tree<HostArray> = (x) => x): Promise<void> {
+  weights: (params: Tree<HostArray>) => Tree<HostArray> = (x) => x, classes = 3): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), `diffuse-tiny-${family}-`));
   try {
-    const model = createImageModel(family, 'tiny', 3, [1, 8, 8]);
+    const model = createImageModel(family, 'tiny', classes, [1, 8, 8]);
     const params = weights(model.module.init(RngKey.fromSeed(7)) as Tree<HostArray>);
     await exportPipeline(dir, { model, scheduler: trainingScheduler(objective) }, params);
     await fn(await loadPipeline(dir));
