@@ -11,7 +11,11 @@ import { CommanderError } from 'commander';
 import { repoRoot } from '../../test/support/paths.js';
 import { EXIT, exitCodeOf, Interrupted, UsageError } from './errors.js';
 import { DISTILL_OPTIONS, distillOptions } from './distill.js';
+import { CLASSIFY_OPTIONS } from './classify.js';
+import { DECODE_OPTIONS, ENCODE_OPTIONS, IMG2IMG_OPTIONS, TRANSLATE_OPTIONS } from './encode.js';
 import { EVAL_OPTIONS } from './eval.js';
+import { TRAIN_EXPERTS_OPTIONS } from './experts.js';
+import { PROBE_OPTIONS } from './probe.js';
 import { buildProgram } from './main.js';
 import { kebab, parseArgs, type Schema } from './options.js';
 import { SAMPLE_OPTIONS } from './sample.js';
@@ -22,6 +26,8 @@ import { TRAIN_OPTIONS, trainOptions } from './train.js';
 const COMMANDS: Record<string, Schema> = {
   train: TRAIN_OPTIONS, sample: SAMPLE_OPTIONS, eval: EVAL_OPTIONS, toy: TOY_OPTIONS,
   'train-classifier': TRAIN_CLASSIFIER_OPTIONS, distill: DISTILL_OPTIONS,
+  classify: CLASSIFY_OPTIONS, probe: PROBE_OPTIONS, encode: ENCODE_OPTIONS, decode: DECODE_OPTIONS,
+  translate: TRANSLATE_OPTIONS, img2img: IMG2IMG_OPTIONS, 'train-experts': TRAIN_EXPERTS_OPTIONS,
 };
 
 /** The message a thunk fails with, which must be a UsageError. */
@@ -227,6 +233,21 @@ test('list options parse their syntax and name the bad item', () => {
     ['--channels', '8,0'])),
     "--channels: expected channel counts such as 16,32,64,128, got '8,0' " +
     "('0' is not a channel count from 1 to 65536)");
+});
+
+test('classify, probe and --guide lists name the bad item', () => {
+  assert.deepEqual(parseArgs(CLASSIFY_OPTIONS, 'classify', ['--samples', '10,50', '--keep', '3,1'])
+    .values.samples, [10, 50]);
+  assert.match(usageError(() => parseArgs(CLASSIFY_OPTIONS, 'classify', ['--keep', '3,0'])),
+    /^--keep: expected positive integers, one per round, such as 3,1, got '3,0' \('0' is not a positive integer\)/);
+  assert.deepEqual(parseArgs(PROBE_OPTIONS, 'probe', ['--sweep', '--timesteps', '0,10', '--blocks', 'mid,up.1'])
+    .values.timesteps, [0, 10]);
+  assert.match(usageError(() => parseArgs(PROBE_OPTIONS, 'probe', ['--blocks', 'mid,top'])),
+    /^--blocks: expected block names .* \('top' is not a block name \(down.i, mid, up.i\)\)/);
+  assert.deepEqual(parseArgs(SAMPLE_OPTIONS, 'sample', ['--guide', 'classifier:runs/c:7.5']).values.guide,
+    { dir: 'runs/c', scale: 7.5 });
+  assert.match(usageError(() => parseArgs(EVAL_OPTIONS, 'eval', ['--guide', 'runs/c'])),
+    /^--guide: expected classifier:DIR or classifier:DIR:SCALE/);
 });
 
 test('the program\'s commands have exactly their tables\' options, with ranges in --help', () => {
