@@ -242,6 +242,7 @@ test('classify, probe and --guide lists name the bad item', () => {
     /^--keep: expected positive integers, one per round, such as 3,1, got '3,0' \('0' is not a positive integer\)/);
   assert.deepEqual(parseArgs(PROBE_OPTIONS, 'probe', ['--sweep', '--timesteps', '0,10', '--blocks', 'mid,up.1'])
     .values.timesteps, [0, 10]);
+  assert.equal(parseArgs(PROBE_OPTIONS, 'probe', ['--head', 'attention']).values.head, 'attention');
   assert.match(usageError(() => parseArgs(PROBE_OPTIONS, 'probe', ['--blocks', 'mid,top'])),
     /^--blocks: expected block names .* \('top' is not a block name \(down.i, mid, up.i\)\)/);
   assert.deepEqual(parseArgs(SAMPLE_OPTIONS, 'sample', ['--guide', 'classifier:runs/c:7.5']).values.guide,

@@ -5,7 +5,7 @@ import { writePng } from '../io/png.js';
 import { LINEAR_PROBE_DEFAULTS as L } from '../methods/linear-probe.js';
 import { classAccuracy, featureExtractor, loadMetricClassifier } from '../pipelines/metrics.js';
 import {
-  PROBE_CSV_COLUMNS, PROBE_DEFAULTS as D, probeBlocks, probeCsv, probeHeatMap, probeSweep,
+  attentionProbe, PROBE_CSV_COLUMNS, PROBE_DEFAULTS as D, probeBlocks, probeCsv, probeHeatMap, probeSweep,
   type ProbeRow,
 } from '../pipelines/probe.js';
 import { loadPipeline, PROVIDERS } from '../pipelines/sample.js';
@@ -38,6 +38,9 @@ export const PROBE_OPTIONS = {
     help: 'the block whose output is pooled: down.i, mid or up.i', default: 'mid' }),
   t: int({ min: 0, help: 'the 0-based timestep the images are noised to (DDAE\'s t = 11 ' +
     'counts from 1: it is 10 here)', default: D.timesteps[0]! }),
+  head: oneOf(['linear', 'attention'], { help: 'linear: DDAE\'s linear probe on pooled features; ' +
+    'attention: Mukhopadhyay et al.\'s attention head over the block\'s feature map (up to 8x8 ' +
+    'tokens; one block and timestep, not --sweep)', default: 'linear' }),
   sweep: flag({ help: 'probe every block at each of --timesteps; write --csv and --plot' }),
   blocks: custom(parseBlocks, { arg: '<list>', expected: 'block names such as down.2,mid,up.0',
     help: 'blocks of a sweep (default: all of the U-Net\'s)' }),
@@ -73,6 +76,10 @@ export function registerProbe(program: Command): void {
           if (resolved.sources[k] !== 'default') throw resolved.refuse(k, 'only with --sweep');
         }
       }
+      if (o.head === 'attention') {
+        if (o.sweep) throw resolved.refuse('head', 'linear with --sweep (an attention head per cell is too slow)');
+        if (resolved.sources.pool !== 'default') throw resolved.refuse('pool', 'only with --head linear');
+      }
       const pipeline = await loadPipeline(o.model ?? DEFAULT_MODEL_DIR);
       for (const note of pipeline.notes) console.error(`note: ${note}`);
       const data = mnistSplits();
@@ -80,17 +87,21 @@ export function registerProbe(program: Command): void {
       const timesteps = o.sweep ? o.timesteps : [o.t];
       let bar: ReturnType<typeof progress> | undefined;
       const done: ProbeRow[] = [];
-      const rows = await probeSweep(pipeline, data, {
-        blocks, timesteps, pool: o.pool, draws: o.draws, seed: o.seed, batchSize: o.batchSize,
-        provider: o.provider, probe: { epochs: o.epochs, lr: o.lr },
-      }, {
-        onImages: (n, total) => (bar ??= progress('features', total)).update(n),
-        onRow: async (r) => {
+      const events = {
+        onImages: (n: number, total: number) => (bar ??= progress('features', total)).update(n),
+        onRow: async (r: ProbeRow) => {
           if (!o.sweep) return;
           done.push(r);
           await writeFileAtomic(o.csv, probeCsv(done)); // a long sweep keeps what it measured
         },
-      });
+      };
+      const rows = o.head === 'attention'
+        ? [await attentionProbe(pipeline, data, { block: o.block, t: o.t, draws: o.draws, seed: o.seed,
+          batchSize: o.batchSize, epochs: o.epochs, lr: o.lr, provider: o.provider }, events)]
+        : await probeSweep(pipeline, data, {
+          blocks, timesteps, pool: o.pool, draws: o.draws, seed: o.seed, batchSize: o.batchSize,
+          provider: o.provider, probe: { epochs: o.epochs, lr: o.lr },
+        }, events);
       bar?.stop();
       const extractor = featureExtractor(await loadMetricClassifier());
       let supervised: number;
@@ -101,8 +112,8 @@ export function registerProbe(program: Command): void {
       }
       const best = rows.reduce((a, b) => (b.accuracy > a.accuracy ? b : a));
       for (const r of rows) {
-        console.log(`${r.block} t=${r.t}: held-out ${pct(r.accuracy)} (train ${pct(r.trainAccuracy)}, ` +
-          `${r.dim} features)`);
+        console.log(`${r.block} t=${r.t}, ${o.head} head: held-out ${pct(r.accuracy)} (train ` +
+          `${pct(r.trainAccuracy)}, ${r.dim} features)`);
       }
       if (o.sweep) {
         const title = `DDAE linear probe, pool ${o.pool}: held-out accuracy`;

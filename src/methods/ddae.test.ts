@@ -3,6 +3,10 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { HostArray } from '../engine/host.js';
+import * as ops from '../engine/ops.js';
+import { mapTree, type Tree } from '../engine/tree.js';
+import type { ParamsOf } from '../nn/module.js';
+import { AttentionProbe } from './attention-probe.js';
 import { RngKey } from '../engine/random/philox.js';
 import { compile } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
@@ -75,4 +79,20 @@ test('linear probe: chance level when the labels carry no information', () => {
   const { probe } = trainLinearProbe(train.x, shuffled, 8, 4, { epochs: 5 });
   const acc = probeAccuracy(probe, held.x, held.labels);
   assert.ok(acc < 0.45, `accuracy ${acc} with random labels`);
+});
+
+test('attention probe: logits per image; a map of another size is refused by name', async () => {
+  const head = new AttentionProbe(8, 4, 3, 2);
+  const params = mapTree(head.init(RngKey.fromSeed(1)) as unknown as Tree<HostArray>,
+    (x): x is HostArray => x instanceof HostArray, (a) => ops.constant(a)) as unknown as ParamsOf<AttentionProbe>;
+  const f = compile((x: Tensor) => head.logits(params, x));
+  try {
+    const out = await f(new HostArray(RngKey.fromSeed(2).normal(5 * 8 * 4), [5, 8, 2, 2]));
+    assert.deepEqual(out.shape, [5, 3]);
+    assert.ok([...(out.data as Float32Array)].every(Number.isFinite));
+  } finally {
+    await f.dispose();
+  }
+  assert.throws(() => compile((x: Tensor) => head.logits(params, x)).trace({ shape: [1, 8, 3, 3] }),
+    /built for 8 channels x 4 tokens, got a \[1, 8, 3, 3\] feature map/);
 });

@@ -46,13 +46,17 @@ export function blockNode(block: string, c: Pick<UNet2DConfig, 'down_block_types
  * small grids before a linear head, keeping where a feature is. H and W must divide by k.
  */
 export function gridPool(act: Tensor, k: number): Tensor {
+  const [b, c] = act.shape as [number, number];
+  return k === 1 ? ops.mean(act, [2, 3]) : ops.reshape(poolMap(act, k), [b, c * k * k]);
+}
+
+/** Average pooling of a feature map [B, C, H, W] to [B, C, k, k]; k must divide H and W. */
+export function poolMap(act: Tensor, k: number): Tensor {
   const [b, c, h, w] = act.shape as [number, number, number, number];
   if (!(Number.isInteger(k) && k >= 1 && h % k === 0 && w % k === 0)) {
     throw new RangeError(`pooling ${h}x${w} features to a ${k}x${k} grid: ${k} must divide both`);
   }
-  if (k === 1) return ops.mean(act, [2, 3]);
-  const cells = ops.mean(ops.reshape(act, [b, c, k, h / k, k, w / k]), [3, 5]); // [B, C, k, k]
-  return ops.reshape(cells, [b, c * k * k]);
+  return k === h && k === w ? act : ops.mean(ops.reshape(act, [b, c, k, h / k, k, w / k]), [3, 5]);
 }
 
 /**
@@ -71,12 +75,12 @@ export function pooledFeatures(model: UNet2DModel, p: ParamsOf<UNet2DModel>, xt:
   });
 }
 
-/** The feature-map (not pooled) output of one block, [B, channels, h, w]: what an attention
- *  head reads. */
+/** The feature map of one block, average-pooled to at most `most` x `most` cells
+ *  ([B, channels, k, k]): what an attention head reads, its token count bounded. */
 export function blockFeatureMap(model: UNet2DModel, p: ParamsOf<UNet2DModel>, xt: Tensor, t: Tensor,
-  labels: Tensor | undefined, block: string): Tensor {
+  labels: Tensor | undefined, block: string, most = 8): Tensor {
   const node = blockNode(block, model.config);
   const act = model.intermediates(p, xt, t, labels).features.get(node);
   if (!act) throw new Error(`DDAE: the U-Net reported no output for ${node}`);
-  return act;
+  return poolMap(act, Math.min(most, act.shape[2] as number));
 }

@@ -6,7 +6,7 @@ import { HostArray } from '../engine/host.js';
 import { RngKey } from '../engine/random/philox.js';
 import type { ImageDataset } from '../data/dataset.js';
 import { withTinyPipeline } from '../../test/support/tiny-pipeline.js';
-import { probeCsv, probeHeatMap, probeSweep } from './probe.js';
+import { attentionProbe, probeCsv, probeHeatMap, probeSweep } from './probe.js';
 
 /** Labelled 8x8 images whose class sets their mean brightness. */
 function tinySplit(n: number, seed: number): ImageDataset {
@@ -53,3 +53,17 @@ test('probe: refuses unknown blocks, timesteps out of range and non-U-Net models
     await assert.rejects(probeSweep(p, data), /DDAE probes read U-Net blocks: .* \(expected UNet2DModel\)/);
   });
 });
+
+test('attention probe: trains on a block\'s feature map and scores the held-out maps', () =>
+  withTinyPipeline('unet', 'eps', async (p) => {
+    const data = { train: tinySplit(48, 1), heldOut: tinySplit(24, 2) };
+    const rows: unknown[] = [];
+    const r = await attentionProbe(p, data, { block: 'mid', t: 0, epochs: 30, lr: 3e-3, batchSize: 16 },
+      { onRow: (row) => rows.push(row) });
+    // The tiny U-Net's mid block: 16 channels at 4x4 (8x8 input, one downsampling).
+    assert.equal(r.dim, 16 * 4 * 4);
+    assert.deepEqual(rows, [r]);
+    // Brightness separates the three classes; a head that learned nothing scores about 1/3.
+    assert.ok(r.trainAccuracy > 0.6, `train accuracy ${r.trainAccuracy}`);
+    await assert.rejects(attentionProbe(p, data, { block: 'up.7' }), /'up.7' is not one of this U-Net's/);
+  }));

@@ -12,16 +12,21 @@ import * as ops from '../engine/ops.js';
 import { RngKey } from '../engine/random/philox.js';
 import { compile } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
-import { mapTree } from '../engine/tree.js';
+import { mapTree, type Tree } from '../engine/tree.js';
 import { pointsAt } from '../diffusion/training.js';
 import type { ImageDataset } from '../data/dataset.js';
 import { heatMap } from '../io/plot.js';
 import type { Image } from '../io/png.js';
-import { pooledFeatures, unetBlocks } from '../methods/ddae.js';
+import { AttentionProbe } from '../methods/attention-probe.js';
+import { blockFeatureMap, pooledFeatures, unetBlocks } from '../methods/ddae.js';
 import {
   LINEAR_PROBE_DEFAULTS, probeAccuracy, trainLinearProbe, type LinearProbeOptions,
 } from '../methods/linear-probe.js';
+import { crossEntropy } from '../models/classifier.js';
 import type { UNet2DConfig, UNet2DModel } from '../models/unet2d.js';
+import { adamw } from '../nn/optim.js';
+import { cosineLr } from '../nn/schedules.js';
+import { compileTrainStep } from '../nn/train.js';
 import type { ParamsOf } from '../nn/module.js';
 import type { Pipeline, Provider } from './sample.js';
 
@@ -99,7 +104,7 @@ async function featuresAt(run: (x: HostArray, t: HostArray, y?: HostArray) => Pr
       [count], 'int64') : undefined;
     const feats = await run(xt, ts, y);
     feats.forEach((f, b) => {
-      const dim = f.shape[1]!;
+      const dim = f.size / count; // a pooled vector or a whole feature map per image
       out[b] ??= new Float32Array(n * dim);
       out[b]!.set(f.data as Float32Array, first * dim);
     });
@@ -181,6 +186,121 @@ export async function probeSweep(p: Pipeline, data: { train: ImageDataset; heldO
     await fn.dispose();
   }
   return rows;
+}
+
+export interface AttentionProbeOptions {
+  block: string;
+  t: number;
+  draws: number;
+  seed: number;
+  batchSize: number;
+  epochs: number;
+  lr: number;
+  provider?: Provider;
+}
+
+export const ATTENTION_PROBE_DEFAULTS = Object.freeze({ epochs: 15, lr: 1e-3 });
+
+/**
+ * Mukhopadhyay et al.'s attention head (methods/attention-probe.ts) on one block's feature map
+ * (average-pooled to at most 8 x 8 tokens) at timestep t: trained on the train split's maps
+ * (AdamW, weight decay 0.05, batch 128, cosine decay), scored on the held-out split's.
+ */
+export async function attentionProbe(p: Pipeline, data: { train: ImageDataset; heldOut: ImageDataset },
+  options: Partial<AttentionProbeOptions> & { block: string }, ev: ProbeEvents = {}):
+  Promise<ProbeRow> {
+  const o = { ...PROBE_DEFAULTS, ...ATTENTION_PROBE_DEFAULTS, t: PROBE_DEFAULTS.timesteps[0]!, ...options };
+  const { model } = unetOf(p);
+  const known = unetBlocks(model.config);
+  if (!known.includes(o.block)) throw new RangeError(`block '${o.block}' is not one of this U-Net's: ${known.join(', ')}`);
+  const T = p.scheduler.config.num_train_timesteps as number;
+  if (!(Number.isInteger(o.t) && o.t >= 0 && o.t < T)) throw new RangeError(`timestep ${o.t} is not an integer in [0, ${T})`);
+  if (!data.train.labels || !data.heldOut.labels) throw new RangeError('the probe needs labelled train and held-out images');
+  const classes = Math.max(...data.train.labels, ...data.heldOut.labels) + 1;
+  const consts = mapTree(p.params, (x): x is HostArray => x instanceof HostArray,
+    (a) => ops.constant(a)) as unknown as ParamsOf<UNet2DModel>;
+  const runtime = { name: 'ddae_feature_map', ...(o.provider ? { provider: o.provider } : {}) };
+  const fn = p.model.numClasses > 0
+    ? compile((x: Tensor, t: Tensor, y: Tensor) => [blockFeatureMap(model, consts, x, t, y, o.block)], runtime)
+    : compile((x: Tensor, t: Tensor) => [blockFeatureMap(model, consts, x, t, undefined, o.block)], runtime);
+  const call = fn as unknown as (...args: HostArray[]) => Promise<HostArray[]>;
+  const run = (x: HostArray, t: HostArray, y?: HostArray) => (y ? call(x, t, y) : call(x, t));
+  const nTrain = data.train.images.shape[0]!;
+  const nHeld = data.heldOut.images.shape[0]!;
+  const total = o.draws * nTrain + nHeld;
+  let done = 0;
+  const tick = (k: number) => ev.onImages?.((done += k), total);
+  const key = RngKey.fromSeed(o.seed);
+  let train: Float32Array;
+  let held: Float32Array;
+  let mapShape: [number, number, number];
+  try {
+    const draws: Float32Array[] = [];
+    for (let d = 0; d < o.draws; d++) {
+      draws.push((await featuresAt(run, p, data.train.images, o.t, key.fold(o.t).fold(d), o.batchSize, tick))[0]!);
+    }
+    held = (await featuresAt(run, p, data.heldOut.images, o.t, key.fold(o.t).fold(1_000_000),
+      o.batchSize, tick))[0]!;
+    train = new Float32Array(draws.reduce((a, d) => a + d.length, 0));
+    draws.forEach((d, i) => train.set(d, i * d.length));
+    const traced = fn.trace({ shape: [1, ...p.model.sampleShape] }, { shape: [1] },
+      ...(p.model.numClasses > 0 ? [{ shape: [1], dtype: 'int64' as const }] : []));
+    mapShape = traced.outputs[0]!.shape.slice(1) as [number, number, number];
+  } finally {
+    await fn.dispose();
+  }
+  const [c, k] = [mapShape[0], mapShape[1]];
+  const per = c * k * k;
+  const head = new AttentionProbe(c, k * k, classes);
+  const labels = Int32Array.from({ length: o.draws * nTrain }, (_, i) => data.train.labels![i % nTrain]!);
+  const n = labels.length;
+  const batch = Math.min(128, n);
+  const steps = o.epochs * Math.floor(n / batch);
+  const trainer = compileTrainStep((params: Tree<Tensor>, b: Tree<Tensor>) => {
+    const { x, y } = b as unknown as { x: Tensor; y: Tensor };
+    return crossEntropy(head.logits(params as ParamsOf<AttentionProbe>, x), y);
+  }, adamw({ lr: cosineLr(o.lr, steps, Math.round(0.05 * steps)), weightDecay: 0.05 }),
+  { runtime: { name: 'attention_probe_train' } });
+  let state = trainer.init(head.init(key.fold(7)) as unknown as Tree<HostArray>);
+  try {
+    for (let s = 0; s < steps; s++) {
+      const epoch = Math.floor(s / Math.floor(n / batch));
+      const order = key.fold(8).fold(epoch).permutation(n);
+      const first = (s % Math.floor(n / batch)) * batch;
+      const rows = order.subarray(first, first + batch);
+      const x = new Float32Array(batch * per);
+      rows.forEach((r, i) => x.set(train.subarray(r * per, (r + 1) * per), i * per));
+      const y = new HostArray(BigInt64Array.from(rows, (r) => BigInt(labels[r]!)), [batch], 'int64');
+      state = (await trainer.step(state, { x: new HostArray(x, [batch, c, k, k]), y } as never)).state;
+    }
+  } finally {
+    await trainer.dispose();
+  }
+  const params = mapTree(state.params, (v): v is HostArray => v instanceof HostArray,
+    (a) => ops.constant(a)) as unknown as ParamsOf<AttentionProbe>;
+  const logits = compile((x: Tensor) => head.logits(params, x), { name: 'attention_probe' });
+  const accuracyOf = async (maps: Float32Array, truth: ArrayLike<number>): Promise<number> => {
+    let right = 0;
+    const rows = truth.length;
+    for (let i = 0; i < rows; i += 500) {
+      const j = Math.min(rows, i + 500);
+      const l = (await logits(new HostArray(maps.slice(i * per, j * per), [j - i, c, k, k]))).data as Float32Array;
+      for (let r = 0; r < j - i; r++) {
+        let best = 0;
+        for (let q = 1; q < classes; q++) if (l[r * classes + q]! > l[r * classes + best]!) best = q;
+        if (best === truth[i + r]) right++;
+      }
+    }
+    return right / rows;
+  };
+  try {
+    const row = { block: o.block, t: o.t, dim: per, accuracy: await accuracyOf(held, data.heldOut.labels),
+      trainAccuracy: await accuracyOf(train, labels) };
+    ev.onRow?.(row);
+    return row;
+  } finally {
+    await logits.dispose();
+  }
 }
 
 export const PROBE_CSV_COLUMNS = ['block', 't', 'dim', 'accuracy', 'train_accuracy'] as const;
