@@ -22,10 +22,13 @@ export interface ClassifyOptions extends DiffusionClassifierOptions {
   rowsPerCall: number;
   provider?: Provider;
   signal?: AbortSignal;
+  /** The index of the first image (its noise is drawn for that index): a resumed run passes
+   *  the images left and how many were done. */
+  offset?: number;
 }
 
 export const CLASSIFY_DEFAULTS: Readonly<ClassifyOptions> = Object.freeze({
-  ...DIFFUSION_CLASSIFIER_DEFAULTS, seed: 0, imagesPerBatch: 25, rowsPerCall: 250,
+  ...DIFFUSION_CLASSIFIER_DEFAULTS, seed: 0, imagesPerBatch: 25, rowsPerCall: 64,
 });
 
 export interface ClassifyResult {
@@ -40,8 +43,10 @@ export interface ClassifyResult {
 }
 
 export interface ClassifyEvents {
-  /** After each batch: images done, of total, and how many of those were right (labels). */
-  onBatch?: (done: number, total: number, correct: number) => void;
+  /** After each batch: images done, of total, how many of those were right (labels), and the
+   *  verdicts so far (to save a partial result). */
+  onBatch?: (done: number, total: number, correct: number,
+    sofar: Pick<ClassifyResult, 'predictions' | 'meanErrors'>) => void | Promise<void>;
 }
 
 /** x_t = alpha x0 + sigma eps at the pipeline's training timesteps (DDPM tables or flow). */
@@ -116,13 +121,14 @@ export async function classifyImages(p: Pipeline, images: HostArray<'float32'>,
       const count = Math.min(o.imagesPerBatch, n - first);
       const x0 = images.data.subarray(first * per, (first + count) * per);
       const r = await classifyBatch(eps, levels, x0, per, classes, o,
-        philoxNoise(o.seed, first, per));
+        philoxNoise(o.seed, (o.offset ?? 0) + first, per));
       r.images.forEach((v, b) => {
         predictions[first + b] = v.prediction;
         meanErrors.push(v.meanError);
         if (labels && labels[first + b] === v.prediction) correct++;
       });
-      ev.onBatch?.(first + count, n, correct);
+      await ev.onBatch?.(first + count, n, correct,
+        { predictions: predictions.subarray(0, first + count), meanErrors });
     }
   } finally {
     await graph.dispose();
@@ -132,13 +138,36 @@ export async function classifyImages(p: Pipeline, images: HostArray<'float32'>,
 }
 
 /** One line per image: index, label (if known), prediction, mean error per class. */
-export function classifyCsv(r: ClassifyResult, labels?: ArrayLike<number>, names?: string[]):
-  string {
+export function classifyCsv(r: Pick<ClassifyResult, 'predictions' | 'meanErrors'>,
+  labels?: ArrayLike<number>): string {
   const k = r.meanErrors[0]?.length ?? 0;
-  const head = ['image', ...(names ? ['file'] : []), ...(labels ? ['label'] : []), 'prediction',
+  const head = ['image', ...(labels ? ['label'] : []), 'prediction',
     ...Array.from({ length: k }, (_, c) => `error_${c}`)];
-  const lines = r.meanErrors.map((e, i) => [i, ...(names ? [names[i]] : []),
-    ...(labels ? [labels[i]] : []), r.predictions[i],
+  const lines = r.meanErrors.map((e, i) => [i, ...(labels ? [labels[i]] : []), r.predictions[i],
     ...Array.from(e, (v) => Number.isFinite(v) ? v.toPrecision(6) : '')].join(','));
   return [head.join(','), ...lines].join('\n') + '\n';
+}
+
+/** The verdicts of a CSV classifyCsv wrote (a run to resume), or an error naming the line. */
+export function readClassifyCsv(text: string, file: string):
+  Pick<ClassifyResult, 'predictions' | 'meanErrors'> {
+  const [head, ...lines] = text.trim().split('\n');
+  const cols = head?.split(',') ?? [];
+  const pi = cols.indexOf('prediction');
+  const errs = cols.flatMap((c, i) => (/^error_\d+$/.test(c) ? [i] : []));
+  if (cols[0] !== 'image' || pi < 0 || errs.length < 2) {
+    throw new RangeError(`${file}: not a diffuse classify CSV (header '${head ?? ''}')`);
+  }
+  const predictions: number[] = [];
+  const meanErrors: Float64Array[] = [];
+  lines.forEach((line, j) => {
+    const f = line.split(',');
+    const v = f.map(Number);
+    if (f.length !== cols.length || v[0] !== j || !Number.isInteger(v[pi])) {
+      throw new RangeError(`${file}, line ${j + 2}: expected image ${j} with ${cols.length} fields`);
+    }
+    predictions.push(v[pi]!);
+    meanErrors.push(Float64Array.from(errs, (i) => (f[i] === '' ? NaN : v[i]!)));
+  });
+  return { predictions: Int32Array.from(predictions), meanErrors };
 }
