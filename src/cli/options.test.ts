@@ -2,7 +2,7 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, test } from 'node:test';
@@ -22,6 +22,7 @@ import { SAMPLE_OPTIONS } from './sample.js';
 import { TOY_OPTIONS } from './toy.js';
 import { TRAIN_CLASSIFIER_OPTIONS } from './train-classifier.js';
 import { TRAIN_OPTIONS, trainOptions } from './train.js';
+import { withTempDir } from '../../test/support/temp-dir.js';
 
 const COMMANDS: Record<string, Schema> = {
   train: TRAIN_OPTIONS, sample: SAMPLE_OPTIONS, eval: EVAL_OPTIONS, toy: TOY_OPTIONS,
@@ -303,11 +304,4 @@ test('diffuse exits with 2 and one line for a bad flag, a bad config key, an unk
     assert.match(unknown.stderr, /^error: unknown option '--stepz'\n\(Did you mean --steps\?\)/);
   }));
 
-async function withDir(f: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await mkdtemp(join(tmpdir(), 'diffuse-cli-'));
-  try {
-    await f(dir);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-}
+const withDir = (fn: (dir: string) => Promise<void>): Promise<void> => withTempDir('cli', fn);

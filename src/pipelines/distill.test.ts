@@ -1,8 +1,6 @@
 /** diffuse distill: both methods on the shared loop (exact resume), and what a student folder
  *  holds: its record, its scheduler, and a one-step BOOT sample equal to g(eps, 0). */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { HostArray } from '../engine/host.js';
@@ -17,6 +15,7 @@ import { withTinyPipeline } from '../../test/support/tiny-pipeline.js';
 import { distill, type DistillOptions } from './distill.js';
 import { loadPipeline, sampleImages } from './sample.js';
 import { studentSampling } from './student.js';
+import { withTempDir } from '../../test/support/temp-dir.js';
 
 /** 24 labelled 8x8 images of the tiny pipeline's 3 classes. */
 function tinyData(): ImageDataset {
@@ -33,14 +32,7 @@ const options = (teacher: string, out: string, over: Partial<DistillOptions>): D
   checkpointEvery: 2, ...over,
 });
 
-async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await mkdtemp(join(tmpdir(), 'diffuse-distill-'));
-  try {
-    await fn(dir);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-}
+const withDir = (fn: (dir: string) => Promise<void>): Promise<void> => withTempDir('distill', fn);
 
 for (const method of ['mmd', 'boot'] as const) {
   test(`${method}: a student resumed mid-run matches an uninterrupted one`, () =>

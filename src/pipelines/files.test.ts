@@ -1,8 +1,7 @@
 /** What the pipelines read and write on the CLI's behalf: training data by name, sampled
  *  images as a grid or one PNG each, the toy picture, a sweep's CSV and plot. */
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { HostArray } from '../engine/host.js';
@@ -11,15 +10,9 @@ import { loadTrainingData } from './data.js';
 import { CSV_COLUMNS, writeSweep } from './eval.js';
 import { writeSamples } from './sample.js';
 import { TOY_SAMPLERS, writeToyPicture } from './toy.js';
+import { withTempDir } from '../../test/support/temp-dir.js';
 
-async function withDir(f: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await mkdtemp(join(tmpdir(), 'diffuse-files-'));
-  try {
-    await f(dir);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-}
+const withDir = (fn: (dir: string) => Promise<void>): Promise<void> => withTempDir('files', fn);
 
 test('loadTrainingData: mnist is its 9,000-digit train split; a folder comes with labels', () =>
   withDir(async (dir) => {

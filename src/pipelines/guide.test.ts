@@ -2,8 +2,6 @@
  *  raising the guide's log-probability of their targets, guidance 0 as the unconditional
  *  model in one call per step, and targets for an unconditional model. */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { HostArray } from '../engine/host.js';
@@ -20,6 +18,7 @@ import type { ParamsOf } from '../nn/module.js';
 import { withTinyPipeline } from '../../test/support/tiny-pipeline.js';
 import { loadGuide, parseGuide } from './guide.js';
 import { sampleImages } from './sample.js';
+import { withTempDir } from '../../test/support/temp-dir.js';
 
 test('parseGuide: classifier:DIR[:SCALE]', () => {
   assert.deepEqual(parseGuide('classifier:models/c'), { dir: 'models/c', scale: 1 });
@@ -56,14 +55,7 @@ async function meanLogProb(c: { model: DiffuseClassifier; params: ParamsOf<Diffu
   }
 }
 
-async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await mkdtemp(join(tmpdir(), 'diffuse-guide-'));
-  try {
-    await fn(dir);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-}
+const withDir = (fn: (dir: string) => Promise<void>): Promise<void> => withTempDir('guide', fn);
 
 for (const noiseAware of [false, true]) {
   test(`guided samples score higher under the ${noiseAware ? 'noise-aware' : 'clean'} guide`, () =>

@@ -2,8 +2,8 @@
 import assert from 'node:assert/strict';
 import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
-import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir, totalmem } from 'node:os';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
+import { totalmem } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { promisify } from 'node:util';
@@ -29,17 +29,11 @@ import { schedulerFromConfig } from '../diffusion/diffusers/schedulers.js';
 import { parseScheduler, specToJson } from '../diffusion/diffusers/spec.js';
 import { samplerSpec } from '../diffusion/sampling.js';
 import { trainingScheduler } from '../diffusion/training.js';
+import { withTempDir } from '../../test/support/temp-dir.js';
 
 const SHAPE = [1, 8, 8] as const;
 
-async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await mkdtemp(join(tmpdir(), 'diffuse-sample-'));
-  try {
-    await fn(dir);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-}
+const withDir = (fn: (dir: string) => Promise<void>): Promise<void> => withTempDir('sample', fn);
 
 /** A freshly initialised tiny model, written as the pipeline `diffuse train` exports. */
 async function tinyPipeline(dir: string, family: ModelFamily, classes: number): Promise<string> {

@@ -1,8 +1,7 @@
 /** diffuse train's loop: exact resume, atomic checkpoints, the exported pipeline, bad input. */
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { appendFile, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { appendFile, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { HostArray } from '../engine/host.js';
@@ -10,6 +9,7 @@ import { RngKey } from '../engine/random/philox.js';
 import type { ImageDataset } from '../data/dataset.js';
 import { readModelFolder, readModelIndex } from '../io/diffusers.js';
 import { train, type TrainOptions } from './train.js';
+import { withTempDir } from '../../test/support/temp-dir.js';
 
 /** 48 labelled 8x8 images: class 0 a bright top half, class 1 a bright left half, plus noise. */
 function tinyData(): ImageDataset {
@@ -29,14 +29,7 @@ const base = (out: string, over: Partial<TrainOptions> = {}): TrainOptions => ({
   emaDecay: 0.99, seed: 5, out, logEvery: 1, sampleEvery: 0, checkpointEvery: 2, ...over,
 });
 
-async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await mkdtemp(join(tmpdir(), 'diffuse-train-'));
-  try {
-    await fn(dir);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
-}
+const withDir = (fn: (dir: string) => Promise<void>): Promise<void> => withTempDir('train', fn);
 
 test('a run interrupted at step 3 and resumed gives the same losses as an uninterrupted run', () =>
   withDir(async (dir) => {
