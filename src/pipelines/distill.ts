@@ -13,7 +13,7 @@ import { HostArray } from '../engine/host.js';
 import * as ops from '../engine/ops.js';
 import { RngKey } from '../engine/random/philox.js';
 import type { Tensor } from '../engine/tensor.js';
-import { mapTree, type Tree } from '../engine/tree.js';
+import { type Tree } from '../engine/tree.js';
 import { parseScheduler, specToJson, type SchedulerSpec } from '../diffusion/diffusers/spec.js';
 import { samplerSchedule, samplerSpec } from '../diffusion/sampling.js';
 import { batchAt, datasetSize, type ImageDataset } from '../data/dataset.js';
@@ -58,9 +58,6 @@ const RUN_KEYS: (keyof DistillOptions)[] = ['method', 'teacher', 'studentSteps',
 export interface DistillResult extends TrainResult {
   student: StudentRecord;
 }
-
-const isHost = (x: unknown): x is HostArray => x instanceof HostArray;
-const constants = (p: Tree<HostArray>): Tree<Tensor> => mapTree(p, isHost, (a) => ops.constant(a));
 
 /** The BOOT student's scheduler: DDIM on the teacher's betas, predicting the sample itself. */
 export function bootStudentScheduler(teacher: SchedulerSpec): SchedulerSpec {
@@ -114,7 +111,7 @@ export async function distill(given: DistillOptions, data: ImageDataset | undefi
     }
     if (k && !data.labels) throw new RangeError('distill: a class-conditional teacher needs labelled real images');
     const classifier = await loadMetricClassifier(o.classifier);
-    const cp = constants(classifier.params as unknown as Tree<HostArray>);
+    const cp = ops.constantTree(classifier.params as unknown as Tree<HostArray>);
     // diffusers' DDIMScheduler on the teacher's betas: "leading" spacing, alpha_bar 1 at the end
     const schedule = samplerSchedule('ddim', teacher.scheduler, o.studentSteps);
     const loss = mmdDdmLoss({
@@ -142,7 +139,7 @@ export async function distill(given: DistillOptions, data: ImageDataset | undefi
   const path = signalPath(samplerSchedule('ddim', teacher.scheduler, o.teacherSteps));
   const studentScheduler = bootStudentScheduler(teacher.scheduler);
   const loss = bootLoss({
-    student: (p) => predictionOf(model, p), teacher: predictionOf(model, constants(teacher.params)),
+    student: (p) => predictionOf(model, p), teacher: predictionOf(model, ops.constantTree(teacher.params)),
     teacherPrediction: teacher.scheduler.prediction, guidance: o.guidance, nullClass: model.numClasses,
   });
   const student: StudentRecord = { method: 'boot', sampler: 'ddim', steps: 1, guidance: o.guidance,

@@ -31,7 +31,7 @@ import * as ops from '../engine/ops.js';
 import { RngKey } from '../engine/random/philox.js';
 import { compile } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
-import { mapTree, type Tree } from '../engine/tree.js';
+import { type Tree } from '../engine/tree.js';
 import type { SchedulerSpec } from '../diffusion/diffusers/spec.js';
 import { pointsAt, trainingScheduler } from '../diffusion/training.js';
 import { batchAt, datasetSize, type ImageDataset } from '../data/dataset.js';
@@ -138,8 +138,6 @@ export interface TrainedExperts {
   trainingSeconds: number;
   seconds: number;
 }
-
-const isHost = (x: unknown): x is HostArray => x instanceof HostArray;
 
 // ---------------------------------------------------------------------------------------------
 // Training data
@@ -277,7 +275,7 @@ export async function trainExperts(o: ExpertsOptions, ev: ExpertsEvents = {}):
   const k = config.num_classes;
   const scale = loraScale(o.rank);
   const base = params as unknown as Tree<HostArray>;
-  const consts = mapTree(base, isHost, (a) => ops.constant(a));
+  const consts = ops.constantTree(base);
   const loss = (lora: Tree<Tensor>, batch: Tree<Tensor>): Tensor => {
     const p = applyLora(consts, lora as unknown as LoraTree<Tensor>, scale) as unknown as
       ParamsOf<DiffuseClassifier>;

@@ -7,7 +7,7 @@ import * as ops from '../engine/ops.js';
 import { compile, type RuntimeOptions } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
 import type { Graph } from '../engine/trace.js';
-import { mapTree, type Tree } from '../engine/tree.js';
+import { type Tree } from '../engine/tree.js';
 import { conditionLabels, int64Labels, type Batch, type Denoiser } from '../diffusion/denoiser.js';
 import type { Prediction } from '../diffusion/predictions.js';
 import { predictionOf, type ImageModel } from './image-models.js';
@@ -75,7 +75,6 @@ function labelsOf(c: unknown, rows: number): HostArray {
  */
 export function modelDenoiser(model: ImageModel, params: Tree<HostArray>, prediction: Prediction,
   runtime: RuntimeOptions = {}): GraphDenoiser {
-  const consts = mapTree(params, (x): x is HostArray => x instanceof HostArray,
-    (a) => ops.constant(a));
+  const consts = ops.constantTree(params);
   return graphDenoiser(predictionOf(model, consts), prediction, runtime);
 }

@@ -15,7 +15,6 @@ import { join } from 'node:path';
 import { HostArray } from '../engine/host.js';
 import * as ops from '../engine/ops.js';
 import type { Tensor } from '../engine/tensor.js';
-import { mapTree } from '../engine/tree.js';
 import { classifierGuidance, type Releasable } from '../diffusion/gradient-guidance.js';
 import type { GuidanceFn } from '../diffusion/guidance.js';
 import { loadModel } from '../io/diffusers.js';
@@ -60,8 +59,7 @@ type Classifier = { model: DiffuseClassifier; params: ParamsOf<DiffuseClassifier
 
 async function loadClassifier(dir: string): Promise<Classifier> {
   const { config, params } = await loadModel(dir, classifierClass);
-  const consts = mapTree(params, (x): x is HostArray => x instanceof HostArray,
-    (a) => ops.constant(a)) as unknown as ParamsOf<DiffuseClassifier>;
+  const consts = ops.constantTree(params) as unknown as ParamsOf<DiffuseClassifier>;
   return { model: new DiffuseClassifier(config), params: consts };
 }
 

@@ -27,7 +27,7 @@ import { HostArray } from '../engine/host.js';
 import * as ops from '../engine/ops.js';
 import { compile, type RuntimeOptions } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
-import { mapTree, type Tree } from '../engine/tree.js';
+import { type Tree } from '../engine/tree.js';
 import { packageRoot } from '../util/package-root.js';
 import { meanAndCovariance, symmetricEigen } from '../data/analytic/linalg.js';
 import type { ImageDataset } from '../data/dataset.js';
@@ -103,8 +103,6 @@ export interface FeatureExtractor {
   dispose(): Promise<void>;
 }
 
-const isHost = (x: unknown): x is HostArray => x instanceof HostArray;
-
 /**
  * A compiled classifier graph (weights baked in) run over images in batches of `batchSize`
  * (default 250); a short last batch is zero-padded (rows are independent: GroupNorm is per
@@ -114,7 +112,7 @@ export function featureExtractor(c: MetricClassifier,
   opts: { batchSize?: number; runtime?: RuntimeOptions } = {}): FeatureExtractor {
   const { model } = c;
   const cfg = model.config;
-  const p = mapTree(c.params as unknown as Tree<HostArray>, isHost, (a) => ops.constant(a)) as
+  const p = ops.constantTree(c.params as unknown as Tree<HostArray>) as
     unknown as ParamsOf<DiffuseClassifier>;
   const heads = (f: Tensor) => ({ features: f, logits: model.head.forward(p.head, f) });
   const runtime = { ...opts.runtime, name: opts.runtime?.name ?? 'classifier_features' };

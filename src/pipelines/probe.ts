@@ -12,7 +12,7 @@ import * as ops from '../engine/ops.js';
 import { RngKey } from '../engine/random/philox.js';
 import { compile } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
-import { mapTree, type Tree } from '../engine/tree.js';
+import { type Tree } from '../engine/tree.js';
 import { pointsAt } from '../diffusion/training.js';
 import type { ImageDataset } from '../data/dataset.js';
 import { heatMap } from '../io/plot.js';
@@ -143,8 +143,7 @@ export async function probeSweep(p: Pipeline, data: { train: ImageDataset; heldO
     }
   }
   const classes = Math.max(...data.train.labels, ...data.heldOut.labels) + 1;
-  const consts = mapTree(p.params, (x): x is HostArray => x instanceof HostArray,
-    (a) => ops.constant(a)) as unknown as ParamsOf<UNet2DModel>;
+  const consts = ops.constantTree(p.params) as unknown as ParamsOf<UNet2DModel>;
   const fn = p.model.numClasses > 0
     ? compile((x: Tensor, t: Tensor, y: Tensor) => pooledFeatures(model, consts, x, t, y, blocks, o.pool),
       { name: 'ddae_features', ...(o.provider ? { provider: o.provider } : {}) })
@@ -217,8 +216,7 @@ export async function attentionProbe(p: Pipeline, data: { train: ImageDataset; h
   if (!(Number.isInteger(o.t) && o.t >= 0 && o.t < T)) throw new RangeError(`timestep ${o.t} is not an integer in [0, ${T})`);
   if (!data.train.labels || !data.heldOut.labels) throw new RangeError('the probe needs labelled train and held-out images');
   const classes = Math.max(...data.train.labels, ...data.heldOut.labels) + 1;
-  const consts = mapTree(p.params, (x): x is HostArray => x instanceof HostArray,
-    (a) => ops.constant(a)) as unknown as ParamsOf<UNet2DModel>;
+  const consts = ops.constantTree(p.params) as unknown as ParamsOf<UNet2DModel>;
   const runtime = { name: 'ddae_feature_map', ...(o.provider ? { provider: o.provider } : {}) };
   const fn = p.model.numClasses > 0
     ? compile((x: Tensor, t: Tensor, y: Tensor) => [blockFeatureMap(model, consts, x, t, y, o.block)], runtime)
@@ -276,8 +274,7 @@ export async function attentionProbe(p: Pipeline, data: { train: ImageDataset; h
   } finally {
     await trainer.dispose();
   }
-  const params = mapTree(state.params, (v): v is HostArray => v instanceof HostArray,
-    (a) => ops.constant(a)) as unknown as ParamsOf<AttentionProbe>;
+  const params = ops.constantTree(state.params) as unknown as ParamsOf<AttentionProbe>;
   const logits = compile((x: Tensor) => head.logits(params, x), { name: 'attention_probe' });
   const accuracyOf = async (maps: Float32Array, truth: ArrayLike<number>): Promise<number> => {
     let right = 0;

@@ -27,7 +27,7 @@ import { RngKey } from '../engine/random/philox.js';
 import { TorchGenerator } from '../engine/random/torch.js';
 import type { Provider } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
-import { flatten, mapTree, type Tree } from '../engine/tree.js';
+import { flatten, type Tree } from '../engine/tree.js';
 import { withData, type Batch, type Denoiser, type NoiseSource } from '../diffusion/denoiser.js';
 import { parseScheduler, type SchedulerSpec } from '../diffusion/diffusers/spec.js';
 import { classifierFreeGuidance, withGuidance } from '../diffusion/guidance.js';
@@ -439,8 +439,7 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
   const cfg = labels !== undefined && guidance !== 1 && !unconditional;
   const [c, h, w] = p.model.sampleShape;
   const per = c * h * w;
-  const consts = mapTree(p.params, (x): x is HostArray => x instanceof HostArray,
-    (a) => ops.constant(a));
+  const consts = ops.constantTree(p.params);
   const model = predictionOf(p.model, consts);
   const graph = graphDenoiser(model, spec.prediction,
     { name: 'sample_denoiser', ...(o.provider ? { provider: o.provider } : {}) });

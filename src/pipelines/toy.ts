@@ -8,7 +8,7 @@ import * as ops from '../engine/ops.js';
 import { RngKey } from '../engine/random/philox.js';
 import { RngStream } from '../engine/random/stream.js';
 import type { Tensor } from '../engine/tensor.js';
-import { mapTree, type Tree } from '../engine/tree.js';
+import { type Tree } from '../engine/tree.js';
 import { SCHEDULER_FAMILY } from '../diffusion/diffusers/spec.js';
 import { sample, SAMPLER_NAMES, SAMPLERS, type SamplerName } from '../diffusion/sampling.js';
 import {
@@ -102,8 +102,7 @@ export interface ToySampleOptions {
 
 /** n samples [n, 2] from a trained toy model. */
 export async function sampleToy(m: ToyModel, o: ToySampleOptions): Promise<{ samples: Float32Array; seconds: number }> {
-  const consts = mapTree(m.params as Tree<HostArray>, (x): x is HostArray => x instanceof HostArray,
-    (a) => ops.constant(a)) as ParamsOf<ToyMlp>;
+  const consts = ops.constantTree(m.params as Tree<HostArray>) as ParamsOf<ToyMlp>;
   const denoiser = graphDenoiser((x, t) => m.model.forward(consts, x, t), TOY_SCHEDULER.prediction,
     { name: 'toy_denoiser' });
   const key = RngKey.fromSeed(o.seed ?? 1);

@@ -4,6 +4,7 @@ import { DTYPES, type DType } from '../dtype.js';
 import { HostArray, type Nested } from '../host.js';
 import type { Dim } from '../shape.js';
 import type { Tensor } from '../tensor.js';
+import { mapTree, type Tree } from '../tree.js';
 import { broadcastTo } from './movement.js';
 
 /** A constant (an initializer in the ONNX graph) from a host array or nested numbers. */
@@ -48,4 +49,10 @@ export function arange(n: number, dtype: DType = 'int64'): Tensor {
     else data[i] = i;
   }
   return constantTensor(new HostArray(data, [n], dtype));
+}
+
+/** Every host array of a tree (a model's weights) as a constant, other leaves as they are:
+ *  weights baked into an inference graph, where ORT prepacks them. */
+export function constantTree(tree: Tree<HostArray>): Tree<Tensor> {
+  return mapTree(tree, (x): x is HostArray => x instanceof HostArray, (a) => constant(a));
 }
