@@ -95,7 +95,7 @@ export function registerClassify(program: Command): void {
           provider: o.provider, offset: skip, signal: stop.signal,
         }, { onBatch: async (k, _total, _correct, sofar) => {
           const all = verdicts(sofar);
-          await writeFileAtomic(o.out, classifyCsv(all, input.labels)); // nothing lost on a stop
+          await writeFileAtomic(o.out, classifyCsv(all, input.labels, input.files)); // nothing lost on a stop
           done = skip + k;
           const right = input.labels ? all.predictions.filter((v, i) => v === input.labels![i]).length : 0;
           bar.update(done, input.labels ? { accuracy: `${(100 * right / done).toFixed(1)}%` } : {});

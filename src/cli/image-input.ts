@@ -25,6 +25,8 @@ export interface InputImages {
   labels?: Int32Array;
   /** Where they came from, for messages. */
   source: string;
+  /** Each image's file (relative to the folder), for a folder. */
+  files?: readonly string[];
   /** Set when the folder has sub-folders that are not class numbers. */
   note?: string;
 }
@@ -48,9 +50,10 @@ export async function readInputImages(o: { images?: string; testSplit: boolean; 
     // Sub-folder k is label index k (sorted names); a model's classes are numbers.
     const names = folder.classNames;
     if (folder.labels && names && names.every((s) => /^\d+$/.test(s))) {
-      data = { images: folder.images, labels: Int32Array.from(folder.labels, (i) => Number(names[i])) };
+      data = { images: folder.images, labels: Int32Array.from(folder.labels, (i) => Number(names[i])),
+        ...(folder.files ? { files: folder.files } : {}) };
     } else {
-      data = { images: folder.images };
+      data = { images: folder.images, ...(folder.files ? { files: folder.files } : {}) };
       if (names) note = `sub-folders of ${source} are not class numbers: no labels, no accuracy`;
     }
   }
@@ -59,5 +62,5 @@ export async function readInputImages(o: { images?: string; testSplit: boolean; 
     data = subset(data, RngKey.fromSeed(0).permutation(total).subarray(0, o.n));
   }
   return { images: data.images, ...(data.labels ? { labels: data.labels } : {}), source,
-    ...(note ? { note } : {}) };
+    ...(data.files ? { files: data.files } : {}), ...(note ? { note } : {}) };
 }

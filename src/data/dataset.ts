@@ -12,6 +12,8 @@ export interface ImageDataset {
   readonly labels?: Int32Array;
   /** Names of the label values (e.g. digits, or sub-folder names). */
   readonly classNames?: readonly string[];
+  /** Where each image came from (a folder's files, relative to it), when it came from files. */
+  readonly files?: readonly string[];
 }
 
 export function datasetSize(d: ImageDataset): number {
@@ -29,6 +31,7 @@ export function subset(d: ImageDataset, indices: ArrayLike<number>): ImageDatase
     images: new HostArray(out, [indices.length, c, h, w]),
     ...(d.labels ? { labels: Int32Array.from(indices, (i) => d.labels![i]!) } : {}),
     ...(d.classNames ? { classNames: d.classNames } : {}),
+    ...(d.files ? { files: Array.from(indices, (i) => d.files![i]!) } : {}),
   };
 }
 

@@ -21,6 +21,7 @@ test('labelled sub-folders, values in [-1, 1], and the errors users hit', async 
     assert.deepEqual(d.images.shape, [3, 1, 4, 4]);
     assert.deepEqual(Array.from(d.labels!), [0, 1, 1]);
     assert.deepEqual(d.classNames, ['cats', 'dogs']);
+    assert.deepEqual(d.files, [join('cats', 'a.png'), join('dogs', 'b.png'), join('dogs', 'c.png')]);
     assert.equal(d.images.data[0], -1);
     assert.equal(d.images.data[16], 1);
     await writeFile(join(dir, 'dogs', 'big.png'), grey(5, 4, 0));

@@ -13,7 +13,7 @@
  * - every sub-folder is a class: one with no .png images is an error naming it.
  */
 import { readdir, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import { join, relative } from 'node:path';
 import { HostArray } from '../engine/host.js';
 import { readPng, type Image } from '../io/png.js';
 import type { ImageDataset } from './dataset.js';
@@ -125,5 +125,6 @@ export async function loadImageFolder(dir: string, opts: { channels?: 1 | 3 } = 
   return {
     images: new HostArray(out, [files.length, c, height, width]),
     ...(labelled ? { labels: Int32Array.from(files, (f) => f.label), classNames: classDirs } : {}),
+    files: files.map((f) => relative(dir, f.path)),
   };
 }

@@ -9,7 +9,7 @@ import { toEps } from '../diffusion/predictions.js';
 import { int64Labels } from '../diffusion/denoiser.js';
 import { timestepGrid } from '../methods/diffusion-classifier.js';
 import { withTinyPipeline } from '../../test/support/tiny-pipeline.js';
-import { classifyCsv, classifyImages } from './classify.js';
+import { classifyCsv, classifyImages, readClassifyCsv } from './classify.js';
 import { modelDenoiser } from './graph-denoiser.js';
 
 const images = (n: number) => new HostArray<'float32'>(
@@ -67,3 +67,15 @@ test('classify: refuses unconditional models, wrong image shapes and miscounted 
     await assert.rejects(classifyImages(p, images(1), undefined, { samples: [4], keep: [2] }),
       /last round must keep 1/);
   }));
+
+test('classify CSV: file names (quoted where they hold commas) and a round trip for --resume', () => {
+  const r = { predictions: Int32Array.of(3, 7), meanErrors: [Float64Array.of(0.5, 0.25), Float64Array.of(0.125, 1)] };
+  const csv = classifyCsv(r, [3, 1], ['3/a.png', '7/b, "x".png']);
+  assert.equal(csv, 'image,file,label,prediction,error_0,error_1\n0,3/a.png,3,3,0.500000,0.250000\n' +
+    '1,"7/b, ""x"".png",1,7,0.125000,1.00000\n');
+  const back = readClassifyCsv(csv, 'p.csv');
+  assert.deepEqual([...back.predictions], [3, 7]);
+  assert.deepEqual(back.meanErrors.map((e) => [...e]), [[0.5, 0.25], [0.125, 1]]);
+  assert.throws(() => readClassifyCsv('image,prediction\n0,1\n', 'p.csv'), /p.csv: not a diffuse classify CSV/);
+  assert.throws(() => readClassifyCsv(csv.replace('\n1,', '\n5,'), 'p.csv'), /p.csv, line 3: expected image 1/);
+});

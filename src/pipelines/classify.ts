@@ -137,15 +137,41 @@ export async function classifyImages(p: Pipeline, images: HostArray<'float32'>,
     rowsPerImage: cost, ...(labels ? { accuracy: correct / n } : {}) };
 }
 
-/** One line per image: index, label (if known), prediction, mean error per class. */
+/** One line per image: index, file (for a folder), label (if known), prediction, mean error
+ *  per class. */
 export function classifyCsv(r: Pick<ClassifyResult, 'predictions' | 'meanErrors'>,
-  labels?: ArrayLike<number>): string {
+  labels?: ArrayLike<number>, files?: readonly string[]): string {
   const k = r.meanErrors[0]?.length ?? 0;
-  const head = ['image', ...(labels ? ['label'] : []), 'prediction',
+  const head = ['image', ...(files ? ['file'] : []), ...(labels ? ['label'] : []), 'prediction',
     ...Array.from({ length: k }, (_, c) => `error_${c}`)];
-  const lines = r.meanErrors.map((e, i) => [i, ...(labels ? [labels[i]] : []), r.predictions[i],
+  // A file name with a comma or quote is quoted, as CSV readers expect.
+  const quoted = (f: string) => (/[",\n]/.test(f) ? `"${f.replace(/"/g, '""')}"` : f);
+  const lines = r.meanErrors.map((e, i) => [i, ...(files ? [quoted(files[i]!)] : []),
+    ...(labels ? [labels[i]] : []), r.predictions[i],
     ...Array.from(e, (v) => Number.isFinite(v) ? v.toPrecision(6) : '')].join(','));
   return [head.join(','), ...lines].join('\n') + '\n';
+}
+
+/** The fields of one CSV line, with "quoted" fields (commas and doubled quotes inside). */
+function csvFields(line: string): string[] {
+  const out: string[] = [];
+  for (let i = 0; i <= line.length;) {
+    if (line[i] === '"') {
+      let v = '';
+      for (i++; i < line.length; i++) {
+        if (line[i] === '"' && line[i + 1] === '"') (v += '"', i++);
+        else if (line[i] === '"') break;
+        else v += line[i];
+      }
+      out.push(v);
+      i += 2; // the closing quote and the comma
+    } else {
+      const end = line.indexOf(',', i);
+      out.push(line.slice(i, end < 0 ? line.length : end));
+      i = end < 0 ? line.length + 1 : end + 1;
+    }
+  }
+  return out;
 }
 
 /** The verdicts of a CSV classifyCsv wrote (a run to resume), or an error naming the line. */
@@ -161,7 +187,7 @@ export function readClassifyCsv(text: string, file: string):
   const predictions: number[] = [];
   const meanErrors: Float64Array[] = [];
   lines.forEach((line, j) => {
-    const f = line.split(',');
+    const f = csvFields(line);
     const v = f.map(Number);
     if (f.length !== cols.length || v[0] !== j || !Number.isInteger(v[pi])) {
       throw new RangeError(`${file}, line ${j + 2}: expected image ${j} with ${cols.length} fields`);
