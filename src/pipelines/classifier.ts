@@ -27,6 +27,7 @@ import type { Tree } from '../engine/tree.js';
 import {
   pointsAt, trainingPoints, trainingScheduler, type TrainingPoints,
 } from '../diffusion/training.js';
+import type { SchedulerSpec } from '../diffusion/diffusers/spec.js';
 import { batchAt, datasetSize, type ImageDataset } from '../data/dataset.js';
 import { saveModel } from '../io/diffusers.js';
 import {
@@ -189,6 +190,15 @@ export async function trainClassifier(o: ClassifierTrainOptions,
     noisyAccuracy: acc.noisy };
 }
 
+/** A dataset's images noised to x_t at timestep t of `process`, with the noise of a fixed key
+ *  (RngKey.fromSeed(t)): the noisy held-out digits every classifier accuracy here is read on. */
+export function noisyImages(d: ImageDataset, process: SchedulerSpec, t: number): HostArray<'float32'> {
+  const eps = RngKey.fromSeed(t).normal(d.images.size);
+  const { alpha: [a], sigma: [s] } = pointsAt(process, [t]);
+  return new HostArray(Float32Array.from(d.images.data, (v, i) => a! * v + s! * eps[i]!),
+    d.images.shape);
+}
+
 /** Clean accuracy, and for each timestep t the accuracy on x_t (noise from a fixed key). */
 async function heldOutAccuracy(config: ClassifierConfig,
   params: ParamsOf<DiffuseClassifier, HostArray>, d: ImageDataset, ts: number[]):
@@ -198,13 +208,8 @@ async function heldOutAccuracy(config: ClassifierConfig,
     const clean = classAccuracy(await ex.outputs(d.images), d.labels!);
     const noisy = [];
     for (const t of ts) {
-      const eps = RngKey.fromSeed(t).normal(d.images.size);
-      const p = pointsAt(PROCESS, [t]);
-      const [a, s] = [p.alpha[0]!, p.sigma[0]!];
-      const xt = new HostArray(Float32Array.from(d.images.data, (v, i) => a * v + s * eps[i]!),
-        d.images.shape);
-      noisy.push({ t, accuracy: classAccuracy(await ex.outputs(xt, { noiseLevel: logSnr(p)[0]! }),
-        d.labels!) });
+      noisy.push({ t, accuracy: classAccuracy(await ex.outputs(noisyImages(d, PROCESS, t),
+        { noiseLevel: logSnr(pointsAt(PROCESS, [t]))[0]! }), d.labels!) });
     }
     return { clean, noisy };
   } finally {

@@ -31,7 +31,7 @@ import * as ops from '../engine/ops.js';
 import { RngKey } from '../engine/random/philox.js';
 import { compile } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
-import { type Tree } from '../engine/tree.js';
+import type { Tree } from '../engine/tree.js';
 import type { SchedulerSpec } from '../diffusion/diffusers/spec.js';
 import { pointsAt, trainingScheduler } from '../diffusion/training.js';
 import { batchAt, datasetSize, type ImageDataset } from '../data/dataset.js';
@@ -51,6 +51,7 @@ import { cosineLr } from '../nn/schedules.js';
 import { compileTrainStep } from '../nn/train.js';
 import { packageRoot } from '../util/package-root.js';
 import { replaceFolder } from '../util/atomic.js';
+import { noisyImages } from './classifier.js';
 import { classAccuracy, featureExtractor, metricClassifier } from './metrics.js';
 import { classCount, loadPipeline, sampleImages } from './sample.js';
 
@@ -210,15 +211,6 @@ function expertBatch(d: ExpertData, range: TimestepRange, key: RngKey, step: num
 // Evaluation
 // ---------------------------------------------------------------------------------------------
 
-/** Held-out digits noised to x_t at one timestep (noise from a fixed key, as train-classifier
- *  measures its noisy accuracy), with labels. */
-function noisyHeldOut(d: ImageDataset, process: SchedulerSpec, t: number): HostArray<'float32'> {
-  const eps = RngKey.fromSeed(t).normal(d.images.size);
-  const { alpha: [a], sigma: [s] } = pointsAt(process, [t]);
-  return new HostArray(Float32Array.from(d.images.data, (v, i) => a! * v + s! * eps[i]!),
-    d.images.shape);
-}
-
 async function accuracyOf(config: ClassifierConfig, params: ParamsOf<DiffuseClassifier, HostArray>,
   images: HostArray, labels: Int32Array): Promise<number> {
   const ex = featureExtractor(metricClassifier(config, params));
@@ -308,7 +300,7 @@ export async function trainExperts(o: ExpertsOptions, ev: ExpertsEvents = {}):
       const w = mergeLoraHost(params, state.params as unknown as LoraTree<HostArray>, scale);
       merged.push(w);
       const t = Math.floor((range[0] + range[1]) / 2);
-      const xt = noisyHeldOut(splits.heldOut, data.process, t);
+      const xt = noisyImages(splits.heldOut, data.process, t);
       reports.push({ expert: e, range, t, loss: smoothed,
         accuracy: await accuracyOf(config, w, xt, splits.heldOut.labels!),
         teacherAccuracy: await accuracyOf(config, params, xt, splits.heldOut.labels!),
