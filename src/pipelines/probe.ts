@@ -12,7 +12,7 @@ import * as ops from '../engine/ops.js';
 import { RngKey } from '../engine/random/philox.js';
 import { compile } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
-import { type Tree } from '../engine/tree.js';
+import type { Tree } from '../engine/tree.js';
 import { pointsAt } from '../diffusion/training.js';
 import type { ImageDataset } from '../data/dataset.js';
 import { heatMap } from '../io/plot.js';
@@ -28,6 +28,7 @@ import { adamw } from '../nn/optim.js';
 import { cosineLr } from '../nn/schedules.js';
 import { compileTrainStep } from '../nn/train.js';
 import type { ParamsOf } from '../nn/module.js';
+import { classAccuracy } from './metrics.js';
 import type { Pipeline, Provider } from './sample.js';
 
 export interface ProbeOptions {
@@ -113,27 +114,28 @@ async function featuresAt(run: (x: HostArray, t: HostArray, y?: HostArray) => Pr
   return out;
 }
 
+type Splits = { train: ImageDataset; heldOut: ImageDataset };
+type FeatureRun = (x: HostArray, t: HostArray, y?: HostArray) => Promise<HostArray[]>;
+
 /**
- * Trains and scores a linear probe for every (block, timestep): features of the train split
- * (`draws` noisy copies of each image) and of the held-out split (one), probe fit on the first.
+ * Checks what every probe needs before a model call: known blocks, timesteps in [0, T), draws,
+ * labelled splits of the model's image shape. Returns the U-Net and the number of classes.
  */
-export async function probeSweep(p: Pipeline, data: { train: ImageDataset; heldOut: ImageDataset },
-  options: Partial<ProbeOptions> = {}, ev: ProbeEvents = {}): Promise<ProbeRow[]> {
-  const o = { ...PROBE_DEFAULTS, ...options };
+function checkProbe(p: Pipeline, data: Splits, blocks: readonly string[],
+  timesteps: readonly number[], draws: number): { model: UNet2DModel; classes: number } {
   const { model } = unetOf(p);
-  const blocks = [...(o.blocks ?? probeBlocks(p))];
   const known = unetBlocks(model.config);
   const unknown = blocks.find((b) => !known.includes(b));
   if (unknown !== undefined || blocks.length === 0) {
     throw new RangeError(`block '${unknown ?? ''}' is not one of this U-Net's: ${known.join(', ')}`);
   }
   const T = p.scheduler.config.num_train_timesteps as number;
-  for (const t of o.timesteps) {
+  for (const t of timesteps) {
     if (!(Number.isInteger(t) && t >= 0 && t < T)) {
       throw new RangeError(`timestep ${t} is not an integer in [0, ${T})`);
     }
   }
-  if (!(Number.isInteger(o.draws) && o.draws >= 1)) throw new RangeError(`draws must be an integer >= 1, got ${o.draws}`);
+  if (!(Number.isInteger(draws) && draws >= 1)) throw new RangeError(`draws must be an integer >= 1, got ${draws}`);
   if (!data.train.labels || !data.heldOut.labels) throw new RangeError('the probe needs labelled train and held-out images');
   const shape = p.model.sampleShape;
   for (const [name, d] of [['train', data.train], ['held-out', data.heldOut]] as const) {
@@ -142,47 +144,95 @@ export async function probeSweep(p: Pipeline, data: { train: ImageDataset; heldO
         `got [${d.images.shape.join(', ')}]`);
     }
   }
-  const classes = Math.max(...data.train.labels, ...data.heldOut.labels) + 1;
+  return { model, classes: Math.max(...data.train.labels, ...data.heldOut.labels) + 1 };
+}
+
+/**
+ * The frozen U-Net pass `outputs` reads (weights baked in), compiled for x_t [B, C, H, W] and
+ * t [B], with the null label [B] for a class-conditional model (the features must not see the
+ * answer): one array per output.
+ */
+function featureGraph(p: Pipeline, name: string, provider: Provider | undefined,
+  outputs: (model: UNet2DModel, params: ParamsOf<UNet2DModel>, x: Tensor, t: Tensor, y?: Tensor) => Tensor[]):
+  { run: FeatureRun; dispose: () => Promise<void>; outputShapes: () => number[][] } {
+  const { model } = unetOf(p);
   const consts = ops.constantTree(p.params) as unknown as ParamsOf<UNet2DModel>;
-  const fn = p.model.numClasses > 0
-    ? compile((x: Tensor, t: Tensor, y: Tensor) => pooledFeatures(model, consts, x, t, y, blocks, o.pool),
-      { name: 'ddae_features', ...(o.provider ? { provider: o.provider } : {}) })
-    : compile((x: Tensor, t: Tensor) => pooledFeatures(model, consts, x, t, undefined, blocks, o.pool),
-      { name: 'ddae_features', ...(o.provider ? { provider: o.provider } : {}) });
-  // Sound: both compiled functions return one [N, dim] array per block.
+  const runtime = { name, ...(provider ? { provider } : {}) };
+  const conditional = p.model.numClasses > 0;
+  const fn = conditional
+    ? compile((x: Tensor, t: Tensor, y: Tensor) => outputs(model, consts, x, t, y), runtime)
+    : compile((x: Tensor, t: Tensor) => outputs(model, consts, x, t), runtime);
+  // Sound: both compiled functions return one array per output.
   const call = fn as unknown as (...args: HostArray[]) => Promise<HostArray[]>;
-  const run = (x: HostArray, t: HostArray, y?: HostArray) => (y ? call(x, t, y) : call(x, t));
-  const nTrain = data.train.images.shape[0]!;
+  return {
+    run: (x, t, y) => (y ? call(x, t, y) : call(x, t)),
+    dispose: () => fn.dispose(),
+    outputShapes: () => fn.trace({ shape: [1, ...p.model.sampleShape] }, { shape: [1] },
+      ...(conditional ? [{ shape: [1], dtype: 'int64' as const }] : []))
+      .outputs.map((o) => o.shape.slice(1) as number[]),
+  };
+}
+
+/**
+ * Features at timestep t of the train split (`draws` noisy copies of each image, one after the
+ * other: [draws N, dim] per output) and of the held-out split (streams of its own).
+ */
+async function splitFeatures(run: FeatureRun, p: Pipeline, data: Splits, t: number, draws: number,
+  key: RngKey, batchSize: number, tick: (count: number) => void):
+  Promise<{ train: Float32Array[]; held: Float32Array[] }> {
+  const copies: Float32Array[][] = [];
+  for (let d = 0; d < draws; d++) {
+    copies.push(await featuresAt(run, p, data.train.images, t, key.fold(t).fold(d), batchSize, tick));
+  }
+  const held = await featuresAt(run, p, data.heldOut.images, t, key.fold(t).fold(1_000_000),
+    batchSize, tick);
+  const train = held.map((_, b) => {
+    const all = new Float32Array(draws * copies[0]![b]!.length);
+    copies.forEach((f, d) => all.set(f[b]!, d * f[b]!.length));
+    return all;
+  });
+  return { train, held };
+}
+
+/** The training labels of `draws` copies of the train split, in splitFeatures' order. */
+const drawnLabels = (data: Splits, draws: number): Int32Array => {
+  const n = data.train.images.shape[0]!;
+  return Int32Array.from({ length: draws * n }, (_, i) => data.train.labels![i % n]!);
+};
+
+/**
+ * Trains and scores a linear probe for every (block, timestep): features of the train split
+ * (`draws` noisy copies of each image) and of the held-out split (one), probe fit on the first.
+ */
+export async function probeSweep(p: Pipeline, data: Splits,
+  options: Partial<ProbeOptions> = {}, ev: ProbeEvents = {}): Promise<ProbeRow[]> {
+  const o = { ...PROBE_DEFAULTS, ...options };
+  const blocks = [...(o.blocks ?? probeBlocks(p))];
+  const { classes } = checkProbe(p, data, blocks, o.timesteps, o.draws);
+  const graph = featureGraph(p, 'ddae_features', o.provider,
+    (model, params, x, t, y) => pooledFeatures(model, params, x, t, y, blocks, o.pool));
   const nHeld = data.heldOut.images.shape[0]!;
-  const total = o.timesteps.length * (o.draws * nTrain + nHeld);
+  const total = o.timesteps.length * (o.draws * data.train.images.shape[0]! + nHeld);
   let done = 0;
   const tick = (k: number) => ev.onImages?.((done += k), total);
   const key = RngKey.fromSeed(o.seed);
+  const labels = drawnLabels(data, o.draws);
   const rows: ProbeRow[] = [];
   try {
     for (const t of o.timesteps) {
-      const train: Float32Array[][] = [];
-      for (let d = 0; d < o.draws; d++) {
-        train.push(await featuresAt(run, p, data.train.images, t, key.fold(t).fold(d), o.batchSize, tick));
-      }
-      const held = await featuresAt(run, p, data.heldOut.images, t, key.fold(t).fold(1_000_000),
-        o.batchSize, tick);
-      const labels = Int32Array.from({ length: o.draws * nTrain },
-        (_, i) => data.train.labels![i % nTrain]!);
+      const { train, held } = await splitFeatures(graph.run, p, data, t, o.draws, key, o.batchSize, tick);
       blocks.forEach((block, b) => {
         const dim = held[b]!.length / nHeld;
-        const features = new Float32Array(o.draws * nTrain * dim);
-        train.forEach((f, d) => features.set(f[b]!, d * nTrain * dim));
-        const { probe } = trainLinearProbe(features, labels, dim, classes,
+        const { probe } = trainLinearProbe(train[b]!, labels, dim, classes,
           { ...LINEAR_PROBE_DEFAULTS, seed: o.seed, ...o.probe });
         const row = { block, t, dim, accuracy: probeAccuracy(probe, held[b]!, data.heldOut.labels!),
-          trainAccuracy: probeAccuracy(probe, features, labels) };
+          trainAccuracy: probeAccuracy(probe, train[b]!, labels) };
         rows.push(row);
         ev.onRow?.(row);
       });
     }
   } finally {
-    await fn.dispose();
+    await graph.dispose();
   }
   return rows;
 }
@@ -205,52 +255,30 @@ export const ATTENTION_PROBE_DEFAULTS = Object.freeze({ epochs: 15, lr: 1e-3 });
  * (average-pooled to at most 8 x 8 tokens) at timestep t: trained on the train split's maps
  * (AdamW, weight decay 0.05, batch 128, cosine decay), scored on the held-out split's.
  */
-export async function attentionProbe(p: Pipeline, data: { train: ImageDataset; heldOut: ImageDataset },
+export async function attentionProbe(p: Pipeline, data: Splits,
   options: Partial<AttentionProbeOptions> & { block: string }, ev: ProbeEvents = {}):
   Promise<ProbeRow> {
   const o = { ...PROBE_DEFAULTS, ...ATTENTION_PROBE_DEFAULTS, t: PROBE_DEFAULTS.timesteps[0]!, ...options };
-  const { model } = unetOf(p);
-  const known = unetBlocks(model.config);
-  if (!known.includes(o.block)) throw new RangeError(`block '${o.block}' is not one of this U-Net's: ${known.join(', ')}`);
-  const T = p.scheduler.config.num_train_timesteps as number;
-  if (!(Number.isInteger(o.t) && o.t >= 0 && o.t < T)) throw new RangeError(`timestep ${o.t} is not an integer in [0, ${T})`);
-  if (!data.train.labels || !data.heldOut.labels) throw new RangeError('the probe needs labelled train and held-out images');
-  const classes = Math.max(...data.train.labels, ...data.heldOut.labels) + 1;
-  const consts = ops.constantTree(p.params) as unknown as ParamsOf<UNet2DModel>;
-  const runtime = { name: 'ddae_feature_map', ...(o.provider ? { provider: o.provider } : {}) };
-  const fn = p.model.numClasses > 0
-    ? compile((x: Tensor, t: Tensor, y: Tensor) => [blockFeatureMap(model, consts, x, t, y, o.block)], runtime)
-    : compile((x: Tensor, t: Tensor) => [blockFeatureMap(model, consts, x, t, undefined, o.block)], runtime);
-  const call = fn as unknown as (...args: HostArray[]) => Promise<HostArray[]>;
-  const run = (x: HostArray, t: HostArray, y?: HostArray) => (y ? call(x, t, y) : call(x, t));
-  const nTrain = data.train.images.shape[0]!;
-  const nHeld = data.heldOut.images.shape[0]!;
-  const total = o.draws * nTrain + nHeld;
+  const { classes } = checkProbe(p, data, [o.block], [o.t], o.draws);
+  const graph = featureGraph(p, 'ddae_feature_map', o.provider,
+    (model, params, x, t, y) => [blockFeatureMap(model, params, x, t, y, o.block)]);
+  const total = o.draws * data.train.images.shape[0]! + data.heldOut.images.shape[0]!;
   let done = 0;
   const tick = (k: number) => ev.onImages?.((done += k), total);
   const key = RngKey.fromSeed(o.seed);
-  let train: Float32Array;
-  let held: Float32Array;
-  let mapShape: [number, number, number];
+  let features: { train: Float32Array[]; held: Float32Array[] };
+  let mapShape: number[];
   try {
-    const draws: Float32Array[] = [];
-    for (let d = 0; d < o.draws; d++) {
-      draws.push((await featuresAt(run, p, data.train.images, o.t, key.fold(o.t).fold(d), o.batchSize, tick))[0]!);
-    }
-    held = (await featuresAt(run, p, data.heldOut.images, o.t, key.fold(o.t).fold(1_000_000),
-      o.batchSize, tick))[0]!;
-    train = new Float32Array(draws.reduce((a, d) => a + d.length, 0));
-    draws.forEach((d, i) => train.set(d, i * d.length));
-    const traced = fn.trace({ shape: [1, ...p.model.sampleShape] }, { shape: [1] },
-      ...(p.model.numClasses > 0 ? [{ shape: [1], dtype: 'int64' as const }] : []));
-    mapShape = traced.outputs[0]!.shape.slice(1) as [number, number, number];
+    features = await splitFeatures(graph.run, p, data, o.t, o.draws, key, o.batchSize, tick);
+    mapShape = graph.outputShapes()[0]!;
   } finally {
-    await fn.dispose();
+    await graph.dispose();
   }
-  const [c, k] = [mapShape[0], mapShape[1]];
+  const [train, held] = [features.train[0]!, features.held[0]!];
+  const [c, k] = [mapShape[0]!, mapShape[1]!];
   const per = c * k * k;
   const head = new AttentionProbe(c, k * k, classes);
-  const labels = Int32Array.from({ length: o.draws * nTrain }, (_, i) => data.train.labels![i % nTrain]!);
+  const labels = drawnLabels(data, o.draws);
   const n = labels.length;
   const batch = Math.min(128, n);
   const steps = o.epochs * Math.floor(n / batch);
@@ -277,21 +305,17 @@ export async function attentionProbe(p: Pipeline, data: { train: ImageDataset; h
   const params = ops.constantTree(state.params) as unknown as ParamsOf<AttentionProbe>;
   const logits = compile((x: Tensor) => head.logits(params, x), { name: 'attention_probe' });
   const accuracyOf = async (maps: Float32Array, truth: ArrayLike<number>): Promise<number> => {
-    let right = 0;
     const rows = truth.length;
+    const all = new Float32Array(rows * classes);
     for (let i = 0; i < rows; i += 500) {
       const j = Math.min(rows, i + 500);
-      const l = (await logits(new HostArray(maps.slice(i * per, j * per), [j - i, c, k, k]))).data as Float32Array;
-      for (let r = 0; r < j - i; r++) {
-        let best = 0;
-        for (let q = 1; q < classes; q++) if (l[r * classes + q]! > l[r * classes + best]!) best = q;
-        if (best === truth[i + r]) right++;
-      }
+      all.set((await logits(new HostArray(maps.slice(i * per, j * per), [j - i, c, k, k]))).data as Float32Array,
+        i * classes);
     }
-    return right / rows;
+    return classAccuracy({ n: rows, classes, logits: all }, truth);
   };
   try {
-    const row = { block: o.block, t: o.t, dim: per, accuracy: await accuracyOf(held, data.heldOut.labels),
+    const row = { block: o.block, t: o.t, dim: per, accuracy: await accuracyOf(held, data.heldOut.labels!),
       trainAccuracy: await accuracyOf(train, labels) };
     ev.onRow?.(row);
     return row;
