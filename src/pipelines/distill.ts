@@ -13,7 +13,7 @@ import { HostArray } from '../engine/host.js';
 import * as ops from '../engine/ops.js';
 import { RngKey } from '../engine/random/philox.js';
 import type { Tensor } from '../engine/tensor.js';
-import { type Tree } from '../engine/tree.js';
+import type { Tree } from '../engine/tree.js';
 import { parseScheduler, specToJson, type SchedulerSpec } from '../diffusion/diffusers/spec.js';
 import { samplerSchedule, samplerSpec } from '../diffusion/sampling.js';
 import { batchAt, datasetSize, type ImageDataset } from '../data/dataset.js';

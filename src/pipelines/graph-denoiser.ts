@@ -7,7 +7,7 @@ import * as ops from '../engine/ops.js';
 import { compile, type RuntimeOptions } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
 import type { Graph } from '../engine/trace.js';
-import { type Tree } from '../engine/tree.js';
+import type { Tree } from '../engine/tree.js';
 import { conditionLabels, int64Labels, type Batch, type Denoiser } from '../diffusion/denoiser.js';
 import type { Prediction } from '../diffusion/predictions.js';
 import { predictionOf, type ImageModel } from './image-models.js';

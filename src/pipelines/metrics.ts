@@ -27,7 +27,7 @@ import { HostArray } from '../engine/host.js';
 import * as ops from '../engine/ops.js';
 import { compile, type RuntimeOptions } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
-import { type Tree } from '../engine/tree.js';
+import type { Tree } from '../engine/tree.js';
 import { packageRoot } from '../util/package-root.js';
 import { meanAndCovariance, symmetricEigen } from '../data/analytic/linalg.js';
 import type { ImageDataset } from '../data/dataset.js';

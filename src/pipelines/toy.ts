@@ -8,7 +8,7 @@ import * as ops from '../engine/ops.js';
 import { RngKey } from '../engine/random/philox.js';
 import { RngStream } from '../engine/random/stream.js';
 import type { Tensor } from '../engine/tensor.js';
-import { type Tree } from '../engine/tree.js';
+import type { Tree } from '../engine/tree.js';
 import { SCHEDULER_FAMILY } from '../diffusion/diffusers/spec.js';
 import { sample, SAMPLER_NAMES, SAMPLERS, type SamplerName } from '../diffusion/sampling.js';
 import {
