@@ -87,6 +87,7 @@ export function registerClassify(program: Command): void {
       const onInt = () => stop.abort();
       process.once('SIGINT', onInt);
       let done = skip;
+      let right = 0; // of the `done` verdicts, when there are labels
       let r;
       try {
         r = await classifyImages(pipeline, rest, input.labels?.subarray(skip), {
@@ -97,7 +98,7 @@ export function registerClassify(program: Command): void {
           const all = verdicts(sofar);
           await writeFileAtomic(o.out, classifyCsv(all, input.labels, input.files)); // nothing lost on a stop
           done = skip + k;
-          const right = input.labels ? all.predictions.filter((v, i) => v === input.labels![i]).length : 0;
+          right = input.labels ? all.predictions.filter((v, i) => v === input.labels![i]).length : 0;
           bar.update(done, input.labels ? { accuracy: `${(100 * right / done).toFixed(1)}%` } : {});
         } });
       } catch (e) {
@@ -108,9 +109,7 @@ export function registerClassify(program: Command): void {
         bar.stop();
         process.off('SIGINT', onInt);
       }
-      const all = verdicts(r);
-      if (input.labels) {
-        const right = all.predictions.filter((v, i) => v === input.labels![i]).length;
+      if (input.labels) { // the last batch's count covers all n
         console.log(`accuracy: ${(100 * right / n).toFixed(2)}% (${right}/${n} images of ${input.source})`);
       }
       console.log(`${(r.seconds / (n - skip)).toPrecision(3)} s per image (${r.rowsPerImage} ` +
