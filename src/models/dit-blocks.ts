@@ -70,13 +70,18 @@ export interface DiTCond {
   tproj: Tensor;
   /** int64 [N]; num_embeds_ada_norm is the CFG null class. */
   classLabels: Tensor;
+  /** Model times [N], float32 (timestep routing reads them). */
+  time: Tensor;
+  /** Added to every label embedding [N, D] (condition corruption, CEP; training only). */
+  labelShift?: Tensor;
 }
 
 /** Timesteps [N] (int64 or float) and labels [N] to the conditioning inputs. */
-export function ditCond(timestep: Tensor, classLabels: Tensor): DiTCond {
-  const t = ops.unsqueeze(ops.cast(timestep, 'float32'), 1); // [N, 1]
-  const args = ops.mul(t, ops.constant(TIME_FREQS)); // [N, 128]
-  return { tproj: ops.concat([ops.cos(args), ops.sin(args)], 1), classLabels }; // [N, 256]
+export function ditCond(timestep: Tensor, classLabels: Tensor, labelShift?: Tensor): DiTCond {
+  const time = ops.cast(timestep, 'float32');
+  const args = ops.mul(ops.unsqueeze(time, 1), ops.constant(TIME_FREQS)); // [N, 128]
+  return { tproj: ops.concat([ops.cos(args), ops.sin(args)], 1), classLabels, time, // [N, 256]
+    ...(labelShift ? { labelShift } : {}) };
 }
 
 export class LabelEmbedding extends Module {
@@ -99,7 +104,8 @@ export class CombinedTimestepLabelEmbeddings extends Module {
   /** The conditioning vector [N, D] = MLP(timestep features) + label embedding. */
   forward(p: ParamsOf<CombinedTimestepLabelEmbeddings>, c: DiTCond): Tensor {
     const t = this.timestep_embedder.forward(p.timestep_embedder, c.tproj); // [N, D]
-    return ops.add(t, ops.gather(p.class_embedder.embedding_table.weight, c.classLabels, 0));
+    const y = ops.gather(p.class_embedder.embedding_table.weight, c.classLabels, 0); // [N, D]
+    return ops.add(t, c.labelShift ? ops.add(y, c.labelShift) : y);
   }
 }
 

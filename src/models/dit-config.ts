@@ -31,6 +31,11 @@ export type DiTConfig = {
   norm_elementwise_affine: boolean;
   /** eps of norm3 only; norm1 and norm_out use 1e-6, fixed in diffusers. */
   norm_eps: number;
+  /** Diffuse's: Denoising Task Routing's alpha (dit-routing.ts); null, the default, is a plain
+   *  DiT, and the two DTR keys are then left out of the saved config. */
+  dtr_alpha: number | null;
+  /** Diffuse's: DTR's share of active channels. */
+  dtr_beta: number;
 };
 
 
@@ -42,8 +47,15 @@ export const DIT_DEFAULTS: DiTConfig = {
   num_layers: 28, dropout: 0, norm_num_groups: 32, attention_bias: true, sample_size: 32,
   patch_size: 2, activation_fn: 'gelu-approximate', num_embeds_ada_norm: 1000,
   upcast_attention: false, norm_type: 'ada_norm_zero', norm_elementwise_affine: false,
-  norm_eps: 1e-5,
+  norm_eps: 1e-5, dtr_alpha: null, dtr_beta: 0.8,
 };
+
+/** A DiT config as diffusers' config.json: the DTR keys only when routing is on. */
+export function ditConfigJson(config: DiTConfig): Record<string, unknown> {
+  if (config.dtr_alpha !== null) return config;
+  const { dtr_alpha: _, dtr_beta: __, ...plain } = config;
+  return plain;
+}
 
 export const DIT_CLASS_NAME = 'DiTTransformer2DModel';
 
@@ -60,12 +72,17 @@ export function checkDiTConfig(c: DiTConfig, className = DIT_CLASS_NAME): void {
     `a multiple of patch_size ${c.patch_size}`, c.sample_size);
   requireConfig(Number.isInteger(c.num_embeds_ada_norm) && c.num_embeds_ada_norm > 0, className,
     'num_embeds_ada_norm', 'a positive integer (the number of classes)', c.num_embeds_ada_norm);
+  requireConfig(c.dtr_alpha === null || (className === DIT_CLASS_NAME && c.dtr_alpha > 0),
+    className, 'dtr_alpha', className === DIT_CLASS_NAME ? 'null or a number > 0'
+      : `null (task routing is implemented for ${DIT_CLASS_NAME})`, c.dtr_alpha);
+  requireConfig(c.dtr_beta > 0 && c.dtr_beta <= 1, className, 'dtr_beta', 'in (0, 1]', c.dtr_beta);
 }
 
 export function readDiTConfig(raw: Record<string, unknown>,
   opts: ReadConfigOptions = {}): DiTConfig {
   const c = readConfig(DIT_CLASS_NAME, raw, DIT_DEFAULTS, { ...opts,
-    aliases: ['Transformer2DModel'], nullable: { out_channels: 'number', ...opts.nullable } });
+    aliases: ['Transformer2DModel'],
+    nullable: { out_channels: 'number', dtr_alpha: 'number', ...opts.nullable } });
   checkDiTConfig(c);
   return c;
 }

@@ -34,7 +34,7 @@ import {
   ConfigError, readConfig, requireConfig, toDiffusersConfig, type ReadConfigOptions,
 } from './config.js';
 import {
-  AdaLnZeroBlock, checkDiTConfig, DIT_DEFAULTS, DiTBase, DiTBlock, ditCond, DIT_PRESETS,
+  AdaLnZeroBlock, checkDiTConfig, DIT_DEFAULTS, ditConfigJson, DiTBase, DiTBlock, ditCond, DIT_PRESETS,
   type DiTCond, type DiTConfig, type KvSource,
 } from './dit.js';
 
@@ -339,5 +339,5 @@ export const ditMoEClass = {
   className: CLASS_NAME,
   readConfig: readDiTMoEConfig,
   create: (config: DiTMoEConfig) => new DiTMoETransformer2DModel(config),
-  toConfig: (config: DiTMoEConfig) => toDiffusersConfig(CLASS_NAME, config),
+  toConfig: (config: DiTMoEConfig) => toDiffusersConfig(CLASS_NAME, ditConfigJson(config)),
 } as const;

@@ -24,7 +24,10 @@ import { normal, xavierUniform, zeros } from '../nn/init.js';
 import type { ParamsOf } from '../nn/module.js';
 import { ConfigError, toDiffusersConfig } from './config.js';
 import { DiTBase, DiTBlock, ditCond, gridOf, type DiTCond, type KvSource } from './dit-blocks.js';
-import { checkDiTConfig, DIT_CLASS_NAME, DIT_DEFAULTS, readDiTConfig, type DiTConfig } from './dit-config.js';
+import {
+  checkDiTConfig, DIT_CLASS_NAME, DIT_DEFAULTS, ditConfigJson, readDiTConfig, type DiTConfig,
+} from './dit-config.js';
+import { dtrMask, routedBlock } from './dit-routing.js';
 
 export {
   AdaLayerNormZero, AdaLnZeroBlock, CombinedTimestepLabelEmbeddings, DiTBase, DiTBlock, ditCond,
@@ -32,12 +35,17 @@ export {
   sincosPosEmbed2d, TimestepEmbedding,
 } from './dit-blocks.js';
 export type { AdaLnZeroParams, DiTBaseParams, DiTCond, KvSource } from './dit-blocks.js';
-export { checkDiTConfig, DIT_DEFAULTS, readDiTConfig } from './dit-config.js';
+export { checkDiTConfig, DIT_DEFAULTS, ditConfigJson, readDiTConfig } from './dit-config.js';
 export type { DiTConfig, FfActivation } from './dit-config.js';
 
 export interface TokenOptions {
   /** Replaces each block's keys and values (the RAS cache). */
   kv?: KvSource;
+}
+
+/** What a training forward may add: CEP's shift of the label embeddings [N, D]. */
+export interface TrainingInputs {
+  labelShift?: Tensor;
 }
 
 export class DiTTransformer2DModel extends DiTBase<DiTBlock> {
@@ -48,15 +56,16 @@ export class DiTTransformer2DModel extends DiTBase<DiTBlock> {
 
   /** x [N, C, H, W], timestep [N] (int64 or float32), classLabels int64 [N] -> [N, outC, H, W]. */
   forward(p: ParamsOf<DiTTransformer2DModel>, x: Tensor, timestep: Tensor,
-    classLabels: Tensor): Tensor {
-    return this.forwardWithHidden(p, x, timestep, classLabels, []).sample;
+    classLabels: Tensor, extra: TrainingInputs = {}): Tensor {
+    return this.forwardWithHidden(p, x, timestep, classLabels, [], extra).sample;
   }
 
   /** forward, plus the outputs [N, T, D] of the blocks listed in `blocks` (e.g. REPA's). */
   forwardWithHidden(p: ParamsOf<DiTTransformer2DModel>, x: Tensor, timestep: Tensor,
-    classLabels: Tensor, blocks: readonly number[]): { sample: Tensor; hidden: Tensor[] } {
+    classLabels: Tensor, blocks: readonly number[], extra: TrainingInputs = {}):
+    { sample: Tensor; hidden: Tensor[] } {
     const [h, w] = gridOf(x, this.config.patch_size);
-    const c = ditCond(timestep, classLabels);
+    const c = ditCond(timestep, classLabels, extra.labelShift);
     const { out, hidden } = this.runBlocks(p, this.embed(p, x), c, {}, blocks);
     return { sample: this.unpatchify(this.finalLayer(p, out, c), h, w), hidden };
   }
@@ -81,8 +90,11 @@ export class DiTTransformer2DModel extends DiTBase<DiTBlock> {
     this.checkBlocks(keep);
     const states: Tensor[] = [];
     let h = tokens;
+    const { dtr_alpha: alpha, dtr_beta: beta } = this.config;
+    const mask = alpha === null ? null : dtrMask(c.time, this.innerDim, { alpha, beta }); // [N, 1, D]
     this.transformer_blocks.forEach((blk, i) => {
-      h = blk.forward(p.transformer_blocks[i]!, h, c, i, opts.kv); // [N, T, D]
+      const run = (x: Tensor) => blk.forward(p.transformer_blocks[i]!, x, c, i, opts.kv);
+      h = mask ? routedBlock(h, mask, run) : run(h); // [N, T, D]
       states.push(h);
     });
     return { out: h, hidden: keep.map((i) => states[i]!) };
@@ -173,5 +185,5 @@ export const ditClass = {
   aliases: ['Transformer2DModel'],
   readConfig: readDiTConfig,
   create: (config: DiTConfig) => new DiTTransformer2DModel(config),
-  toConfig: (config: DiTConfig) => toDiffusersConfig(DIT_CLASS_NAME, config),
+  toConfig: (config: DiTConfig) => toDiffusersConfig(DIT_CLASS_NAME, ditConfigJson(config)),
 } as const;

@@ -212,7 +212,11 @@ export interface UNet2DState {
 
 /** classLabels: int64 [N] (label table), [N] ('timestep') or [N, 4 C0] ('identity'); batch:
  *  the size a scalar or [1] t is broadcast to. */
-export interface EmbedOptions { classLabels?: Tensor; batch?: Dim; tap?: Tap }
+export interface EmbedOptions {
+  classLabels?: Tensor; batch?: Dim; tap?: Tap;
+  /** Added to the class embedding [N, time_embed_dim] (condition corruption, CEP). */
+  labelShift?: Tensor;
+}
 /** conv_in, then `downBlocks` down blocks (default all), then the mid block (default: when
  *  all down blocks ran). */
 export interface EncodeOptions { downBlocks?: number; mid?: boolean; tap?: Tap }
@@ -284,21 +288,22 @@ export class UNet2DModel extends Module {
   }
 
   /** x [N, in, H, W], t [N] or [] (float32 or int64) -> [N, out, H, W]. */
-  forward(p: ParamsOf<UNet2DModel>, x: Tensor, t: Tensor, classLabels?: Tensor): Tensor {
-    return this.run(p, x, t, classLabels);
+  forward(p: ParamsOf<UNet2DModel>, x: Tensor, t: Tensor, classLabels?: Tensor,
+    labelShift?: Tensor): Tensor {
+    return this.run(p, x, t, classLabels, undefined, labelShift);
   }
 
   /** The output and every tensor diffusers' forward hooks would see, by module name. */
-  intermediates(p: ParamsOf<UNet2DModel>, x: Tensor, t: Tensor, classLabels?: Tensor):
-    { sample: Tensor; features: Map<UNet2DNode, Tensor> } {
+  intermediates(p: ParamsOf<UNet2DModel>, x: Tensor, t: Tensor, classLabels?: Tensor,
+    labelShift?: Tensor): { sample: Tensor; features: Map<UNet2DNode, Tensor> } {
     const features = new Map<UNet2DNode, Tensor>();
-    const sample = this.run(p, x, t, classLabels, (k, v) => features.set(k, v));
+    const sample = this.run(p, x, t, classLabels, (k, v) => features.set(k, v), labelShift);
     return { sample, features };
   }
 
   private run(p: ParamsOf<UNet2DModel>, x: Tensor, t: Tensor, classLabels?: Tensor,
-    tap?: Tap): Tensor {
-    const c = this.embed(p, t, { classLabels, batch: x.shape[0], tap });
+    tap?: Tap, labelShift?: Tensor): Tensor {
+    const c = this.embed(p, t, { classLabels, batch: x.shape[0], tap, labelShift });
     return this.head(p, this.decode(p, this.encode(p, x, c, { tap }), c, { tap }).hidden, c, tap);
   }
 
@@ -335,6 +340,10 @@ export class UNet2DModel extends Module {
       temb = ops.add(temb, this.class_embedding.forward(cp, labels!));
     } else if (labels) {
       temb = ops.add(temb, labels); // 'identity'
+    }
+    if (opts.labelShift) {
+      if (!conditional) throw new TypeError(`${CLASS_NAME}: a label shift needs a class embedding`);
+      temb = ops.add(temb, opts.labelShift);
     }
     return { temb, timesteps: ops.cast(ts, 'float32') };
   }

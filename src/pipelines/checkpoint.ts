@@ -6,6 +6,8 @@
  *   <component>/                  raw weights (unet or transformer)
  *   <component>_ema/              EMA weights
  *   optimizer.safetensors         optimizer state, names '<slot>.<param name>'
+ *   trained.safetensors           only when the optimised tree is not the model's own (a
+ *   trained_ema.safetensors       REPA projector beside it, or a fine-tuned subset): that tree
  *   trainer_state.json            step and the options a resume must match
  * model/                          what `diffuse sample --model` reads: EMA weights as <component>/
  */
@@ -31,6 +33,46 @@ export interface PipelineFiles {
   scheduler: SchedulerSpec;
   /** For a distilled student: what it was made for (model_index.json's _diffuse_student). */
   student?: StudentRecord;
+  /** When the optimised tree is not the model's own (a projector trained beside it, or only
+   *  some of its weights): the model weights a trained tree stands for. Checkpoints then keep
+   *  the trained tree as well, flat, so a resume gets it back exactly. */
+  modelOf?: (trained: Tree<HostArray>) => Tree<HostArray>;
+}
+
+/** The model weights `trained` stands for. */
+export function modelWeights(f: PipelineFiles, trained: Tree<HostArray>): Tree<HostArray> {
+  return f.modelOf ? f.modelOf(trained) : trained;
+}
+
+/** Writes a tree of float32 arrays flat, named by path (optimizer state, trained trees). */
+async function writeTree(path: string, tree: Tree<HostArray>): Promise<void> {
+  const flat = flatten(tree, isHost);
+  await writingTo(path, () => writeSafetensors(path, new Map(flat.leaves.map((a, i) =>
+    [flat.paths[i]!, { dtype: 'F32' as const, shape: [...a.shape], data: a.data as Float32Array }]))));
+}
+
+/** Reads a file writeTree wrote back into the shape of `template`, checking every name. */
+async function readTree<T extends Tree<HostArray>>(path: string, template: T, what: string): Promise<T> {
+  const file = await SafetensorsFile.open(path);
+  try {
+    const t = flatten(template, isHost);
+    const leaves = await Promise.all(t.paths.map(async (name, i) => {
+      const entry = file.entries.get(name);
+      if (!entry) throw new CheckpointError(`${path}: missing '${name}'`);
+      if (entry.dtype !== 'F32') {
+        throw new CheckpointError(`${path}: '${name}' is ${entry.dtype}, expected F32 (${what} is float32)`);
+      }
+      const a = await file.read(name);
+      const want = t.leaves[i]!.shape;
+      if (a.shape.join() !== want.join()) {
+        throw new CheckpointError(`${path}: '${name}' is [${a.shape}], expected [${want}]`);
+      }
+      return new HostArray(a.data as Float32Array, a.shape);
+    }));
+    return unflatten(t.def, leaves) as T;
+  } finally {
+    await file.close();
+  }
 }
 
 /**
@@ -76,13 +118,16 @@ export interface TrainerMeta {
 export async function saveCheckpoint(dir: string, f: PipelineFiles, state: TrainState, meta: TrainerMeta,
   opts: ReplaceFolderOptions = {}): Promise<void> {
   await replaceFolder(dir, async (tmp) => {
-    await writePipeline(tmp, f, state.params);
+    await writePipeline(tmp, f, modelWeights(f, state.params));
     const ema = join(tmp, `${f.model.component}_ema`);
-    if (state.ema) await writingTo(ema, () => saveModel(ema, f.model.cls, f.model.config, state.ema as never));
-    const opt = flatten(state.opt, isHost);
-    const optPath = join(tmp, 'optimizer.safetensors');
-    await writingTo(optPath, () => writeSafetensors(optPath,
-      new Map(opt.leaves.map((a, i) => [opt.paths[i]!, { dtype: 'F32' as const, shape: [...a.shape], data: a.data as Float32Array }]))));
+    if (state.ema) {
+      await writingTo(ema, () => saveModel(ema, f.model.cls, f.model.config, modelWeights(f, state.ema!) as never));
+    }
+    if (f.modelOf) {
+      await writeTree(join(tmp, 'trained.safetensors'), state.params);
+      if (state.ema) await writeTree(join(tmp, 'trained_ema.safetensors'), state.ema);
+    }
+    await writeTree(join(tmp, 'optimizer.safetensors'), state.opt);
     const metaPath = join(tmp, 'trainer_state.json');
     await writingTo(metaPath, () => writeFileAtomic(metaPath, `${JSON.stringify(meta, null, 2)}\n`));
   }, opts);
@@ -136,29 +181,11 @@ export async function loadCheckpoint(dir: string, f: PipelineFiles, fresh: Train
         `this run asks for ${JSON.stringify(v)}; resume with the same options or start a new --out`);
     }
   }
-  const params = (await loadModel(join(dir, f.model.component), f.model.cls)).params as Tree<HostArray>;
-  const ema = fresh.ema
-    ? (await loadModel(join(dir, `${f.model.component}_ema`), f.model.cls)).params as Tree<HostArray> : undefined;
-  const optFile = await SafetensorsFile.open(join(dir, 'optimizer.safetensors'));
-  try {
-    const template = flatten(fresh.opt, isHost);
-    const leaves = await Promise.all(template.paths.map(async (name, i) => {
-      if (!optFile.entries.has(name)) throw new CheckpointError(`${dir}/optimizer.safetensors: missing '${name}'`);
-      const entry = optFile.entries.get(name)!;
-      if (entry.dtype !== 'F32') {
-        throw new CheckpointError(`${dir}/optimizer.safetensors: '${name}' is ${entry.dtype}, ` +
-          'expected F32 (optimizer state is float32)');
-      }
-      const t = await optFile.read(name);
-      const want = template.leaves[i]!.shape;
-      if (t.shape.join() !== want.join()) {
-        throw new CheckpointError(`${dir}/optimizer.safetensors: '${name}' is [${t.shape}], expected [${want}]`);
-      }
-      return new HostArray(t.data as Float32Array, t.shape);
-    }));
-    const opt = unflatten(template.def, leaves);
-    return { state: { params, opt, step: meta.step, ...(ema ? { ema } : {}) }, meta };
-  } finally {
-    await optFile.close();
-  }
+  const params = f.modelOf ? await readTree(join(dir, 'trained.safetensors'), fresh.params, 'a trained tree')
+    : (await loadModel(join(dir, f.model.component), f.model.cls)).params as Tree<HostArray>;
+  const ema = !fresh.ema ? undefined
+    : f.modelOf ? await readTree(join(dir, 'trained_ema.safetensors'), fresh.ema, 'a trained tree')
+    : (await loadModel(join(dir, `${f.model.component}_ema`), f.model.cls)).params as Tree<HostArray>;
+  const opt = await readTree(join(dir, 'optimizer.safetensors'), fresh.opt, 'optimizer state');
+  return { state: { params, opt, step: meta.step, ...(ema ? { ema } : {}) }, meta };
 }

@@ -15,9 +15,20 @@ import { ditClass, ditPreset, DiTTransformer2DModel, type DiTConfig } from '../m
 import { ditMoEClass, ditMoEPreset, DiTMoETransformer2DModel, type DiTMoEConfig } from '../models/dit-moe.js';
 import { UNET2D_CLASS, UNET2D_PRESETS, UNet2DModel, type UNet2DConfig } from '../models/unet2d.js';
 import type { Module, ParamsOf } from '../nn/module.js';
+import { blockNode, unetBlocks } from '../methods/ddae.js';
 
 export type ModelFamily = 'unet' | 'dit' | 'dit-moe';
 export const MODEL_FAMILIES: readonly ModelFamily[] = ['unet', 'dit', 'dit-moe'];
+
+/** What a training forward may ask beyond the prediction. */
+export interface ApplyOptions {
+  /** Added to the class embedding [B, labelEmbedDim] (CEP's condition corruption). */
+  labelShift?: Tensor;
+  /** Also return the hidden state after the first `hiddenAfter` blocks in forward order (DiT:
+   *  transformer blocks; U-Net: down.0, down.1, ..., mid, up.0, ...) as a map [B, C, h, w]
+   *  (REPA's alignment point). */
+  hiddenAfter?: number;
+}
 
 export interface ImageModel {
   readonly family: ModelFamily;
@@ -30,9 +41,25 @@ export interface ImageModel {
   readonly numClasses: number;
   /** [C, H, W] of one sample. */
   readonly sampleShape: readonly [number, number, number];
+  /** Width of the class embedding a label shift adds to. */
+  readonly labelEmbedDim: number;
   /** The prediction for x [B, C, H, W] at model times t [B] (float32), labels int64 [B];
    *  `aux` is an extra training loss (DiT-MoE's expert balance). */
-  apply(p: unknown, x: Tensor, t: Tensor, labels?: Tensor): { out: Tensor; aux?: Tensor };
+  apply(p: unknown, x: Tensor, t: Tensor, labels?: Tensor, opts?: ApplyOptions):
+    { out: Tensor; aux?: Tensor; hidden?: Tensor };
+}
+
+/** Tokens [N, h w, D] of an h x w grid -> map [N, D, h, w]. */
+function tokenMap(tokens: Tensor, h: number, w: number): Tensor {
+  const [n, , d] = tokens.shape as [number, number, number];
+  return ops.reshape(ops.transpose(tokens, [0, 2, 1]), [n, d, h, w]);
+}
+
+function checkHiddenAfter(family: string, k: number, blocks: number): void {
+  if (!(Number.isInteger(k) && k >= 1 && k <= blocks)) {
+    throw new RangeError(`${family}: the hidden state after ${k} blocks was asked for; the ` +
+      `model has ${blocks} (expected 1 to ${blocks})`);
+  }
 }
 
 export function imageModelOf(family: ModelFamily, config: unknown): ImageModel {
@@ -41,9 +68,19 @@ export function imageModelOf(family: ModelFamily, config: unknown): ImageModel {
       const c = config as UNet2DConfig;
       const m = new UNet2DModel(c);
       const numClasses = c.num_class_embeds ? c.num_class_embeds - 1 : 0;
+      const blocks = unetBlocks(c);
       return { family, cls: UNET2D_CLASS as unknown as ModelClass<Module, unknown>, config: c, module: m,
         component: 'unet', numClasses, sampleShape: unetSampleShape(c),
-        apply: (p, x, t, labels) => ({ out: m.forward(p as ParamsOf<UNet2DModel>, x, t, numClasses ? labels : undefined) }) };
+        labelEmbedDim: 4 * c.block_out_channels[0]!,
+        apply: (p, x, t, labels, o = {}) => {
+          const pp = p as ParamsOf<UNet2DModel>;
+          const y = numClasses ? labels : undefined;
+          if (o.hiddenAfter === undefined) return { out: m.forward(pp, x, t, y, o.labelShift) };
+          checkHiddenAfter('UNet2DModel', o.hiddenAfter, blocks.length);
+          const r = m.intermediates(pp, x, t, y, o.labelShift);
+          const node = blockNode(blocks[o.hiddenAfter - 1]!, c);
+          return { out: r.sample, hidden: r.features.get(node)! };
+        } };
     }
     case 'dit': {
       const c = config as DiTConfig;
@@ -51,8 +88,17 @@ export function imageModelOf(family: ModelFamily, config: unknown): ImageModel {
       return { family, cls: ditClass as unknown as ModelClass<Module, unknown>, config: c, module: m,
         component: 'transformer', numClasses: c.num_embeds_ada_norm,
         sampleShape: [c.in_channels, c.sample_size, c.sample_size] as const,
-        apply: (p, x, t, labels) => ({ out: m.forward(p as ParamsOf<DiTTransformer2DModel>, x, t,
-          labels ?? nullLabels(x, c.num_embeds_ada_norm)) }) };
+        labelEmbedDim: m.innerDim,
+        apply: (p, x, t, labels, o = {}) => {
+          const pp = p as ParamsOf<DiTTransformer2DModel>;
+          const y = labels ?? nullLabels(x, c.num_embeds_ada_norm);
+          const extra = o.labelShift ? { labelShift: o.labelShift } : {};
+          if (o.hiddenAfter === undefined) return { out: m.forward(pp, x, t, y, extra) };
+          checkHiddenAfter('DiT', o.hiddenAfter, c.num_layers);
+          const r = m.forwardWithHidden(pp, x, t, y, [o.hiddenAfter - 1], extra);
+          const [h, w] = m.tokenGrid(x);
+          return { out: r.sample, hidden: tokenMap(r.hidden[0]!, h, w) };
+        } };
     }
     case 'dit-moe': {
       const c = config as DiTMoEConfig;
@@ -60,7 +106,12 @@ export function imageModelOf(family: ModelFamily, config: unknown): ImageModel {
       return { family, cls: ditMoEClass as unknown as ModelClass<Module, unknown>, config: c, module: m,
         component: 'transformer', numClasses: c.num_embeds_ada_norm,
         sampleShape: [c.in_channels, c.sample_size, c.sample_size] as const,
-        apply: (p, x, t, labels) => {
+        labelEmbedDim: m.innerDim,
+        apply: (p, x, t, labels, o = {}) => {
+          if (o.labelShift || o.hiddenAfter !== undefined) {
+            throw new Error('DiT-MoE: condition corruption and hidden states (CEP, REPA) are ' +
+              'implemented for the U-Net and the DiT');
+          }
           const r = m.forward(p as ParamsOf<DiTMoETransformer2DModel>, x, t, labels ?? nullLabels(x, c.num_embeds_ada_norm));
           return { out: r.sample, aux: r.balanceLoss };
         } };

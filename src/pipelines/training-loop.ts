@@ -16,7 +16,7 @@ import type { TrainState, TrainStep } from '../nn/train.js';
 import { writeFileAtomic, type SwapPhase } from '../util/atomic.js';
 import { ensureWritableFolder, errnoCode, FileSystemError } from '../util/fs-errors.js';
 import {
-  exportPipeline, loadCheckpoint, recoverRunFolders, saveCheckpoint, type PipelineFiles,
+  exportPipeline, loadCheckpoint, modelWeights, recoverRunFolders, saveCheckpoint, type PipelineFiles,
 } from './checkpoint.js';
 import { acquireRunLock } from './run-lock.js';
 
@@ -50,6 +50,9 @@ export interface TrainEvents {
   onSample?: (step: number, path: string) => void;
   /** Stops the run after the current step, with a checkpoint. */
   signal?: AbortSignal;
+  /** Awaited before each checkpoint is written, with the exported model weights (e.g. an A/B
+   *  run's evaluation): a crash inside it repeats those steps on resume instead of losing it. */
+  beforeCheckpoint?: (step: number, weights: Tree<HostArray>) => Promise<void>;
   /** Called at each phase of a checkpoint swap; tests throw here to crash a save midway. */
   onCheckpointPhase?: (phase: SwapPhase) => void;
 }
@@ -119,7 +122,8 @@ export async function runTraining<B>(r: TrainingRun<B>, resume: boolean, ev: Tra
     } else {
       await writing(logPath, () => writeFile(logPath, ''));
     }
-    const weights = (s: TrainState): Tree<HostArray> => r.exported === 'ema' ? s.ema! : s.params;
+    const weights = (s: TrainState): Tree<HostArray> =>
+      modelWeights(files, r.exported === 'ema' ? s.ema! : s.params);
     const kept = (): string => lastSaved === null ? 'no checkpoint was saved yet'
       : `the checkpoint of step ${lastSaved} is kept`;
     const save = async (): Promise<void> => {
@@ -129,6 +133,7 @@ export async function runTraining<B>(r: TrainingRun<B>, resume: boolean, ev: Tra
         throw new Error(`training diverged by step ${state.step}: ${bad} is not finite; ${kept()} ` +
           '(try a lower --lr)');
       }
+      await ev.beforeCheckpoint?.(state.step, weights(state));
       await writing(checkpointDir, () => saveCheckpoint(checkpointDir, files, state,
         { step: state.step, run: r.run, diffuse: '0.1.0' },
         ev.onCheckpointPhase ? { onPhase: ev.onCheckpointPhase } : {}));
