@@ -3,7 +3,8 @@ import { join } from 'node:path';
 import type { Command } from 'commander';
 import { loadTrainingData } from '../pipelines/data.js';
 import { MODEL_FAMILIES, presetNames } from '../pipelines/image-models.js';
-import { OBJECTIVES, train, type TrainOptions } from '../pipelines/train.js';
+import { CEP_KINDS } from '../methods/cep.js';
+import { METHOD_DEFAULTS, OBJECTIVES, train, type TrainOptions } from '../pipelines/train.js';
 import {
   addOptions, commandOptions, configFile, flag, int, num, oneOf, path, type Resolved,
 } from './options.js';
@@ -50,9 +51,28 @@ export const TRAIN_OPTIONS = {
   init: path({ arg: '<dir>', help: 'start from a trained pipeline\'s weights (fine-tuning, ' +
     'e.g. on --data mnist-bold); its config replaces --size' }),
   resume: flag({ help: 'continue the run in --out from its checkpoint' }),
+  cep: oneOf(['none', ...CEP_KINDS], { arg: '<kind>', help: 'condition embedding perturbation ' +
+    '(Chen et al. 2024): shift the class embedding by uniform or Gaussian noise of scale ' +
+    'gamma/sqrt(d) while training', default: 'none' }),
+  cepGamma: num({ range: '(0, 100]', help: 'CEP strength gamma (1 in the paper)', default: 1 }),
+  repa: num({ range: '[0, 100]', arg: '<lambda>', help: 'REPA (Yu et al. 2024): weight of the ' +
+    'alignment of an early hidden state to a frozen encoder\'s features (0: off; 0.5 in the ' +
+    'paper)', default: 0 }),
+  repaDepth: int({ min: 1, help: 'REPA: align the hidden state after this many blocks ' +
+    '(default: 8/28 of the depth, as the paper\'s 8 of 28)' }),
+  repaEncoder: path({ arg: '<dir>', help: 'REPA: the frozen encoder, a U-Net pipeline read as ' +
+    'DDAE features (mid block, t = 10)', default: METHOD_DEFAULTS.repaEncoder }),
+  repaHidden: int({ min: 1, help: 'REPA: width of the projector MLP (default 4 x the model ' +
+    'width; the paper\'s 2048 is sized for width 1152)' }),
+  dtrAlpha: num({ range: '(0, 100]', arg: '<alpha>', help: 'Denoising Task Routing (Park et al. ' +
+    '2023), DiT only: route timestep t through channels sliding with (t/T)^alpha (4 in the ' +
+    'paper; default: off)' }),
+  dtrBeta: num({ range: '(0, 1]', help: 'DTR: share of channels active at each timestep',
+    default: 0.8 }),
 };
 
-export type TrainCliOptions = Omit<TrainOptions, 'conditional'> & {
+export type TrainCliOptions = Omit<TrainOptions, 'conditional' | 'dtrAlpha'> & {
+  dtrAlpha: number | undefined;
   data: string; unconditional: boolean; resume: boolean;
 };
 
@@ -75,7 +95,8 @@ export function registerTrain(program: Command): void {
       const { data: spec, unconditional, resume, ...f } =
         trainOptions(commandOptions(TRAIN_OPTIONS, cmd));
       const data = await loadTrainingData(spec);
-      const o: TrainOptions = { ...f, conditional: !unconditional && !!data.labels };
+      const o: TrainOptions = { ...f, dtrAlpha: f.dtrAlpha ?? null,
+        conditional: !unconditional && !!data.labels };
       const r = await runInTerminal('train', 'train', o.steps, o.out, (l) => l.toFixed(4),
         (ev) => train(o, data, resume, ev));
       console.log(`trained ${r.losses.length} steps in ${r.seconds.toFixed(0)} s; model in ` +

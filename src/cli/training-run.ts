@@ -40,6 +40,9 @@ export async function runInTerminal<R extends TrainResult>(command: string, labe
   try {
     const r = await loop({
       signal: stop.signal,
+      onPrepare: (what, done, total) => {
+        if (done === total) process.stderr.write(`${what}: ${total} done\n`);
+      },
       onStep: (s) => bar.update(s.step, { loss: formatLoss(s.smoothed),
         'img/s': s.imagesPerSecond.toFixed(1) }),
       onSample: (step, path) => process.stderr.write(`\nstep ${step}: samples in ${path}\n`),

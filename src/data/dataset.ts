@@ -39,6 +39,8 @@ export interface Batch {
   images: HostArray<'float32'>;
   /** int64 labels [B], when the dataset has labels. */
   labels?: HostArray<'int64'>;
+  /** Which images of the dataset these are (e.g. to look up per-image targets). */
+  rows: Int32Array;
 }
 
 /**
@@ -55,7 +57,7 @@ export function batchAt(d: ImageDataset, key: RngKey, step: number, batchSize: n
   const rows = order.subarray((step % perEpoch) * batchSize, (step % perEpoch + 1) * batchSize);
   const s = subset(d, rows);
   return {
-    images: s.images,
+    images: s.images, rows: Int32Array.from(rows),
     ...(s.labels ? { labels: new HostArray(BigInt64Array.from(s.labels, (v) => BigInt(v)), [batchSize], 'int64') } : {}),
   };
 }

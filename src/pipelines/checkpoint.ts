@@ -175,10 +175,14 @@ export async function loadCheckpoint(dir: string, f: PipelineFiles, fresh: Train
   if (!existsSync(metaPath)) throw new CheckpointError(`${dir}: no checkpoint to resume (trainer_state.json missing)`);
   const meta = JSON.parse((await readRegularFile(metaPath, 'a JSON file')).toString('utf8')) as
     TrainerMeta;
-  for (const [k, v] of Object.entries(run)) {
+  // Both ways: an option recorded only when set (a training method) is checked when either
+  // side has it.
+  for (const k of new Set([...Object.keys(run), ...Object.keys(meta.run)])) {
+    const v = run[k];
     if (JSON.stringify(meta.run[k]) !== JSON.stringify(v)) {
-      throw new CheckpointError(`${dir}: the checkpoint was trained with ${k} = ${JSON.stringify(meta.run[k])}, ` +
-        `this run asks for ${JSON.stringify(v)}; resume with the same options or start a new --out`);
+      const show = (x: unknown) => x === undefined ? 'nothing (the default)' : JSON.stringify(x);
+      throw new CheckpointError(`${dir}: the checkpoint was trained with ${k} = ${show(meta.run[k])}, ` +
+        `this run asks for ${show(v)}; resume with the same options or start a new --out`);
     }
   }
   const params = f.modelOf ? await readTree(join(dir, 'trained.safetensors'), fresh.params, 'a trained tree')

@@ -119,6 +119,27 @@ export function imageModelOf(family: ModelFamily, config: unknown): ImageModel {
   }
 }
 
+/** The blocks `hiddenAfter` counts: DiT blocks, or the U-Net's down, mid and up blocks. */
+export function blockCount(model: ImageModel): number {
+  if (model.family === 'unet') return unetBlocks(model.config as UNet2DConfig).length;
+  return (model.config as DiTConfig).num_layers;
+}
+
+/** Channels of the hidden state after `after` blocks (ApplyOptions.hiddenAfter). */
+export function hiddenWidth(model: ImageModel, after: number): number {
+  checkHiddenAfter(model.family, after, blockCount(model));
+  if (model.family !== 'unet') {
+    const c = model.config as DiTConfig;
+    return c.num_attention_heads * c.attention_head_dim;
+  }
+  const c = model.config as UNet2DConfig;
+  const widths = c.block_out_channels;
+  const down = widths.length;
+  if (after <= down) return widths[after - 1]!; // down.i
+  if (after === down + 1) return widths[down - 1]!; // mid
+  return [...widths].reverse()[after - down - 2]!; // up.i
+}
+
 /** The model's prediction over rows as a function of x, t and labels alone: `params` bound,
  *  and a learned-sigma output (DiT's out_channels = 2C, variance after the mean) cut to the
  *  mean, the part samplers and losses use. */

@@ -85,7 +85,7 @@ export function probeBlocks(p: Pipeline): string[] {
  * Pooled features of `blocks` for images [N, C, H, W] noised to timestep t with noise stream
  * `stream`: one Float32Array [N, channels] per block.
  */
-async function featuresAt(run: (x: HostArray, t: HostArray, y?: HostArray) => Promise<HostArray[]>,
+export async function featuresAt(run: (x: HostArray, t: HostArray, y?: HostArray) => Promise<HostArray[]>,
   p: Pipeline, images: HostArray<'float32'>, t: number, key: RngKey, batchSize: number,
   onBatch: (count: number) => void): Promise<Float32Array[]> {
   const [n, ...rest] = images.shape as [number, number, number, number];
@@ -152,7 +152,7 @@ function checkProbe(p: Pipeline, data: Splits, blocks: readonly string[],
  * t [B], with the null label [B] for a class-conditional model (the features must not see the
  * answer): one array per output.
  */
-function featureGraph(p: Pipeline, name: string, provider: Provider | undefined,
+export function featureGraph(p: Pipeline, name: string, provider: Provider | undefined,
   outputs: (model: UNet2DModel, params: ParamsOf<UNet2DModel>, x: Tensor, t: Tensor, y?: Tensor) => Tensor[]):
   { run: FeatureRun; dispose: () => Promise<void>; outputShapes: () => number[][] } {
   const { model } = unetOf(p);

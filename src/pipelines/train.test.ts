@@ -8,7 +8,7 @@ import { HostArray } from '../engine/host.js';
 import { RngKey } from '../engine/random/philox.js';
 import type { ImageDataset } from '../data/dataset.js';
 import { readModelFolder, readModelIndex } from '../io/diffusers.js';
-import { train, type TrainOptions } from './train.js';
+import { METHOD_DEFAULTS, train, type TrainOptions } from './train.js';
 import { withTempDir } from '../../test/support/temp-dir.js';
 
 /** 48 labelled 8x8 images: class 0 a bright top half, class 1 a bright left half, plus noise. */
@@ -26,7 +26,7 @@ function tinyData(): ImageDataset {
 const base = (out: string, over: Partial<TrainOptions> = {}): TrainOptions => ({
   model: 'unet', size: 'tiny', objective: 'eps', weighting: 'uniform', minSnrGamma: 5, conditional: true,
   labelDropout: 0.2, batchSize: 8, steps: 6, lr: 1e-3, lrSchedule: 'cosine', warmupSteps: 2, gradClip: 1,
-  emaDecay: 0.99, seed: 5, out, logEvery: 1, sampleEvery: 0, checkpointEvery: 2, ...over,
+  emaDecay: 0.99, seed: 5, out, logEvery: 1, sampleEvery: 0, checkpointEvery: 2, ...METHOD_DEFAULTS, ...over,
 });
 
 const withDir = (fn: (dir: string) => Promise<void>): Promise<void> => withTempDir('train', fn);
@@ -108,4 +108,30 @@ test('a second run into the same folder is refused; a diverging run stops with i
       /training diverged at step (\d+): .*; the checkpoint of step \d+ is kept/);
     const ckpt = await readModelFolder(join(kept, 'checkpoint', 'unet'));
     for (const a of ckpt.stateDict.values()) assert.ok((a.data as Float32Array).every(Number.isFinite));
+  }));
+
+test('a REPA + CEP run resumes exactly (projector and all), exports a plain model, and a resume without the methods is refused', () =>
+  withDir(async (dir) => {
+    const data = tinyData();
+    // The frozen encoder: any U-Net pipeline for these images.
+    await train(base(join(dir, 'enc'), { steps: 2, conditional: false }), data, false);
+    const dit = (out: string) => base(out, { model: 'dit', size: 'tiny', objective: 'flow', repa: 0.5,
+      repaEncoder: join(dir, 'enc', 'model'), cep: 'uniform' });
+    const full = await train(dit(join(dir, 'a')), data, false);
+    const stop = new AbortController();
+    const first = await train(dit(join(dir, 'b')), data, false, {
+      signal: stop.signal, onStep: (s) => s.step === 3 && stop.abort() });
+    const rest = await train(dit(join(dir, 'b')), data, true);
+    assert.deepEqual([...first.losses, ...rest.losses], full.losses);
+    assert.deepEqual(rest.state.params, full.state.params);
+    const trained = full.state.params as unknown as { model: unknown; repa: Record<string, unknown> };
+    assert.deepEqual(Object.keys(trained.repa).sort(), ['linear1', 'linear2', 'linear3']);
+    // model/ is a plain DiT: the projector is training-only.
+    const m = await readModelFolder(join(dir, 'a', 'model', 'transformer'));
+    assert.ok([...m.stateDict.keys()].every((n) => !n.includes('linear1')) && m.stateDict.size > 0);
+    // The methods change the loss: the same run without them differs from step 1.
+    const plain = await train(base(join(dir, 'c'), { model: 'dit', size: 'tiny', objective: 'flow', steps: 1 }), data, false);
+    assert.notEqual(plain.losses[0], full.losses[0]);
+    await assert.rejects(train(base(join(dir, 'b'), { model: 'dit', size: 'tiny', objective: 'flow', steps: 8 }), data, true),
+      /trained with cep = "uniform", this run asks for nothing \(the default\)/);
   }));

@@ -4,6 +4,7 @@
  * pure functions of (seed, step). The loop around it (checkpoints, exact resume, logs, grids,
  * faults) is training-loop.ts, shared with `diffuse distill`.
  */
+import { join } from 'node:path';
 import { HostArray } from '../engine/host.js';
 import * as ops from '../engine/ops.js';
 import { RngKey } from '../engine/random/philox.js';
@@ -17,8 +18,17 @@ import {
 import { batchAt, datasetSize, type ImageDataset } from '../data/dataset.js';
 import { adamw } from '../nn/optim.js';
 import { constantLr, cosineLr, warmupLr } from '../nn/schedules.js';
+import type { Reparameterisation } from '../nn/reparam.js';
 import { compileTrainStep } from '../nn/train.js';
-import { createImageModel, type ImageModel, type ModelFamily } from './image-models.js';
+import type { PipelineFiles } from './checkpoint.js';
+import { conditionShift, type CepKind } from '../methods/cep.js';
+import { RepaProjector, repaDepth, repaLoss } from '../methods/repa.js';
+import type { ParamsOf } from '../nn/module.js';
+import { packageRoot } from '../util/package-root.js';
+import {
+  blockCount, createImageModel, hiddenWidth, imageModelOf, type ImageModel, type ModelFamily,
+} from './image-models.js';
+import { repaTargets, takeRows } from './repa.js';
 import { classCount, loadPipeline, sampleImages, type Pipeline } from './sample.js';
 import {
   runTraining, type TrainEvents, type TrainResult as LoopResult,
@@ -54,13 +64,80 @@ export interface TrainOptions {
   /** A trained pipeline folder to start from (fine-tuning): its config replaces `size`, its
    *  weights the random initialisation. */
   init?: string;
+  /** Condition embedding perturbation during training (methods/cep.ts; 'none': off). */
+  cep: CepKind | 'none';
+  cepGamma: number;
+  /** REPA's weight lambda (methods/repa.ts; 0: off). */
+  repa: number;
+  /** Blocks before REPA's alignment point (default: methods/repa.ts repaDepth). */
+  repaDepth?: number;
+  /** The frozen encoder's pipeline folder (a U-Net; pipelines/repa.ts). */
+  repaEncoder: string;
+  /** Width of REPA's projector (default 4 x the model's width). */
+  repaHidden?: number;
+  /** Denoising Task Routing (models/dit-routing.ts): alpha (null: off) and beta; DiT only. */
+  dtrAlpha: number | null;
+  dtrBeta: number;
+  /** Optimise a reparameterisation of the weights instead of all of them (parameter-efficient
+   *  fine-tuning: methods/peft.ts); model/ and the checkpoints' model folders hold the merged
+   *  plain weights. */
+  adapt?: Reparameterisation;
 }
 
 /** Options a resumed run must share with the checkpoint (the others may change). */
-const RUN_KEYS: (keyof TrainOptions)[] = ['model', 'size', 'objective', 'weighting', 'minSnrGamma', 'conditional',
-  'labelDropout', 'batchSize', 'seed', 'lr', 'lrSchedule', 'warmupSteps', 'gradClip', 'emaDecay', 'init'];
+const RUN_KEYS = ['model', 'size', 'objective', 'weighting', 'minSnrGamma', 'conditional',
+  'labelDropout', 'batchSize', 'seed', 'lr', 'lrSchedule', 'warmupSteps', 'gradClip', 'emaDecay',
+  'init'] as const satisfies readonly (keyof TrainOptions)[];
+/** The training methods' options, recorded only when set (so runs from before them resume). */
+const METHOD_KEYS = ['cep', 'cepGamma', 'repa', 'repaDepth', 'repaEncoder', 'repaHidden',
+  'dtrAlpha', 'dtrBeta'] as const satisfies readonly (keyof TrainOptions)[];
 
-interface HostBatch { x0: HostArray; eps: HostArray; t: HostArray; a: HostArray; s: HostArray; w: HostArray; labels?: HostArray }
+/** What a run must share with its checkpoint to resume it. */
+function runRecord(o: TrainOptions): Record<string, unknown> {
+  const methods = METHOD_KEYS.filter((k) => o[k] !== undefined &&
+    o[k] !== (METHOD_DEFAULTS as Partial<TrainOptions>)[k]);
+  return { ...Object.fromEntries([...RUN_KEYS, ...methods].map((k) => [k, o[k]])),
+    ...(o.adapt ? { adapt: o.adapt.name } : {}) };
+}
+
+/** The training-method options' defaults: a plain run. */
+export const METHOD_DEFAULTS = {
+  cep: 'none', cepGamma: 1, repa: 0, repaEncoder: join(packageRoot(), 'models', 'mnist-unet'),
+  dtrAlpha: null, dtrBeta: 0.8,
+} as const satisfies Partial<TrainOptions>;
+
+
+/** The optimised tree: the model's weights themselves, or, when something is trained beside
+ *  them (REPA's projector) or instead of them (a reparameterisation), `model` (the weights or
+ *  the reparameterisation's tree) and `repa`. */
+type Trained<T> = { model: Tree<T>; repa?: Tree<T> };
+
+/** Whether the optimised tree is the model's own weights. */
+const plainTree = (o: TrainOptions): boolean => !o.adapt && o.repa === 0;
+
+function trainedParts<T>(o: TrainOptions, trained: Tree<T>): Trained<T> {
+  return plainTree(o) ? { model: trained } : trained as unknown as Trained<T>;
+}
+
+/** The model weights inside a training graph, from the optimised tree. */
+function modelParamsOf(o: TrainOptions, trained: Tree<Tensor>): Tree<Tensor> {
+  const { model } = trainedParts(o, trained);
+  return o.adapt ? o.adapt.apply(model) : model;
+}
+
+/** The training-only parts of a run: REPA's projector and targets. */
+interface RunExtras {
+  repa?: { projector: RepaProjector; depth: number; targets: HostArray<'float32'> };
+}
+
+interface HostBatch {
+  x0: HostArray; eps: HostArray; t: HostArray; a: HostArray; s: HostArray; w: HostArray;
+  labels?: HostArray;
+  /** CEP's label-embedding shifts [B, D]. */
+  shift?: HostArray;
+  /** REPA's encoder features of the batch's images. */
+  z?: HostArray;
+}
 
 /** The loss weighting `o` asks for. */
 function weightingOf(o: TrainOptions): Weighting {
@@ -69,7 +146,7 @@ function weightingOf(o: TrainOptions): Weighting {
 
 /** Everything random about step `step`, from the run's key: data order, noise, times, labels. */
 function drawBatch(o: TrainOptions, data: ImageDataset, model: ImageModel, spec: SchedulerSpec,
-  key: RngKey, step: number): HostBatch {
+  key: RngKey, step: number, extras: RunExtras): HostBatch {
   const b = batchAt(data, key.fold(0), step, o.batchSize);
   const [kn, kt, kd] = key.fold(1).fold(step).split(3);
   const n = o.batchSize;
@@ -86,19 +163,48 @@ function drawBatch(o: TrainOptions, data: ImageDataset, model: ImageModel, spec:
       drop[i]! < o.labelDropout ? BigInt(model.numClasses) : v);
     batch.labels = new HostArray(labels, [n], 'int64');
   }
+  if (o.cep !== 'none') batch.shift = conditionShift(o.cep, o.cepGamma, n, model.labelEmbedDim, key.fold(4).fold(step));
+  if (extras.repa) batch.z = takeRows(extras.repa.targets, b.rows);
   return batch;
 }
 
-function lossFn(o: TrainOptions, model: ImageModel) {
-  return (p: Tree<Tensor>, bt: Tree<Tensor>): Tensor => {
+function lossFn(o: TrainOptions, model: ImageModel, extras: RunExtras) {
+  return (trained: Tree<Tensor>, bt: Tree<Tensor>): Tensor => {
     const b = bt as unknown as Record<keyof HostBatch, Tensor>;
     const xt = noisySample(b.x0, b.eps, b.a, b.s); // [B, C, H, W]
     const target = trainingTarget(o.objective, b.x0, b.eps, b.a, b.s);
-    const r = model.apply(p, xt, b.t, o.conditional ? b.labels : undefined);
+    const { repa } = extras;
+    const r = model.apply(modelParamsOf(o, trained), xt, b.t, o.conditional ? b.labels : undefined, {
+      ...(b.shift ? { labelShift: b.shift } : {}), ...(repa ? { hiddenAfter: repa.depth } : {}) });
     const perSample = ops.mean(ops.square(ops.sub(r.out, target)), [1, 2, 3]); // [B]
-    const loss = ops.mean(ops.mul(perSample, b.w));
-    return r.aux ? ops.add(loss, r.aux) : loss;
+    let loss = ops.mean(ops.mul(perSample, b.w));
+    if (r.aux) loss = ops.add(loss, r.aux);
+    if (repa) {
+      const projector = trainedParts(o, trained).repa as ParamsOf<RepaProjector>;
+      loss = ops.add(loss, ops.mul(repaLoss(repa.projector, projector, r.hidden!, b.z!), o.repa));
+    }
+    return loss;
   };
+}
+
+/** A fresh model for the run: the size preset, with DTR's keys when asked for. */
+function freshModel(o: TrainOptions, classes: number, shape: readonly [number, number, number]): ImageModel {
+  const m = createImageModel(o.model, o.size, classes, shape);
+  if (o.dtrAlpha === null) return m;
+  if (o.model !== 'dit') throw new Error(`--dtr-alpha: task routing is implemented for the DiT (--model dit), not ${o.model}`);
+  return imageModelOf('dit', { ...m.config, dtr_alpha: o.dtrAlpha, dtr_beta: o.dtrBeta });
+}
+
+/** REPA's projector and the encoder's features of every training image. */
+async function repaExtras(o: TrainOptions, model: ImageModel, data: ImageDataset,
+  ev: TrainEvents): Promise<RunExtras['repa']> {
+  if (o.repa === 0) return undefined;
+  if (o.model === 'dit-moe') throw new Error('--repa: REPA is implemented for the U-Net and the DiT');
+  const depth = o.repaDepth ?? repaDepth(blockCount(model));
+  const targets = await repaTargets(o.repaEncoder, data,
+    (done) => ev.onPrepare?.('REPA encoder features', done, datasetSize(data)));
+  const dim = hiddenWidth(model, depth);
+  return { projector: new RepaProjector(dim, o.repaHidden ?? 4 * dim, targets.shape[1]!), depth, targets };
 }
 
 /**
@@ -145,24 +251,38 @@ export async function train(o: TrainOptions, data: ImageDataset, resume: boolean
     throw new Error('conditional training needs a labelled dataset with at least 2 classes ' +
       '(sub-folders of the image folder); pass --unconditional to train without labels');
   }
+  if (o.cep !== 'none' && !o.conditional) throw new Error('--cep perturbs the class embedding: it needs class-conditional training');
   if (datasetSize(data) < o.batchSize) {
     throw new Error(`the dataset has ${datasetSize(data)} images, fewer than one batch of ${o.batchSize}`);
   }
   const [, dc, dh, dw] = data.images.shape as [number, number, number, number];
   if (dh !== dw) throw new Error(`images must be square, the dataset's are ${dh}x${dw}`);
   const start = o.init === undefined ? undefined : await initialPipeline(o, classes, [dc, dh, dw]);
-  const model = start?.model ?? createImageModel(o.model, o.size, classes, [dc, dh, dw]);
+  if (start && o.dtrAlpha !== null) throw new Error('--dtr-alpha: task routing is chosen when a model is made, not when it is fine-tuned (--init)');
+  const model = start?.model ?? freshModel(o, classes, [dc, dh, dw]);
+  const extras: RunExtras = { repa: await repaExtras(o, model, data, ev) };
   const spec = trainingScheduler(o.objective);
   const lr = o.lrSchedule === 'cosine' ? cosineLr(o.lr, o.steps, o.warmupSteps, o.lr / 100)
     : o.warmupSteps > 0 ? warmupLr(o.lr, o.warmupSteps) : constantLr(o.lr);
   const key = RngKey.fromSeed(o.seed);
-  const trainer = compileTrainStep<HostBatch & Tree<HostArray>>(lossFn(o, model), adamw({ lr, weightDecay: 0 }),
+  const trainer = compileTrainStep<HostBatch & Tree<HostArray>>(lossFn(o, model, extras), adamw({ lr, weightDecay: 0 }),
     { clipGradNorm: o.gradClip, ema: { maxDecay: o.emaDecay }, runtime: { name: 'train_step' } });
+  const { adapt } = o;
+  const files: PipelineFiles = { model, scheduler: spec, ...(plainTree(o) ? {} : {
+    modelOf: (t: Tree<HostArray>) => {
+      const m = trainedParts(o, t).model;
+      return adapt ? adapt.merge(m) : m;
+    } }) };
   const r = await runTraining({
-    options: o, files: { model, scheduler: spec }, trainer, exported: 'ema',
-    run: Object.fromEntries(RUN_KEYS.map((k) => [k, o[k]])),
-    initialWeights: () => start?.params ?? model.module.init(key.fold(2)) as Tree<HostArray>,
-    batch: (step) => drawBatch(o, data, model, spec, key, step) as HostBatch & Tree<HostArray>,
+    options: o, files, trainer, exported: 'ema', run: runRecord(o),
+    initialWeights: (): Tree<HostArray> => {
+      const weights = start?.params ?? model.module.init(key.fold(2)) as Tree<HostArray>;
+      if (plainTree(o)) return weights;
+      const m = adapt ? adapt.init(weights, key.fold(3)) : weights;
+      return (extras.repa ? { model: m, repa: extras.repa.projector.init(key.fold(5)) } : { model: m }) as
+        unknown as Tree<HostArray>;
+    },
+    batch: (step) => drawBatch(o, data, model, spec, key, step, extras) as HostBatch & Tree<HostArray>,
     // EMA samples: DDIM (flow-Euler for flow runs), 25 steps
     grid: (ema) => progressGrid({ model, params: ema, scheduler: spec, modelFolder: o.out, notes: [] },
       { sampler: spec.family === 'flow' ? 'flow-euler' : 'ddim', steps: 25 }),

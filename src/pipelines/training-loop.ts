@@ -45,6 +45,8 @@ export interface StepReport {
 }
 
 export interface TrainEvents {
+  /** Work before the first step (e.g. REPA's encoder features): `done` of `total` items. */
+  onPrepare?: (what: string, done: number, total: number) => void;
   onStep?: (s: StepReport) => void;
   onCheckpoint?: (step: number, dir: string) => void;
   onSample?: (step: number, path: string) => void;
