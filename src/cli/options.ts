@@ -44,6 +44,9 @@ export interface OptionSpec<T = unknown, D extends boolean = boolean> {
   readonly showExpected: boolean;
   /** Accepted as a flag only, not as a config file key (`--config` itself). */
   readonly flagOnly: boolean;
+  /** A list the flag may be given for repeatedly (`--variant a.json --variant b.json`), each
+   *  time adding to it. */
+  readonly repeatable?: boolean;
   /** The value a flag's text stands for; throws Refused. */
   readonly fromText: (text: string) => T;
   /** The value a config file's JSON value stands for; throws Refused. */
@@ -197,6 +200,24 @@ export function path<const O extends Doc<string>>(o: O): OptionSpec<string, Has<
   return words('path', o, 'a path', '<path>');
 }
 
+/** A list of paths: the flag repeated (`--variant a.json --variant b.json`) or given once with
+ *  commas; in a config file, an array of strings. */
+export function pathList<const O extends Doc<string[]>>(o: O): OptionSpec<string[], Has<O>> {
+  const fromText = (t: string): string[] => {
+    const items = t.split(',').map((x) => x.trim());
+    if (items.some((x) => x === '')) throw new Refused('paths separated by commas', 'an empty entry');
+    return items;
+  };
+  return { ...spec<string[], Has<O>>('custom', o, o.arg ?? '<path>', {
+    expected: 'one or more paths', showExpected: false, fromText,
+    fromJson: (v) => {
+      if (typeof v === 'string') return fromText(v);
+      if (Array.isArray(v) && v.length > 0 && v.every((x) => typeof x === 'string' && x !== '')) return [...v] as string[];
+      throw new Refused('a path or a list of paths', jsonType(v));
+    },
+  }), repeatable: true };
+}
+
 /** The `--config <file.json>` option: a path, on the command line only. */
 export function configFile(help: string): OptionSpec<string, false> {
   return { ...path({ help, arg: '<file.json>' }), flagOnly: true };
@@ -275,9 +296,12 @@ export function addOptions(cmd: Command, schema: Schema): Command {
     if (s.arg) {
       // A UsageError (not commander's InvalidArgumentError) passes through commander, so the
       // message is ours and the same as a config file's.
-      o.argParser((t: string) => {
+      o.argParser((t: string, previous: unknown) => {
         try {
-          return s.fromText(t);
+          const v = s.fromText(t);
+          // A repeated list flag adds to what came before it (not to the default).
+          return s.repeatable && Array.isArray(previous) && previous !== s.default
+            ? [...previous, ...(v as unknown[])] : v;
         } catch (e) {
           throw e instanceof Refused ? refusal(`--${kebab(key)}`, e.expected, `'${t}'`, e.why) : e;
         }

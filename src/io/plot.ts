@@ -104,6 +104,8 @@ export interface LineSeries {
   label: string;
   /** Interleaved x, y pairs, joined in the order given. */
   points: ArrayLike<number>;
+  /** Interleaved lo, hi per point: a vertical bar at each x (e.g. the spread over seeds). */
+  spread?: ArrayLike<number>;
   color?: Rgb;
 }
 
@@ -162,6 +164,10 @@ export function linePlot(series: readonly LineSeries[], opts: LinePlotOptions): 
       if (Number.isFinite(x)) (xlo = Math.min(xlo, x), xhi = Math.max(xhi, x));
       if (Number.isFinite(y)) (ylo = Math.min(ylo, y), yhi = Math.max(yhi, y));
     }
+    for (let i = 0; i < (s.spread?.length ?? 0); i++) {
+      const y = s.spread![i]!;
+      if (Number.isFinite(y)) (ylo = Math.min(ylo, y), yhi = Math.max(yhi, y));
+    }
   }
   for (const h of opts.hlines ?? []) (ylo = Math.min(ylo, h.y), yhi = Math.max(yhi, h.y));
   if (!Number.isFinite(xlo)) [xlo, xhi] = [0, 1];
@@ -207,6 +213,11 @@ export function linePlot(series: readonly LineSeries[], opts: LinePlotOptions): 
     for (let i = 0; i + 1 < s.points.length; i += 2) {
       const [x, y] = [Math.round(px(s.points[i]!)), Math.round(py(s.points[i + 1]!))];
       for (let k = 0; k < 25; k++) canvas.set(x - 2 + (k % 5), y - 2 + Math.floor(k / 5), color);
+      const [lo, hi] = [s.spread?.[i], s.spread?.[i + 1]];
+      if (lo !== undefined && hi !== undefined && Number.isFinite(lo) && Number.isFinite(hi)) {
+        drawLine(canvas, x, py(lo), x, py(hi), color, 1); // the bar, with 7-pixel caps
+        for (const end of [lo, hi]) drawLine(canvas, x - 3, py(end), x + 3, py(end), color, 1);
+      }
     }
     legend.push({ label: s.label, color, dashed: false });
   });

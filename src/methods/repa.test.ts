@@ -56,11 +56,32 @@ test('repaLoss is -mean cos(projector(h), z) over tokens and batch, z pooled to 
   }
 });
 
-test('repaLoss refuses an encoder grid that does not pool onto the tokens', () => {
+test('repaLoss pools a finer model grid onto the encoder\'s, and refuses grids that do not nest', async () => {
   const proj = new RepaProjector(3, 4, 2);
   const p = ops.constantTree(proj.init(RngKey.fromSeed(1)) as never) as ParamsOf<RepaProjector>;
   assert.throws(() => repaLoss(proj, p, ops.zeros([1, 3, 4, 4]), ops.zeros([1, 2, 6, 6])),
-    /encoder's 6x6 feature grid does not pool onto the model's 4x4 tokens/);
+    /encoder's 6x6 grid does not pool onto 4x4/);
+  assert.throws(() => repaLoss(proj, p, ops.zeros([1, 3, 6, 6]), ops.zeros([1, 2, 4, 4])),
+    /model's 6x6 grid does not pool onto 4x4/);
+  // A 4x4 model grid against a 2x2 target: projected tokens averaged in 2x2 blocks. With a
+  // target constant over the grid, the loss is -cos(mean of the block's projections, target).
+  const f = compile((h: Tensor, z: Tensor) => [repaLoss(proj, p, h, z), proj.forward(p, ops.transpose(ops.reshape(h, [1, 3, 16]), [0, 2, 1]))]);
+  try {
+    const h = new HostArray(RngKey.fromSeed(4).normal(48), [1, 3, 4, 4]);
+    const z = new HostArray(Float32Array.from([1, 1, 1, 1, -1, -1, -1, -1]), [1, 2, 2, 2]);
+    const [loss, tokens] = (await f(h, z)) as HostArray[];
+    const t = tokens!.data as Float32Array; // [16 tokens, 2]
+    let total = 0;
+    for (let br = 0; br < 2; br++) {
+      for (let bc = 0; bc < 2; bc++) {
+        const m = [0, 1].map((k) => [0, 1, 4, 5].reduce((s, o) => s + t[2 * (br * 8 + bc * 2 + o) + k]!, 0) / 4);
+        total += (m[0]! - m[1]!) / (Math.hypot(m[0]!, m[1]!) * Math.SQRT2);
+      }
+    }
+    assert.ok(Math.abs((loss!.data[0] as number) + total / 4) < 1e-5);
+  } finally {
+    await f.dispose();
+  }
 });
 
 test('the default alignment depth is the paper\'s 8 of 28 blocks, scaled', () => {

@@ -14,8 +14,8 @@
  * Departures, both forced by scale: the projector's width H defaults to 4 D instead of 2048
  * (2048 is sized for SiT-XL's D = 1152; at D = 128 it would cost several times the model);
  * and the encoder is a frozen network of this project, not DINOv2 (pipelines/repa.ts says
- * which and why). Encoder features whose grid is finer than the model's tokens are average
- * pooled onto the token grid.
+ * which and why). Where the encoder's grid and the model's tokens differ, the finer of the two
+ * is average pooled onto the coarser (REPA matches them by construction).
  */
 import * as ops from '../engine/ops.js';
 import type { Tensor } from '../engine/tensor.js';
@@ -61,21 +61,32 @@ function normalize(x: Tensor): Tensor {
   return ops.div(x, ops.maximum(norm, 1e-12));
 }
 
+/** A per-token map [B, C, H, W] average pooled onto an h x w grid (H / h = W / w, whole). */
+function onGrid(map: Tensor, h: number, w: number, what: string): Tensor {
+  const [hh, ww] = map.shape.slice(2) as [number, number];
+  if (hh === h && ww === w) return map;
+  if (hh % h !== 0 || ww % w !== 0 || hh / h !== ww / w) {
+    throw new RangeError(`REPA: the ${what} ${hh}x${ww} grid does not pool onto ${h}x${w}`);
+  }
+  return poolMap(map, h);
+}
+
 /**
  * REPA's alignment loss: -mean over tokens and batch of cos(projector(hidden), target), with
- * hidden [B, D, h, w] the model's state and target [B, z, H', W'] the encoder's features
- * (pooled onto h x w when finer).
+ * hidden [B, D, h, w] the model's state and target [B, z, H', W'] the encoder's features.
+ * Where one grid is finer, it is average pooled onto the other (the projector runs per token
+ * of the model first): grids that REPA matches by construction, here by pooling.
  */
 export function repaLoss(projector: RepaProjector, p: ParamsOf<RepaProjector>, hidden: Tensor,
   target: Tensor): Tensor {
   const [h, w] = hidden.shape.slice(2) as [number, number];
   const [th, tw] = target.shape.slice(2) as [number, number];
-  if (th % h !== 0 || tw % w !== 0 || th / h !== tw / w) {
-    throw new RangeError(`REPA: the encoder's ${th}x${tw} feature grid does not pool onto the ` +
-      `model's ${h}x${w} tokens`);
-  }
-  const z = mapTokens(th === h ? target : poolMap(target, h)); // [B, T, z]
-  const proj = projector.forward(p, mapTokens(hidden)); // [B, T, z]
-  const cos = ops.sum(ops.mul(normalize(proj), normalize(z)), [-1]); // [B, T]
+  const [gh, gw] = th * tw < h * w ? [th, tw] : [h, w]; // the coarser grid
+  const b = hidden.shape[0] as number;
+  const proj = projector.forward(p, mapTokens(hidden)); // [B, h w, z]
+  const projMap = ops.reshape(ops.transpose(proj, [0, 2, 1]), [b, projector.zDim, h, w]);
+  const y = mapTokens(onGrid(projMap, gh, gw, "model's")); // [B, T, z]
+  const z = mapTokens(onGrid(target, gh, gw, "encoder's")); // [B, T, z]
+  const cos = ops.sum(ops.mul(normalize(y), normalize(z)), [-1]); // [B, T]
   return ops.neg(ops.mean(cos));
 }

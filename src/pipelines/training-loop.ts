@@ -18,6 +18,7 @@ import { ensureWritableFolder, errnoCode, FileSystemError } from '../util/fs-err
 import {
   exportPipeline, loadCheckpoint, modelWeights, recoverRunFolders, saveCheckpoint, type PipelineFiles,
 } from './checkpoint.js';
+import type { ImageModel } from './image-models.js';
 import { acquireRunLock } from './run-lock.js';
 
 /** The options every run has, whatever it optimises. */
@@ -54,7 +55,7 @@ export interface TrainEvents {
   signal?: AbortSignal;
   /** Awaited before each checkpoint is written, with the exported model weights (e.g. an A/B
    *  run's evaluation): a crash inside it repeats those steps on resume instead of losing it. */
-  beforeCheckpoint?: (step: number, weights: Tree<HostArray>) => Promise<void>;
+  beforeCheckpoint?: (step: number, weights: Tree<HostArray>, model: ImageModel) => Promise<void>;
   /** Called at each phase of a checkpoint swap; tests throw here to crash a save midway. */
   onCheckpointPhase?: (phase: SwapPhase) => void;
 }
@@ -135,7 +136,7 @@ export async function runTraining<B>(r: TrainingRun<B>, resume: boolean, ev: Tra
         throw new Error(`training diverged by step ${state.step}: ${bad} is not finite; ${kept()} ` +
           '(try a lower --lr)');
       }
-      await ev.beforeCheckpoint?.(state.step, weights(state));
+      await ev.beforeCheckpoint?.(state.step, weights(state), files.model);
       await writing(checkpointDir, () => saveCheckpoint(checkpointDir, files, state,
         { step: state.step, run: r.run, diffuse: '0.1.0' },
         ev.onCheckpointPhase ? { onPhase: ev.onCheckpointPhase } : {}));
