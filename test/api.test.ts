@@ -103,7 +103,7 @@ describe('entry points', () => {
     const png = io.decodePng(io.encodePng({ width: 2, height: 1, channels: 1,
       data: Uint8Array.of(0, 255) }));
     assert.deepEqual([png.width, png.height, png.channels, png.data[4]], [2, 1, 4, 255]); // RGBA
-    assert.deepEqual(pipelines.MODEL_FAMILIES, ['unet', 'dit', 'dit-moe']);
+    assert.deepEqual(pipelines.MODEL_FAMILIES, ['unet', 'dit', 'dit-moe', 'switch-dit']);
     // The two ConfigErrors are different classes (scheduler configs, model configs).
     assert.notEqual(diffusion.ConfigError, models.ConfigError);
     assert.throws(() => diffusion.parseScheduler({ _class_name: 'DDIMScheduler',

@@ -89,7 +89,7 @@ export function trainOptions(r: Resolved<typeof TRAIN_OPTIONS>): TrainCliOptions
 
 export function registerTrain(program: Command): void {
   addOptions(program.command('train')
-    .description('train an image diffusion model (U-Net, DiT or DiT-MoE); checkpoints in ' +
+    .description('train an image diffusion model (U-Net, DiT, DiT-MoE or Switch-DiT); checkpoints in ' +
       'diffusers\' layout, exact --resume, a JSONL log and sample grids'), TRAIN_OPTIONS)
     .action(async (_: unknown, cmd: Command) => {
       const { data: spec, unconditional, resume, ...f } =

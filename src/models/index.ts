@@ -1,8 +1,8 @@
 /**
  * @file `diffuse/models`: the models, each with diffusers' config keys and parameter names,
  * its config reader, its presets and its class record for `loadModel` / `saveModel`
- * (diffuse/io). UNet2DModel, DiT, DiT-MoE, AutoencoderKL, the MNIST classifier and the 2-D toy
- * MLP.
+ * (diffuse/io). UNet2DModel, DiT, DiT-MoE, Switch-DiT, AutoencoderKL, the MNIST classifier and
+ * the 2-D toy MLP.
  *
  * The blocks the models are built from (ResnetBlock2D, the DiT blocks, the VAE's encoder and
  * decoder, ...) stay internal: their names and parameters follow diffusers, but their
@@ -21,7 +21,7 @@ export {
   type UNet2DState, type UpBlockType,
 } from './unet2d.js';
 
-// ---- DiT and DiT-MoE ----
+// ---- DiT, DiT-MoE and Switch-DiT ----
 export {
   checkDiTConfig, DIT_DEFAULTS, DIT_PRESETS, ditClass, ditInitialize, ditPreset,
   DiTTransformer2DModel, dropClassLabels, readDiTConfig, splitLearnedSigma, type DiTConfig,
@@ -32,6 +32,12 @@ export {
   readDiTMoEConfig, type DiTMoEConfig, type DiTMoEOptions, type DiTMoEOutput,
   type DiTMoEPresetName, type MoeRouting,
 } from './dit-moe.js';
+export {
+  diffusionPriorLoss, linearAssignment, readSwitchDiTConfig, SWITCH_DIT_DEFAULTS,
+  SWITCH_DIT_PRESETS, switchDiTClass, switchDiTPreset, switchPriorTable,
+  SwitchDiTTransformer2DModel, type SwitchDiTConfig, type SwitchDiTOutput,
+  type SwitchDiTPresetName,
+} from './switch-dit.js';
 
 // ---- AutoencoderKL ----
 export {

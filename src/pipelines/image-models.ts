@@ -1,7 +1,7 @@
 /**
  * @file The image models the pipelines train and sample, behind one interface: the U-Net,
- * the DiT and the DiT-MoE, each with its diffusers class, its folder name in a pipeline
- * (`unet` or `transformer`), its class-conditioning convention and its size presets.
+ * the DiT, the DiT-MoE and the Switch-DiT, each with its diffusers class, its folder name in a
+ * pipeline (`unet` or `transformer`), its class-conditioning convention and its size presets.
  *
  * Class conditioning: labels are 0..numClasses-1 and the CFG null class is numClasses. For a
  * UNet2DModel that is the last row of a table of num_class_embeds = numClasses + 1 rows; for a
@@ -13,12 +13,15 @@ import type { ModelClass } from '../io/diffusers.js';
 import { ConfigError } from '../models/config.js';
 import { ditClass, ditPreset, DiTTransformer2DModel, type DiTConfig } from '../models/dit.js';
 import { ditMoEClass, ditMoEPreset, DiTMoETransformer2DModel, type DiTMoEConfig } from '../models/dit-moe.js';
+import {
+  switchDiTClass, switchDiTPreset, SwitchDiTTransformer2DModel, type SwitchDiTConfig,
+} from '../models/switch-dit.js';
 import { UNET2D_CLASS, UNET2D_PRESETS, UNet2DModel, type UNet2DConfig } from '../models/unet2d.js';
 import type { Module, ParamsOf } from '../nn/module.js';
 import { blockNode, unetBlocks } from '../methods/ddae.js';
 
-export type ModelFamily = 'unet' | 'dit' | 'dit-moe';
-export const MODEL_FAMILIES: readonly ModelFamily[] = ['unet', 'dit', 'dit-moe'];
+export type ModelFamily = 'unet' | 'dit' | 'dit-moe' | 'switch-dit';
+export const MODEL_FAMILIES: readonly ModelFamily[] = ['unet', 'dit', 'dit-moe', 'switch-dit'];
 
 /** What a training forward may ask beyond the prediction. */
 export interface ApplyOptions {
@@ -33,7 +36,7 @@ export interface ApplyOptions {
 export interface ImageModel {
   readonly family: ModelFamily;
   readonly cls: ModelClass<Module, unknown>;
-  readonly config: UNet2DConfig | DiTConfig | DiTMoEConfig;
+  readonly config: UNet2DConfig | DiTConfig | DiTMoEConfig | SwitchDiTConfig;
   readonly module: Module;
   /** Folder of the model inside a pipeline folder. */
   readonly component: 'unet' | 'transformer';
@@ -44,7 +47,7 @@ export interface ImageModel {
   /** Width of the class embedding a label shift adds to. */
   readonly labelEmbedDim: number;
   /** The prediction for x [B, C, H, W] at model times t [B] (float32), labels int64 [B];
-   *  `aux` is an extra training loss (DiT-MoE's expert balance). */
+   *  `aux` is an extra training loss (DiT-MoE's expert balance, Switch-DiT's diffusion prior). */
   apply(p: unknown, x: Tensor, t: Tensor, labels?: Tensor, opts?: ApplyOptions):
     { out: Tensor; aux?: Tensor; hidden?: Tensor };
 }
@@ -114,6 +117,25 @@ export function imageModelOf(family: ModelFamily, config: unknown): ImageModel {
           }
           const r = m.forward(p as ParamsOf<DiTMoETransformer2DModel>, x, t, labels ?? nullLabels(x, c.num_embeds_ada_norm));
           return { out: r.sample, aux: r.balanceLoss };
+        } };
+    }
+    case 'switch-dit': {
+      const c = config as SwitchDiTConfig;
+      const m = new SwitchDiTTransformer2DModel(c);
+      return { family, cls: switchDiTClass as unknown as ModelClass<Module, unknown>, config: c,
+        module: m, component: 'transformer', numClasses: c.num_embeds_ada_norm,
+        sampleShape: [c.in_channels, c.sample_size, c.sample_size] as const,
+        labelEmbedDim: m.innerDim,
+        apply: (p, x, t, labels, o = {}) => {
+          if (o.labelShift || o.hiddenAfter !== undefined) {
+            throw new Error('Switch-DiT: condition corruption and hidden states (CEP, REPA) are ' +
+              'implemented for the U-Net and the DiT');
+          }
+          const r = m.forward(p as ParamsOf<SwitchDiTTransformer2DModel>, x, t,
+            labels ?? nullLabels(x, c.num_embeds_ada_norm));
+          // aux: prior_weight (the paper's 1) * the prior JSD; graphs that do not return it
+          // (sampling) drop it.
+          return { out: r.sample, aux: r.priorLoss };
         } };
     }
   }
@@ -192,8 +214,21 @@ const PRESETS: Record<ModelFamily, Record<string, (classes: number, shape: Shape
   },
   'dit-moe': {
     s: (k, x) => ditMoEPreset('DiT-MoE-S/2-mnist-8E2A', ditIo(k, x)),
+    // dit xs with 8 SwiGLU experts, top 2, and one shared expert of width D, each routed
+    // expert 5D/6 wide: 6 D (5D/6) + 3 D^2 = 8 D^2, the active multiply-adds per token of
+    // dit xs's 4D GELU MLP (plus the router's D x 8), for A/B runs at equal active compute.
+    xs: (k, x) => ditMoEPreset('DiT-MoE-S/2-mnist-8E2A', { ...ditIo(k, x), patch_size: 4,
+      num_layers: 4, num_shared_experts: 1, expert_intermediate_size: Math.round((5 * 128) / 6) }),
     tiny: (k, x) => ditMoEPreset('DiT-MoE-S/2-mnist-8E2A', { ...ditIo(k, x), num_layers: 2,
       num_attention_heads: 2, attention_head_dim: 8, num_experts: 4 }),
+  },
+  // The dit sizes with a 3-expert, top-2 router in every block (Switch-DiT's setting).
+  'switch-dit': {
+    s: (k, x) => switchDiTPreset('Switch-DiT-S/2-mnist', ditIo(k, x)),
+    xs: (k, x) => switchDiTPreset('Switch-DiT-S/2-mnist', { ...ditIo(k, x), patch_size: 4,
+      num_layers: 4 }),
+    tiny: (k, x) => switchDiTPreset('Switch-DiT-S/2-mnist', { ...ditIo(k, x), num_layers: 2,
+      num_attention_heads: 2, attention_head_dim: 8 }),
   },
 };
 
@@ -216,6 +251,8 @@ export function familyOfClass(className: string): ModelFamily {
   if (className === UNET2D_CLASS.className) return 'unet';
   if (className === ditClass.className || (ditClass.aliases as readonly string[]).includes(className)) return 'dit';
   if (className === ditMoEClass.className) return 'dit-moe';
+  if (className === switchDiTClass.className) return 'switch-dit';
   throw new ConfigError(`model class '${className}' is not one Diffuse samples: expected ` +
-    `${UNET2D_CLASS.className}, ${ditClass.className} or ${ditMoEClass.className}`);
+    `${UNET2D_CLASS.className}, ${ditClass.className}, ${ditMoEClass.className} or ` +
+    `${switchDiTClass.className}`);
 }

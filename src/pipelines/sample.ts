@@ -41,6 +41,7 @@ import {
   readSchedulerConfig, SCHEDULER_CONFIG_NAME, type ModelClass,
 } from '../io/diffusers.js';
 import { ditClass } from '../models/dit.js';
+import { switchDiTClass } from '../models/switch-dit.js';
 import { ditMoEClass } from '../models/dit-moe.js';
 import { UNET2D_CLASS } from '../models/unet2d.js';
 import type { Module, ParamsOf } from '../nn/module.js';
@@ -85,6 +86,7 @@ const MODEL_CLASSES: Record<ModelFamily, ModelClass<Module, unknown>> = {
   unet: UNET2D_CLASS as unknown as ModelClass<Module, unknown>,
   dit: ditClass as unknown as ModelClass<Module, unknown>,
   'dit-moe': ditMoEClass as unknown as ModelClass<Module, unknown>,
+  'switch-dit': switchDiTClass as unknown as ModelClass<Module, unknown>,
 };
 
 const COMPONENTS = ['unet', 'transformer'] as const;
