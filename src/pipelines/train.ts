@@ -22,6 +22,7 @@ import type { Reparameterisation } from '../nn/reparam.js';
 import { compileTrainStep } from '../nn/train.js';
 import type { PipelineFiles } from './checkpoint.js';
 import { conditionShift, type CepKind } from '../methods/cep.js';
+import { ditInitialize } from '../models/dit.js';
 import { RepaProjector, repaDepth, repaLoss } from '../methods/repa.js';
 import type { ParamsOf } from '../nn/module.js';
 import { packageRoot } from '../util/package-root.js';
@@ -187,6 +188,14 @@ function lossFn(o: TrainOptions, model: ImageModel, extras: RunExtras) {
   };
 }
 
+/** A fresh model's weights: DiT's own initialisation for the transformers (adaLN-Zero: every
+ *  block starts as the identity, the output as zero; Peebles & Xie, sec. 3.2, found it
+ *  clearly better than the alternatives), torch's defaults for the U-Net, as diffusers'. */
+function freshWeights(model: ImageModel, key: RngKey): Tree<HostArray> {
+  const w = model.module.init(key) as Tree<HostArray>;
+  return model.family === 'unet' ? w : ditInitialize(w, key.fold(1));
+}
+
 /** A fresh model for the run: the size preset, with DTR's keys when asked for. */
 function freshModel(o: TrainOptions, classes: number, shape: readonly [number, number, number]): ImageModel {
   const m = createImageModel(o.model, o.size, classes, shape);
@@ -276,7 +285,7 @@ export async function train(o: TrainOptions, data: ImageDataset, resume: boolean
   const r = await runTraining({
     options: o, files, trainer, exported: 'ema', run: runRecord(o),
     initialWeights: (): Tree<HostArray> => {
-      const weights = start?.params ?? model.module.init(key.fold(2)) as Tree<HostArray>;
+      const weights = start?.params ?? freshWeights(model, key.fold(2));
       if (plainTree(o)) return weights;
       const m = adapt ? adapt.init(weights, key.fold(3)) : weights;
       return (extras.repa ? { model: m, repa: extras.repa.projector.init(key.fold(5)) } : { model: m }) as
