@@ -17,6 +17,8 @@ import { EVAL_OPTIONS } from './eval.js';
 import { TRAIN_EXPERTS_OPTIONS } from './experts.js';
 import { PROBE_OPTIONS } from './probe.js';
 import { buildProgram } from './main.js';
+import { AB_OPTIONS } from './ab.js';
+import { SAMPLE_JOINT_OPTIONS, TRAIN_JOINT_OPTIONS } from './multi-task.js';
 import { kebab, parseArgs, resolveOptions, type Schema } from './options.js';
 import { SAMPLE_OPTIONS } from './sample.js';
 import { TOY_OPTIONS } from './toy.js';
@@ -29,6 +31,7 @@ const COMMANDS: Record<string, Schema> = {
   'train-classifier': TRAIN_CLASSIFIER_OPTIONS, distill: DISTILL_OPTIONS,
   classify: CLASSIFY_OPTIONS, probe: PROBE_OPTIONS, encode: ENCODE_OPTIONS, decode: DECODE_OPTIONS,
   translate: TRANSLATE_OPTIONS, img2img: IMG2IMG_OPTIONS, 'train-experts': TRAIN_EXPERTS_OPTIONS,
+  'train-joint': TRAIN_JOINT_OPTIONS, 'sample-joint': SAMPLE_JOINT_OPTIONS, ab: AB_OPTIONS,
 };
 
 /** The message a thunk fails with, which must be a UsageError. */

@@ -180,7 +180,9 @@ export async function runTraining<B>(r: TrainingRun<B>, resume: boolean, ev: Tra
         await writing(logPath, () => appendFile(logPath, `${JSON.stringify(line)}\n`));
       }
       if (r.grid && o.sampleEvery > 0 && state.step % o.sampleEvery === 0) {
-        ev.onSample?.(state.step, await writing(join(o.out, 'samples'), writeGrid));
+        // Written whether or not anyone listens (`ev.onSample?.(.., await ..)` would skip it).
+        const grid = await writing(join(o.out, 'samples'), writeGrid);
+        ev.onSample?.(state.step, grid);
       }
       if (ev.signal?.aborted) {
         interrupted = true;
