@@ -18,6 +18,9 @@ export const EVAL_OPTIONS = {
   model: path({ arg: '<dir>', help: 'pipeline or model folder to sample (as diffuse sample ' +
     'reads it)' }),
   n: int({ min: 1, help: 'images per run', default: 1000 }),
+  reference: oneOf(['mnist', 'mnist-bold'], { arg: '<digits>', help: 'the training digits ' +
+    'MNIST-FID compares with (mnist-bold: a model fine-tuned to the bold domain)',
+  default: 'mnist' }),
   sampler: oneOf(SAMPLER_NAMES, { help: 'sampler', default: 'ddim' }),
   steps: int({ min: 1, help: 'sampling steps', default: 50 }),
   guidance: num({ range: GUIDANCE_RANGE, arg: '<w>', help: 'classifier-free guidance weight ' +
@@ -76,7 +79,7 @@ export function registerEval(program: Command): void {
           if (w) console.log(`warning: ${w}`);
         }
       }
-      const m = await prepareMnistFid({ n: o.n,
+      const m = await prepareMnistFid({ n: o.n, reference: o.reference,
         ...(o.classifier ? { classifier: o.classifier } : {}),
         ...(o.cacheDir ? { cacheDir: o.cacheDir } : {}) });
       try {

@@ -6,11 +6,14 @@
  */
 import { readFileSync } from 'node:fs';
 import { Command, CommanderError } from 'commander';
+import { registerAb } from './ab.js';
 import { EXIT, exitCodeOf } from './errors.js';
 import { registerClassify } from './classify.js';
 import { registerDistill } from './distill.js';
 import { registerEncode } from './encode.js';
 import { registerEval } from './eval.js';
+import { registerFinetune } from './finetune.js';
+import { registerMultiTask } from './multi-task.js';
 import { registerTrainExperts } from './experts.js';
 import { registerProbe } from './probe.js';
 import { registerSample } from './sample.js';
@@ -33,6 +36,7 @@ export function buildProgram(): Command {
     // main (exit code 2), not ended with process.exit(1) inside a subcommand.
     .exitOverride();
   registerTrain(program);
+  registerFinetune(program);
   registerToy(program);
   registerSample(program);
   registerTrainClassifier(program);
@@ -42,6 +46,8 @@ export function buildProgram(): Command {
   registerClassify(program);
   registerProbe(program);
   registerEncode(program);
+  registerAb(program);
+  registerMultiTask(program);
   return program;
 }
 

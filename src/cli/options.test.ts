@@ -18,6 +18,7 @@ import { TRAIN_EXPERTS_OPTIONS } from './experts.js';
 import { PROBE_OPTIONS } from './probe.js';
 import { buildProgram } from './main.js';
 import { AB_OPTIONS } from './ab.js';
+import { FINETUNE_OPTIONS } from './finetune.js';
 import { SAMPLE_JOINT_OPTIONS, TRAIN_JOINT_OPTIONS } from './multi-task.js';
 import { kebab, parseArgs, resolveOptions, type Schema } from './options.js';
 import { SAMPLE_OPTIONS } from './sample.js';
@@ -32,6 +33,7 @@ const COMMANDS: Record<string, Schema> = {
   classify: CLASSIFY_OPTIONS, probe: PROBE_OPTIONS, encode: ENCODE_OPTIONS, decode: DECODE_OPTIONS,
   translate: TRANSLATE_OPTIONS, img2img: IMG2IMG_OPTIONS, 'train-experts': TRAIN_EXPERTS_OPTIONS,
   'train-joint': TRAIN_JOINT_OPTIONS, 'sample-joint': SAMPLE_JOINT_OPTIONS, ab: AB_OPTIONS,
+  finetune: FINETUNE_OPTIONS,
 };
 
 /** The message a thunk fails with, which must be a UsageError. */
