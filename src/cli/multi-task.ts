@@ -21,6 +21,10 @@ import {
 } from './options.js';
 import { progress } from './progress.js';
 import { runInTerminal } from './training-run.js';
+import { TRAIN_OPTIONS } from './train.js';
+
+const { steps, lrSchedule, gradClip, emaDecay, seed, logEvery, checkpointEvery } = TRAIN_OPTIONS;
+const LOOP_OPTIONS = { steps, lrSchedule, gradClip, emaDecay, seed, logEvery, checkpointEvery };
 
 export const TRAIN_JOINT_OPTIONS = {
   config: configFile('read options from a JSON file; its keys are the long options ' +
@@ -34,24 +38,15 @@ export const TRAIN_JOINT_OPTIONS = {
     'image-given-label, weaker label-given-image)', default: 2 }),
   labelWeight: num({ range: '[0, 1000]', help: 'weight of the label term of the loss (the ' +
     'image term has 1)', default: 1 }),
+  // The optimisation options are diffuse train's own; only the defaults differ.
+  ...LOOP_OPTIONS,
   batchSize: int({ min: 1, help: 'pairs per step', default: 64 }),
-  steps: int({ min: 1, help: 'optimisation steps in total', default: 2000 }),
   lr: num({ range: '(0, 10]', help: 'peak learning rate (AdamW)', default: 5e-4 }),
-  lrSchedule: oneOf(['constant', 'cosine'], { arg: '<kind>', help: 'learning rate after ' +
-    'warm-up', default: 'cosine' }),
   warmupSteps: int({ min: 0, help: 'linear warm-up steps', default: 200 }),
-  gradClip: num({ range: '(0, 1e6]', help: 'clip the global gradient norm to this',
-    default: 1 }),
-  emaDecay: num({ range: '[0, 1)', help: 'largest EMA decay (warm-up (1+s)/(10+s))',
-    default: 0.999 }),
-  seed: int({ min: 0, help: 'seed of the whole run (data order, noise, init)', default: 0 }),
   out: path({ arg: '<dir>', help: 'run folder: checkpoint/, model/, log.jsonl, samples/',
     default: 'runs/multi-task' }),
-  logEvery: int({ min: 1, help: 'JSONL log interval (steps)', default: 10 }),
   sampleEvery: int({ min: 0, help: 'grid of image-given-label samples every this many steps ' +
     '(0: never)', default: 500 }),
-  checkpointEvery: int({ min: 0, help: 'checkpoint interval (steps; 0: only on Ctrl-C and at ' +
-    'the end)', default: 200 }),
   resume: flag({ help: 'continue the run in --out from its checkpoint' }),
 };
 

@@ -7,7 +7,6 @@ import { join } from 'node:path';
 import { test } from 'node:test';
 import { HostArray } from '../engine/host.js';
 import { RngKey } from '../engine/random/philox.js';
-import type { ImageDataset } from '../data/dataset.js';
 import * as ops from '../engine/ops.js';
 import { compile } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
@@ -18,18 +17,9 @@ import {
 } from './multi-task.js';
 import { loadPipeline } from './sample.js';
 import { withTempDir } from '../../test/support/temp-dir.js';
+import { twoClassImages } from '../../test/support/tiny-images.js';
 
-/** 48 labelled 8x8 images: class 0 a bright top half, class 1 a bright left half, plus noise. */
-function tinyData(): ImageDataset {
-  const n = 48;
-  const z = RngKey.fromSeed(3).normal(n * 64);
-  const labels = Int32Array.from({ length: n }, (_, i) => i % 2);
-  const x = Float32Array.from(z, (v, j) => {
-    const i = Math.floor(j / 64), r = Math.floor((j % 64) / 8), c = j % 8;
-    return 0.2 * v + ((labels[i] ? c < 4 : r < 4) ? 0.8 : -0.8);
-  });
-  return { images: new HostArray(x, [n, 1, 8, 8]), labels, classNames: ['top', 'left'] };
-}
+const tinyData = twoClassImages;
 
 const base = (out: string, over: Partial<JointTrainOptions> = {}): JointTrainOptions => ({
   size: 'tiny', labelScale: 2, labelWeight: 1, batchSize: 8, steps: 5, lr: 1e-3,

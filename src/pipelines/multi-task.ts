@@ -38,31 +38,24 @@ import { adamw } from '../nn/optim.js';
 import { constantLr, cosineLr, warmupLr } from '../nn/schedules.js';
 import { compileTrainStep } from '../nn/train.js';
 import type { PipelineFiles } from './checkpoint.js';
+import type { TrainOptions } from './train.js';
 import { createImageModel, presetNames, type ImageModel } from './image-models.js';
 import { runTraining, type TrainEvents, type TrainResult } from './training-loop.js';
 
 /** The DiT size presets a joint model can take (image-models.ts's DiT table). */
 export const JOINT_SIZES: readonly string[] = presetNames('dit');
 
-export interface JointTrainOptions {
+/** The optimisation options, as `diffuse train` has them. */
+type LoopKeys = 'batchSize' | 'steps' | 'lr' | 'lrSchedule' | 'warmupSteps' | 'gradClip' | 'emaDecay' |
+  'seed' | 'out' | 'logEvery' | 'sampleEvery' | 'checkpointEvery';
+
+export interface JointTrainOptions extends Pick<TrainOptions, LoopKeys> {
   /** A DiT size preset (JOINT_SIZES). */
   size: string;
   /** Label vectors are +labelScale at the class, -labelScale elsewhere. */
   labelScale: number;
   /** Weight of the label term of the loss (the image term has weight 1). */
   labelWeight: number;
-  batchSize: number;
-  steps: number;
-  lr: number;
-  lrSchedule: 'constant' | 'cosine';
-  warmupSteps: number;
-  gradClip: number;
-  emaDecay: number;
-  seed: number;
-  out: string;
-  logEvery: number;
-  sampleEvery: number;
-  checkpointEvery: number;
 }
 
 /** Options a resumed run must share with its checkpoint. */

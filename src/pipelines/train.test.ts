@@ -4,24 +4,12 @@ import { existsSync } from 'node:fs';
 import { appendFile, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { HostArray } from '../engine/host.js';
-import { RngKey } from '../engine/random/philox.js';
-import type { ImageDataset } from '../data/dataset.js';
 import { readModelFolder, readModelIndex } from '../io/diffusers.js';
 import { METHOD_DEFAULTS, train, type TrainOptions } from './train.js';
 import { withTempDir } from '../../test/support/temp-dir.js';
+import { twoClassImages } from '../../test/support/tiny-images.js';
 
-/** 48 labelled 8x8 images: class 0 a bright top half, class 1 a bright left half, plus noise. */
-function tinyData(): ImageDataset {
-  const n = 48;
-  const z = RngKey.fromSeed(3).normal(n * 64);
-  const labels = Int32Array.from({ length: n }, (_, i) => i % 2);
-  const x = Float32Array.from(z, (v, j) => {
-    const i = Math.floor(j / 64), r = Math.floor((j % 64) / 8), c = j % 8;
-    return 0.2 * v + ((labels[i] ? c < 4 : r < 4) ? 0.8 : -0.8);
-  });
-  return { images: new HostArray(x, [n, 1, 8, 8]), labels, classNames: ['top', 'left'] };
-}
+const tinyData = twoClassImages;
 
 const base = (out: string, over: Partial<TrainOptions> = {}): TrainOptions => ({
   model: 'unet', size: 'tiny', objective: 'eps', weighting: 'uniform', minSnrGamma: 5, conditional: true,
