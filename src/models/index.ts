@@ -1,8 +1,9 @@
 /**
  * @file `diffuse/models`: the models, each with diffusers' config keys and parameter names,
  * its config reader, its presets and its class record for `loadModel` / `saveModel`
- * (diffuse/io). UNet2DModel, DiT, DiT-MoE, Switch-DiT, AutoencoderKL, the MNIST classifier and
- * the 2-D toy MLP.
+ * (diffuse/io). UNet2DModel, DiT (with Denoising Task Routing), DiT-MoE, Switch-DiT, the joint
+ * image-label DiT of multi-task diffusion, AutoencoderKL, the MNIST classifier and the 2-D toy
+ * MLP.
  *
  * The blocks the models are built from (ResnetBlock2D, the DiT blocks, the VAE's encoder and
  * decoder, ...) stay internal: their names and parameters follow diffusers, but their
@@ -54,3 +55,7 @@ export {
 
 // ---- 2-D toy MLP ----
 export { TOY_MLP_DEFAULTS, ToyMlp, toyMlpClass, type ToyMlpConfig } from './toy-mlp.js';
+export { DTR_TASKS, dtrMask, dtrStart, routedBlock, type TaskRouting } from './dit-routing.js';
+export {
+  JointDiTModel, jointDiTClass, JOINT_DIT_DEFAULTS, readJointDiTConfig, type JointDiTConfig,
+} from './joint-dit.js';

@@ -24,3 +24,4 @@ export {
   applyLora, loraInit, loraParameterCount, loraScale, mergeLoraHost, type LoraFactors,
   type LoraOptions, type LoraTree,
 } from './lora.js';
+export type { Reparameterisation } from './reparam.js';

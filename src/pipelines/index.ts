@@ -1,7 +1,8 @@
 /**
  * @file `diffuse/pipelines`: the application layer, between the CLI and the libraries. Each
  * `diffuse` command is a thin parser over one of these: load a pipeline folder and sample it
- * (`loadPipeline`, `sampleImages`), train an image model (`train`), evaluate samplers by
+ * (`loadPipeline`, `sampleImages`), train an image model (`train`, with the training methods'
+ * options; `runAb` compares them at equal compute; `trainJoint` the multi-task model), evaluate samplers by
  * MNIST-FID and class accuracy (`prepareMnistFid`, `evaluateRuns`), the 2-D toy demo, and the
  * classifier the metrics use. `graphDenoiser` is the bridge from a traced model to the
  * samplers of diffuse/diffusion.
@@ -26,12 +27,20 @@ export {
 
 // ---- training and distillation (one loop: training-loop.ts) ----
 export {
-  train, type Objective, type TrainEvents, type TrainOptions, type TrainResult,
+  METHOD_DEFAULTS, train, type Objective, type TrainEvents, type TrainOptions, type TrainResult,
 } from './train.js';
+export {
+  abCsv, abPlot, abSummaryCsv, mnistEvaluator, readEvals, runAb, summarize, type AbEvents,
+  type AbOptions, type AbRow, type AbSummary, type Arm, type Evaluation, type Evaluator,
+} from './ab.js';
 export {
   DISTILL_METHODS, distill, type DistillMethod, type DistillOptions, type DistillResult,
 } from './distill.js';
 export { studentSampling, type StudentRecord } from './student.js';
+export {
+  loadJointPipeline, sampleJoint, trainJoint, type JointPipeline, type JointSampleRequest,
+  type JointSamples, type JointTrainOptions, type JointTrainResult,
+} from './multi-task.js';
 
 // ---- evaluation: MNIST-FID (the shipped classifier's features, not Inception-FID) ----
 export {
