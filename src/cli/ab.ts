@@ -83,7 +83,7 @@ export function registerAb(program: Command): void {
         const { data, unconditional, resume: _, seed: __, out: ___, ...f } = armOptions(spec.files);
         if (!datasets.has(data)) datasets.set(data, await loadTrainingData(data));
         const d = datasets.get(data)!;
-        const options: Omit<TrainOptions, 'seed' | 'out'> = { ...f, dtrAlpha: f.dtrAlpha ?? null,
+        const options: Omit<TrainOptions, 'seed' | 'out'> = { ...f,
           steps: o.steps ?? f.steps, sampleEvery: 0, conditional: !unconditional && !!d.labels };
         arms.push({ name: spec.name, options, data: d });
       }

@@ -69,8 +69,7 @@ export function registerFinetune(program: Command): void {
       const data = await loadTrainingData(spec);
       const o: TrainOptions = { ...f, lr: f.lr ?? DEFAULT_LR[method], init: from, adapt,
         model: start.model.family, size: 'init', objective: start.scheduler.prediction,
-        conditional: classCount(start.model) > 0,
-        dtrAlpha: METHOD_DEFAULTS.dtrAlpha, dtrBeta: METHOD_DEFAULTS.dtrBeta };
+        conditional: classCount(start.model) > 0, dtrBeta: METHOD_DEFAULTS.dtrBeta };
       const res = await runInTerminal('finetune', 'finetune', o.steps, o.out, (l) => l.toFixed(4),
         (ev) => train(o, data, resume, ev));
       console.log(`fine-tuned ${res.losses.length} steps in ${res.seconds.toFixed(0)} s; ` +

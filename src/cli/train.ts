@@ -71,8 +71,7 @@ export const TRAIN_OPTIONS = {
     default: 0.8 }),
 };
 
-export type TrainCliOptions = Omit<TrainOptions, 'conditional' | 'dtrAlpha'> & {
-  dtrAlpha: number | undefined;
+export type TrainCliOptions = Omit<TrainOptions, 'conditional'> & {
   data: string; unconditional: boolean; resume: boolean;
 };
 
@@ -95,8 +94,7 @@ export function registerTrain(program: Command): void {
       const { data: spec, unconditional, resume, ...f } =
         trainOptions(commandOptions(TRAIN_OPTIONS, cmd));
       const data = await loadTrainingData(spec);
-      const o: TrainOptions = { ...f, dtrAlpha: f.dtrAlpha ?? null,
-        conditional: !unconditional && !!data.labels };
+      const o: TrainOptions = { ...f, conditional: !unconditional && !!data.labels };
       const r = await runInTerminal('train', 'train', o.steps, o.out, (l) => l.toFixed(4),
         (ev) => train(o, data, resume, ev));
       console.log(`trained ${r.losses.length} steps in ${r.seconds.toFixed(0)} s; model in ` +

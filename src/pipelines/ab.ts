@@ -8,7 +8,7 @@
  * Layout of `out`:
  *   <arm>/seed-<s>/       a `diffuse train` run folder (checkpoint/, model/, log.jsonl, ...)
  *   <arm>/seed-<s>/evals.jsonl   one line per evaluation: step, images, fid, accuracy, ...
- *   ab.csv, ab-summary.csv, ab.png, arms.json
+ *   ab.csv, ab-summary.csv, ab.png
  *
  * Runs go seed by seed (every arm's seed 0, then every arm's seed 1, ...), so an early stop
  * still leaves a complete comparison. Nothing is lost on a crash: a run resumes from its

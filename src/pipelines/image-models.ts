@@ -58,6 +58,16 @@ function tokenMap(tokens: Tensor, h: number, w: number): Tensor {
   return ops.reshape(ops.transpose(tokens, [0, 2, 1]), [n, d, h, w]);
 }
 
+/** The families whose apply takes a label shift and gives a hidden state (CEP, REPA). */
+export const TRAINING_INPUT_FAMILIES: readonly ModelFamily[] = ['unet', 'dit'];
+
+function refuseTrainingInputs(model: string, o: ApplyOptions): void {
+  if (o.labelShift || o.hiddenAfter !== undefined) {
+    throw new Error(`${model}: condition corruption and hidden states (CEP, REPA) are ` +
+      'implemented for the U-Net and the DiT');
+  }
+}
+
 function checkHiddenAfter(family: string, k: number, blocks: number): void {
   if (!(Number.isInteger(k) && k >= 1 && k <= blocks)) {
     throw new RangeError(`${family}: the hidden state after ${k} blocks was asked for; the ` +
@@ -111,10 +121,7 @@ export function imageModelOf(family: ModelFamily, config: unknown): ImageModel {
         sampleShape: [c.in_channels, c.sample_size, c.sample_size] as const,
         labelEmbedDim: m.innerDim,
         apply: (p, x, t, labels, o = {}) => {
-          if (o.labelShift || o.hiddenAfter !== undefined) {
-            throw new Error('DiT-MoE: condition corruption and hidden states (CEP, REPA) are ' +
-              'implemented for the U-Net and the DiT');
-          }
+          refuseTrainingInputs('DiT-MoE', o);
           const r = m.forward(p as ParamsOf<DiTMoETransformer2DModel>, x, t, labels ?? nullLabels(x, c.num_embeds_ada_norm));
           return { out: r.sample, aux: r.balanceLoss };
         } };
@@ -127,10 +134,7 @@ export function imageModelOf(family: ModelFamily, config: unknown): ImageModel {
         sampleShape: [c.in_channels, c.sample_size, c.sample_size] as const,
         labelEmbedDim: m.innerDim,
         apply: (p, x, t, labels, o = {}) => {
-          if (o.labelShift || o.hiddenAfter !== undefined) {
-            throw new Error('Switch-DiT: condition corruption and hidden states (CEP, REPA) are ' +
-              'implemented for the U-Net and the DiT');
-          }
+          refuseTrainingInputs('Switch-DiT', o);
           const r = m.forward(p as ParamsOf<SwitchDiTTransformer2DModel>, x, t,
             labels ?? nullLabels(x, c.num_embeds_ada_norm));
           // aux: prior_weight (the paper's 1) * the prior JSD; graphs that do not return it

@@ -122,4 +122,7 @@ test('a REPA + CEP run resumes exactly (projector and all), exports a plain mode
     assert.notEqual(plain.losses[0], full.losses[0]);
     await assert.rejects(train(base(join(dir, 'b'), { model: 'dit', size: 'tiny', objective: 'flow', steps: 8 }), data, true),
       /trained with cep = "uniform", this run asks for nothing \(the default\)/);
+    // Families without a label shift or a hidden state are refused before anything is computed.
+    await assert.rejects(train(base(join(dir, 'd'), { model: 'switch-dit', size: 'tiny', objective: 'flow',
+      repa: 0.5 }), data, false), /--repa is implemented for the U-Net and the DiT .*not switch-dit/);
   }));

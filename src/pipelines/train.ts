@@ -27,7 +27,8 @@ import { RepaProjector, repaDepth, repaLoss } from '../methods/repa.js';
 import type { ParamsOf } from '../nn/module.js';
 import { packageRoot } from '../util/package-root.js';
 import {
-  blockCount, createImageModel, hiddenWidth, imageModelOf, type ImageModel, type ModelFamily,
+  blockCount, createImageModel, hiddenWidth, imageModelOf, TRAINING_INPUT_FAMILIES,
+  type ImageModel, type ModelFamily,
 } from './image-models.js';
 import { repaTargets, takeRows } from './repa.js';
 import { classCount, loadPipeline, sampleImages, type Pipeline } from './sample.js';
@@ -76,8 +77,8 @@ export interface TrainOptions {
   repaEncoder: string;
   /** Width of REPA's projector (default 4 x the model's width). */
   repaHidden?: number;
-  /** Denoising Task Routing (models/dit-routing.ts): alpha (null: off) and beta; DiT only. */
-  dtrAlpha: number | null;
+  /** Denoising Task Routing (models/dit-routing.ts): alpha (unset: off) and beta; DiT only. */
+  dtrAlpha?: number;
   dtrBeta: number;
   /** Optimise a reparameterisation of the weights instead of all of them (parameter-efficient
    *  fine-tuning: methods/peft.ts); model/ and the checkpoints' model folders hold the merged
@@ -104,9 +105,8 @@ function runRecord(o: TrainOptions): Record<string, unknown> {
 /** The training-method options' defaults: a plain run. */
 export const METHOD_DEFAULTS = {
   cep: 'none', cepGamma: 1, repa: 0, repaEncoder: join(packageRoot(), 'models', 'mnist-unet'),
-  dtrAlpha: null, dtrBeta: 0.8,
+  dtrBeta: 0.8,
 } as const satisfies Partial<TrainOptions>;
-
 
 /** The optimised tree: the model's weights themselves, or, when something is trained beside
  *  them (REPA's projector) or instead of them (a reparameterisation), `model` (the weights or
@@ -199,7 +199,7 @@ function freshWeights(model: ImageModel, key: RngKey): Tree<HostArray> {
 /** A fresh model for the run: the size preset, with DTR's keys when asked for. */
 function freshModel(o: TrainOptions, classes: number, shape: readonly [number, number, number]): ImageModel {
   const m = createImageModel(o.model, o.size, classes, shape);
-  if (o.dtrAlpha === null) return m;
+  if (o.dtrAlpha === undefined) return m;
   if (o.model !== 'dit') throw new Error(`--dtr-alpha: task routing is implemented for the DiT (--model dit), not ${o.model}`);
   return imageModelOf('dit', { ...m.config, dtr_alpha: o.dtrAlpha, dtr_beta: o.dtrBeta });
 }
@@ -208,7 +208,6 @@ function freshModel(o: TrainOptions, classes: number, shape: readonly [number, n
 async function repaExtras(o: TrainOptions, model: ImageModel, data: ImageDataset,
   ev: TrainEvents): Promise<RunExtras['repa']> {
   if (o.repa === 0) return undefined;
-  if (o.model === 'dit-moe') throw new Error('--repa: REPA is implemented for the U-Net and the DiT');
   const depth = o.repaDepth ?? repaDepth(blockCount(model));
   const targets = await repaTargets(o.repaEncoder, data,
     (done) => ev.onPrepare?.('REPA encoder features', done, datasetSize(data)));
@@ -261,13 +260,18 @@ export async function train(o: TrainOptions, data: ImageDataset, resume: boolean
       '(sub-folders of the image folder); pass --unconditional to train without labels');
   }
   if (o.cep !== 'none' && !o.conditional) throw new Error('--cep perturbs the class embedding: it needs class-conditional training');
+  for (const [flag, on] of [['--cep', o.cep !== 'none'], ['--repa', o.repa !== 0]] as const) {
+    if (on && !TRAINING_INPUT_FAMILIES.includes(o.model)) {
+      throw new Error(`${flag} is implemented for the U-Net and the DiT (--model unet or dit), not ${o.model}`);
+    }
+  }
   if (datasetSize(data) < o.batchSize) {
     throw new Error(`the dataset has ${datasetSize(data)} images, fewer than one batch of ${o.batchSize}`);
   }
   const [, dc, dh, dw] = data.images.shape as [number, number, number, number];
   if (dh !== dw) throw new Error(`images must be square, the dataset's are ${dh}x${dw}`);
   const start = o.init === undefined ? undefined : await initialPipeline(o, classes, [dc, dh, dw]);
-  if (start && o.dtrAlpha !== null) throw new Error('--dtr-alpha: task routing is chosen when a model is made, not when it is fine-tuned (--init)');
+  if (start && o.dtrAlpha !== undefined) throw new Error('--dtr-alpha: task routing is chosen when a model is made, not when it is fine-tuned (--init)');
   const model = start?.model ?? freshModel(o, classes, [dc, dh, dw]);
   const extras: RunExtras = { repa: await repaExtras(o, model, data, ev) };
   const spec = trainingScheduler(o.objective);
