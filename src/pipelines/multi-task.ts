@@ -23,7 +23,7 @@ import type { Batch } from '../diffusion/denoiser.js';
 import { parseScheduler, type SchedulerSpec } from '../diffusion/diffusers/spec.js';
 import { samplerSchedule } from '../diffusion/sampling.js';
 import { trainingPoints, trainingScheduler } from '../diffusion/training.js';
-import { batchAt, datasetSize, type ImageDataset } from '../data/dataset.js';
+import { batchAt, type ImageDataset } from '../data/dataset.js';
 import { loadModel, readSchedulerConfig, type ModelClass } from '../io/diffusers.js';
 import {
   argmaxRows, jointFlowLoss, labelVectors, sampleJointFlow, type JointDenoiser,
@@ -35,10 +35,9 @@ import {
 } from '../models/joint-dit.js';
 import type { Module, ParamsOf } from '../nn/module.js';
 import { adamw } from '../nn/optim.js';
-import { constantLr, cosineLr, warmupLr } from '../nn/schedules.js';
 import { compileTrainStep } from '../nn/train.js';
 import type { PipelineFiles } from './checkpoint.js';
-import type { TrainOptions } from './train.js';
+import { learningRate, trainingImageShape, type TrainOptions } from './train.js';
 import { createImageModel, presetNames, type ImageModel } from './image-models.js';
 import { runTraining, type TrainEvents, type TrainResult } from './training-loop.js';
 
@@ -124,16 +123,10 @@ export async function trainJoint(o: JointTrainOptions, data: ImageDataset, resum
   if (!data.labels || classes < 2) {
     throw new Error('joint image-label training needs a labelled dataset with at least 2 classes');
   }
-  if (datasetSize(data) < o.batchSize) {
-    throw new Error(`the dataset has ${datasetSize(data)} images, fewer than one batch of ` +
-      `${o.batchSize}`);
-  }
-  const [, c, h, w] = data.images.shape as [number, number, number, number];
-  if (h !== w) throw new Error(`images must be square, the dataset's are ${h}x${w}`);
+  const [c, h, w] = trainingImageShape(data, o.batchSize);
   const model = new JointDiTModel(jointConfig(o.size, classes, [c, h, w], o.labelScale));
   const spec = trainingScheduler('flow');
-  const lr = o.lrSchedule === 'cosine' ? cosineLr(o.lr, o.steps, o.warmupSteps, o.lr / 100)
-    : o.warmupSteps > 0 ? warmupLr(o.lr, o.warmupSteps) : constantLr(o.lr);
+  const lr = learningRate(o);
   const key = RngKey.fromSeed(o.seed);
   const loss = (p: Tree<Tensor>, b: Tree<Tensor>): Tensor => {
     const pp = p as unknown as ParamsOf<JointDiTModel>;

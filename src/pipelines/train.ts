@@ -17,7 +17,7 @@ import {
 } from '../diffusion/training.js';
 import { batchAt, datasetSize, type ImageDataset } from '../data/dataset.js';
 import { adamw } from '../nn/optim.js';
-import { constantLr, cosineLr, warmupLr } from '../nn/schedules.js';
+import { constantLr, cosineLr, warmupLr, type LrSchedule } from '../nn/schedules.js';
 import type { Reparameterisation } from '../nn/reparam.js';
 import { compileTrainStep } from '../nn/train.js';
 import type { PipelineFiles } from './checkpoint.js';
@@ -188,6 +188,24 @@ function lossFn(o: TrainOptions, model: ImageModel, extras: RunExtras) {
   };
 }
 
+/** The learning rate of a run: warm-up, then cosine decay to 1/100 of the peak, or constant. */
+export function learningRate(o: Pick<TrainOptions, 'lr' | 'lrSchedule' | 'steps' | 'warmupSteps'>):
+  LrSchedule {
+  return o.lrSchedule === 'cosine' ? cosineLr(o.lr, o.steps, o.warmupSteps, o.lr / 100)
+    : o.warmupSteps > 0 ? warmupLr(o.lr, o.warmupSteps) : constantLr(o.lr);
+}
+
+/** [C, H, W] of a dataset's images, after the checks a training run needs of them: at least
+ *  one batch, and square. */
+export function trainingImageShape(data: ImageDataset, batchSize: number): [number, number, number] {
+  if (datasetSize(data) < batchSize) {
+    throw new Error(`the dataset has ${datasetSize(data)} images, fewer than one batch of ${batchSize}`);
+  }
+  const [, c, h, w] = data.images.shape as [number, number, number, number];
+  if (h !== w) throw new Error(`images must be square, the dataset's are ${h}x${w}`);
+  return [c, h, w];
+}
+
 /** A fresh model's weights: DiT's own initialisation for the transformers (adaLN-Zero: every
  *  block starts as the identity, the output as zero; Peebles & Xie, sec. 3.2, found it
  *  clearly better than the alternatives), torch's defaults for the U-Net, as diffusers'. */
@@ -265,18 +283,13 @@ export async function train(o: TrainOptions, data: ImageDataset, resume: boolean
       throw new Error(`${flag} is implemented for the U-Net and the DiT (--model unet or dit), not ${o.model}`);
     }
   }
-  if (datasetSize(data) < o.batchSize) {
-    throw new Error(`the dataset has ${datasetSize(data)} images, fewer than one batch of ${o.batchSize}`);
-  }
-  const [, dc, dh, dw] = data.images.shape as [number, number, number, number];
-  if (dh !== dw) throw new Error(`images must be square, the dataset's are ${dh}x${dw}`);
+  const [dc, dh, dw] = trainingImageShape(data, o.batchSize);
   const start = o.init === undefined ? undefined : await initialPipeline(o, classes, [dc, dh, dw]);
   if (start && o.dtrAlpha !== undefined) throw new Error('--dtr-alpha: task routing is chosen when a model is made, not when it is fine-tuned (--init)');
   const model = start?.model ?? freshModel(o, classes, [dc, dh, dw]);
   const extras: RunExtras = { repa: await repaExtras(o, model, data, ev) };
   const spec = trainingScheduler(o.objective);
-  const lr = o.lrSchedule === 'cosine' ? cosineLr(o.lr, o.steps, o.warmupSteps, o.lr / 100)
-    : o.warmupSteps > 0 ? warmupLr(o.lr, o.warmupSteps) : constantLr(o.lr);
+  const lr = learningRate(o);
   const key = RngKey.fromSeed(o.seed);
   const trainer = compileTrainStep<HostBatch & Tree<HostArray>>(lossFn(o, model, extras), adamw({ lr, weightDecay: 0 }),
     { clipGradNorm: o.gradClip, ema: { maxDecay: o.emaDecay }, runtime: { name: 'train_step' } });
