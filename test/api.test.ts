@@ -61,6 +61,7 @@ const promised: Record<string, [Record<string, unknown>, Record<string, string>]
     prepareMnistFid: 'function', trainToy: 'function', trainClassifier: 'function',
     graphDenoiser: 'function', MODEL_FAMILIES: 'object', distill: 'function', studentSampling: 'function',
     classifyImages: 'function', modelDenoiser: 'function', probeSweep: 'function',
+    trainDdm: 'function', compareEnsemble: 'function', runJob: 'function', JOB_HANDLER_MODULE: 'string',
   }],
 };
 

@@ -9,6 +9,7 @@ import { Command, CommanderError } from 'commander';
 import { registerAb } from './ab.js';
 import { EXIT, exitCodeOf } from './errors.js';
 import { registerClassify } from './classify.js';
+import { registerDdm, registerWorker } from './ddm.js';
 import { registerDistill } from './distill.js';
 import { registerEncode } from './encode.js';
 import { registerEval } from './eval.js';
@@ -48,6 +49,8 @@ export function buildProgram(): Command {
   registerEncode(program);
   registerAb(program);
   registerMultiTask(program);
+  registerDdm(program);
+  registerWorker(program);
   return program;
 }
 

@@ -18,6 +18,7 @@ import { TRAIN_EXPERTS_OPTIONS } from './experts.js';
 import { PROBE_OPTIONS } from './probe.js';
 import { buildProgram } from './main.js';
 import { AB_OPTIONS } from './ab.js';
+import { DDM_EVAL_OPTIONS, DDM_TRAIN_OPTIONS, WORKER_OPTIONS } from './ddm.js';
 import { FINETUNE_OPTIONS } from './finetune.js';
 import { SAMPLE_JOINT_OPTIONS, TRAIN_JOINT_OPTIONS } from './multi-task.js';
 import { kebab, parseArgs, resolveOptions, type Schema } from './options.js';
@@ -33,7 +34,8 @@ const COMMANDS: Record<string, Schema> = {
   classify: CLASSIFY_OPTIONS, probe: PROBE_OPTIONS, encode: ENCODE_OPTIONS, decode: DECODE_OPTIONS,
   translate: TRANSLATE_OPTIONS, img2img: IMG2IMG_OPTIONS, 'train-experts': TRAIN_EXPERTS_OPTIONS,
   'train-joint': TRAIN_JOINT_OPTIONS, 'sample-joint': SAMPLE_JOINT_OPTIONS, ab: AB_OPTIONS,
-  finetune: FINETUNE_OPTIONS,
+  finetune: FINETUNE_OPTIONS, 'ddm train': DDM_TRAIN_OPTIONS, 'ddm eval': DDM_EVAL_OPTIONS,
+  worker: WORKER_OPTIONS,
 };
 
 /** The message a thunk fails with, which must be a UsageError. */
@@ -262,7 +264,9 @@ test('classify, probe and --guide lists name the bad item', () => {
 test('the program\'s commands have exactly their tables\' options, with ranges in --help', () => {
   const program = buildProgram();
   for (const [command, schema] of Object.entries(COMMANDS)) {
-    const cmd = program.commands.find((c) => c.name() === command);
+    // 'ddm train': a subcommand of a command
+    const cmd = command.split(' ').reduce<typeof program | undefined>((at, name) =>
+      at?.commands.find((c) => c.name() === name), program);
     assert.ok(cmd, command);
     assert.deepEqual(cmd.options.map((o) => o.long).sort(),
       Object.keys(schema).map((k) => `--${kebab(k)}`).sort(), command);

@@ -2,6 +2,7 @@
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import type { Command } from 'commander';
+import { ENSEMBLE_MODES } from '../methods/ddm.js';
 import {
   ACCEL_SPELLINGS, checkDestination, classCount, DEFAULT_GUIDANCE, describeAccel, loadPipeline,
   parseAccelOption,
@@ -55,6 +56,8 @@ export const SAMPLE_OPTIONS = {
     'between in one batch (faster:K: every K-th step is a key step; ,serial: no batching; ' +
     ',noinject: no prior noise injection). DiT: ras:0.5 refreshes half the tokens per step ' +
     '(,random: the random-selection control)' }),
+  ensemble: oneOf(ENSEMBLE_MODES, { arg: '<mode>', help: 'routing of a decentralized-experts ' +
+    'ensemble (diffuse ddm train): top1, top2 or full (default: the one it was trained with)' }),
   guide: custom(parseGuide, { arg: '<spec>', expected: GUIDE_SPELLING, help: 'classifier ' +
     'guidance towards --class: classifier:DIR:SCALE with DIR a noise-aware classifier ' +
     '(train-classifier --noise-aware), a clean one (applied to noisy images as they are) or ' +
@@ -98,7 +101,8 @@ export function registerSample(program: Command): void {
       console.log(`${pipeline.model.cls.className} from ${pipeline.modelFolder} ` +
         `(${k ? `${k} classes` : 'unconditional'}): ${o.n} images, ${sampler}, ${steps} steps` +
         `${guidance !== 1 ? `, guidance ${guidance}` : ''}` +
-        `${o.accel ? `, ${describeAccel(o.accel)}` : ''}, seed ${o.seed} ` +
+        `${o.accel ? `, ${describeAccel(o.accel)}` : ''}` +
+        `${pipeline.ensemble ? `, ${pipeline.ensemble.experts.length} experts routed ${o.ensemble ?? pipeline.ensemble.routing}` : ''}, seed ${o.seed} ` +
         `(${o.generator})`);
       const guide = o.guide ? await loadGuide(o.guide) : undefined;
       if (guide) console.log(`classifier guidance: ${guide.description}`);
@@ -113,6 +117,7 @@ export function registerSample(program: Command): void {
         sampler, steps, n: o.n, guidance, seed: o.seed, generator: o.generator,
         batchSize: o.batchSize, provider: o.provider, memoryLimit: o.maxMemory * 2 ** 20,
         ...(o.accel ? { accel: o.accel } : {}), ...(guide ? { guide } : {}),
+        ...(o.ensemble ? { ensemble: o.ensemble } : {}),
         ...(o.class !== undefined ? { classes: o.class } : {}), signal: stop.signal,
         onWarning: (message: string) => console.error(`warning: ${message}`),
         onStep: (step: number, total: number) =>

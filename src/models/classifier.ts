@@ -6,6 +6,9 @@
  * embedded (Fourier features, then an MLP) and added as a per-channel shift after each
  * GroupNorm (the "default" time-embedding injection of diffusers' ResnetBlock2D, i.e. FiLM
  * with shift only). Without a noise level the shifts are skipped: the clean classifier.
+ * With `condition_classes` > 0 it also takes a class label, embedded and added to the noise
+ * embedding: a classifier of something else given the class (a decentralized-experts router,
+ * p(expert | x_t, t, class); the extra row condition_classes is the unconditional null class).
  *
  * Not a diffusers class; its config still uses snake_case keys and `_class_name`
  * 'DiffuseClassifier' so it saves in a diffusers-style folder beside the other models.
@@ -15,7 +18,7 @@
 import * as ops from '../engine/ops.js';
 import { HostArray } from '../engine/host.js';
 import type { Tensor } from '../engine/tensor.js';
-import { Conv2d, GroupNorm, Linear } from '../nn/layers.js';
+import { Conv2d, Embedding, GroupNorm, Linear } from '../nn/layers.js';
 import { Module, type ParamsOf } from '../nn/module.js';
 import {
   readConfig, requireConfig, toDiffusersConfig, type ReadConfigOptions,
@@ -43,6 +46,9 @@ export type ClassifierConfig = {
   noise_conditioning: boolean;
   /** Width of the noise-level embedding (and of its Fourier features). */
   noise_embed_dim: number;
+  /** Classes of an input condition (0: none); needs noise_conditioning. Labels
+   *  0..condition_classes-1, and condition_classes for "no class" (classifier-free guidance). */
+  condition_classes: number;
 };
 
 export const CLASSIFIER_DEFAULTS: Readonly<ClassifierConfig> = Object.freeze({
@@ -57,6 +63,7 @@ export const CLASSIFIER_DEFAULTS: Readonly<ClassifierConfig> = Object.freeze({
   hidden_dim: 128,
   noise_conditioning: true,
   noise_embed_dim: 64,
+  condition_classes: 0,
 });
 
 const CLASS_NAME = 'DiffuseClassifier';
@@ -86,6 +93,9 @@ export function readClassifierConfig(raw: Record<string, unknown>,
     `one of ${Object.keys(ACTIVATIONS).join(', ')}`);
   need(isPosInt(c.noise_embed_dim) && c.noise_embed_dim % 2 === 0, 'noise_embed_dim',
     'a positive even integer');
+  need(Number.isInteger(c.condition_classes) && c.condition_classes >= 0 &&
+    (c.condition_classes === 0 || c.noise_conditioning), 'condition_classes',
+  'a non-negative integer, 0 unless noise_conditioning is true');
   return c;
 }
 
@@ -152,6 +162,7 @@ export class ConvBlock extends Module {
 
 export class DiffuseClassifier extends Module {
   readonly noise_embedding?: NoiseEmbedding;
+  readonly class_embedding?: Embedding;
   readonly blocks: ConvBlock[];
   readonly fc: Linear;
   readonly head: Linear;
@@ -164,6 +175,9 @@ export class DiffuseClassifier extends Module {
     const [ch, layers] = [config.block_out_channels, config.layers_per_block];
     if (config.noise_conditioning) {
       this.noise_embedding = new NoiseEmbedding(config.noise_embed_dim, act);
+    }
+    if (config.condition_classes > 0) {
+      this.class_embedding = new Embedding(config.condition_classes + 1, config.noise_embed_dim);
     }
     // Stage i: a conv from the previous width (stride 2 after the first stage), then more.
     this.blocks = ch.flatMap((out, i) => Array.from({ length: layers }, (_, j) => {
@@ -179,15 +193,20 @@ export class DiffuseClassifier extends Module {
    * Penultimate features [N, hidden_dim] = act(fc(global average pool(conv stages))), the
    * vector MNIST-FID is computed on. x [N, in, H, W] in [-1, 1]; noiseLevel [N] float32:
    * log-SNR log(alpha^2 / sigma^2) of x_t (for sigma-only processes, -2 log sigma), or absent
-   * for clean images.
+   * for clean images. condition: int64 class labels [N] when the config has condition_classes.
    */
-  features(p: ParamsOf<DiffuseClassifier>, x: Tensor, noiseLevel?: Tensor): Tensor {
+  features(p: ParamsOf<DiffuseClassifier>, x: Tensor, noiseLevel?: Tensor, condition?: Tensor): Tensor {
     if (noiseLevel && !this.noise_embedding) {
       throw new TypeError(`${CLASS_NAME}: a noise level was given but this classifier has ` +
         `noise_conditioning: false`);
     }
-    const emb = noiseLevel // [N, E]
+    if (!condition !== !this.class_embedding || (condition && !noiseLevel)) {
+      throw new TypeError(`${CLASS_NAME}: condition_classes is ${this.config.condition_classes}; ` +
+        'a class condition goes with a noise level, exactly when condition_classes > 0');
+    }
+    let emb = noiseLevel // [N, E]
       ? this.noise_embedding!.forward(p.noise_embedding!, noiseLevel) : undefined;
+    if (condition) emb = ops.add(emb!, this.class_embedding!.forward(p.class_embedding!, condition));
     let h = x;
     this.blocks.forEach((b, i) => (h = b.forward(p.blocks[i]!, h, emb))); // [N, C_last, H/f, W/f]
     const pooled = ops.mean(h, [2, 3]); // [N, C_last]
@@ -195,8 +214,8 @@ export class DiffuseClassifier extends Module {
   }
 
   /** Class logits [N, num_classes]. */
-  logits(p: ParamsOf<DiffuseClassifier>, x: Tensor, noiseLevel?: Tensor): Tensor {
-    return this.head.forward(p.head, this.features(p, x, noiseLevel));
+  logits(p: ParamsOf<DiffuseClassifier>, x: Tensor, noiseLevel?: Tensor, condition?: Tensor): Tensor {
+    return this.head.forward(p.head, this.features(p, x, noiseLevel, condition));
   }
 
   /** log p(y | x) per image [N], for classifier guidance (its gradient with respect to x). */
@@ -206,8 +225,9 @@ export class DiffuseClassifier extends Module {
   }
 
   /** Mean cross-entropy over the batch; labels int64 [N]. */
-  loss(p: ParamsOf<DiffuseClassifier>, x: Tensor, labels: Tensor, noiseLevel?: Tensor): Tensor {
-    return crossEntropy(this.logits(p, x, noiseLevel), labels);
+  loss(p: ParamsOf<DiffuseClassifier>, x: Tensor, labels: Tensor, noiseLevel?: Tensor,
+    condition?: Tensor): Tensor {
+    return crossEntropy(this.logits(p, x, noiseLevel, condition), labels);
   }
 }
 
@@ -226,7 +246,12 @@ export const classifierClass = {
   className: CLASS_NAME,
   readConfig: readClassifierConfig,
   create: (config: ClassifierConfig): DiffuseClassifier => new DiffuseClassifier(config),
-  toConfig: (config: ClassifierConfig) => toDiffusersConfig(CLASS_NAME, config),
+  // condition_classes only when set: configs (and the metric classifier's hash) from before it
+  // stay byte for byte the same.
+  toConfig: (config: ClassifierConfig) => {
+    const { condition_classes: conditions, ...rest } = config;
+    return toDiffusersConfig(CLASS_NAME, conditions ? config : rest);
+  },
 } as const;
 
 // ---------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
  *
  * checkpoint/                     (written whole into a temp folder, then swapped in)
  *   model_index.json, scheduler/scheduler_config.json
- *   <component>/                  raw weights (unet or transformer)
+ *   <component>/                  raw weights (unet or transformer; router for a DDM router)
  *   <component>_ema/              EMA weights
  *   optimizer.safetensors         optimizer state, names '<slot>.<param name>'
  *   trained.safetensors           only when the optimised tree is not the model's own (a
@@ -18,9 +18,12 @@ import { HostArray } from '../engine/host.js';
 import { specToJson, type SchedulerSpec } from '../diffusion/diffusers/spec.js';
 import { flatten, unflatten, type Tree } from '../engine/tree.js';
 import { readRegularFile } from '../io/files.js';
-import { loadModel, saveModel, writeModelIndex, writeSchedulerConfig } from '../io/diffusers.js';
+import {
+  loadModel, saveModel, writeModelIndex, writeSchedulerConfig, type ModelClass,
+} from '../io/diffusers.js';
 import { writeFileAtomic } from '../io/png.js';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
+import type { Module } from '../nn/module.js';
 import type { TrainState } from '../nn/train.js';
 import { recoverFolder, replaceFolder, type ReplaceFolderOptions } from '../util/atomic.js';
 import type { ImageModel } from './image-models.js';
@@ -28,8 +31,15 @@ import { STUDENT_KEY, type StudentRecord } from './student.js';
 
 const isHost = (x: unknown): x is HostArray => x instanceof HostArray;
 
-export interface PipelineFiles {
-  model: ImageModel;
+/** What a run saves its network as: its class and config, and its folder in the pipeline. */
+export interface SavedModel {
+  readonly cls: ModelClass<Module, unknown>;
+  readonly config: unknown;
+  readonly component: string;
+}
+
+export interface PipelineFiles<M extends SavedModel = ImageModel> {
+  model: M;
   scheduler: SchedulerSpec;
   /** For a distilled student: what it was made for (model_index.json's _diffuse_student). */
   student?: StudentRecord;
@@ -40,7 +50,7 @@ export interface PipelineFiles {
 }
 
 /** The model weights `trained` stands for. */
-export function modelWeights(f: PipelineFiles, trained: Tree<HostArray>): Tree<HostArray> {
+export function modelWeights(f: PipelineFiles<SavedModel>, trained: Tree<HostArray>): Tree<HostArray> {
   return f.modelOf ? f.modelOf(trained) : trained;
 }
 
@@ -90,7 +100,7 @@ async function writingTo<T>(path: string, f: () => Promise<T>): Promise<T> {
   }
 }
 
-async function writePipeline(dir: string, f: PipelineFiles, params: Tree<HostArray>): Promise<void> {
+async function writePipeline(dir: string, f: PipelineFiles<SavedModel>, params: Tree<HostArray>): Promise<void> {
   const pipelineClass = f.model.component === 'unet' ? 'DDPMPipeline' : 'DiffusePipeline';
   const component = join(dir, f.model.component);
   await writingTo(component, () => saveModel(component, f.model.cls, f.model.config, params as never));
@@ -103,7 +113,7 @@ async function writePipeline(dir: string, f: PipelineFiles, params: Tree<HostArr
 }
 
 /** Writes the final pipeline (EMA weights) that `diffuse sample` loads. */
-export async function exportPipeline(dir: string, f: PipelineFiles, params: Tree<HostArray>): Promise<void> {
+export async function exportPipeline(dir: string, f: PipelineFiles<SavedModel>, params: Tree<HostArray>): Promise<void> {
   await replaceFolder(dir, (tmp) => writePipeline(tmp, f, params)); // model_index.json last
 }
 
@@ -115,7 +125,7 @@ export interface TrainerMeta {
 }
 
 /** Writes a checkpoint folder; trainer_state.json, written last, marks it complete. */
-export async function saveCheckpoint(dir: string, f: PipelineFiles, state: TrainState, meta: TrainerMeta,
+export async function saveCheckpoint(dir: string, f: PipelineFiles<SavedModel>, state: TrainState, meta: TrainerMeta,
   opts: ReplaceFolderOptions = {}): Promise<void> {
   await replaceFolder(dir, async (tmp) => {
     await writePipeline(tmp, f, modelWeights(f, state.params));
@@ -169,7 +179,7 @@ export class CheckpointError extends Error {
 }
 
 /** Reads a checkpoint back into a training state shaped like `fresh` (from trainer.init). */
-export async function loadCheckpoint(dir: string, f: PipelineFiles, fresh: TrainState,
+export async function loadCheckpoint(dir: string, f: PipelineFiles<SavedModel>, fresh: TrainState,
   run: Record<string, unknown>): Promise<{ state: TrainState; meta: TrainerMeta }> {
   const metaPath = join(dir, 'trainer_state.json');
   if (!existsSync(metaPath)) throw new CheckpointError(`${dir}: no checkpoint to resume (trainer_state.json missing)`);

@@ -2,7 +2,8 @@
  * @file `diffuse/pipelines`: the application layer, between the CLI and the libraries. Each
  * `diffuse` command is a thin parser over one of these: load a pipeline folder and sample it
  * (`loadPipeline`, `sampleImages`), train an image model (`train`, with the training methods'
- * options; `runAb` compares them at equal compute; `trainJoint` the multi-task model), evaluate samplers by
+ * options; `runAb` compares them at equal compute; `trainJoint` the multi-task model; `trainDdm`
+ * decentralized experts as jobs on a back-end of diffuse/distributed), evaluate samplers by
  * MNIST-FID and class accuracy (`prepareMnistFid`, `evaluateRuns`), the 2-D toy demo, and the
  * classifier the metrics use. `graphDenoiser` is the bridge from a traced model to the
  * samplers of diffuse/diffusion.
@@ -41,6 +42,16 @@ export {
   loadJointPipeline, sampleJoint, trainJoint, type JointPipeline, type JointSampleRequest,
   type JointSamples, type JointTrainOptions, type JointTrainResult,
 } from './multi-task.js';
+
+export {
+  assembleEnsemble, compareEnsemble, ddmJobs, DDM_EXPERT_JOB, DDM_ROUTER_JOB, ensembleCsv, prepareDdm,
+  readDdmRun, ROUTER_DEFAULTS, routerConfig, runDdmJob, trainDdm, type Clusters, type DdmEvents,
+  type DdmOptions, type DdmResult, type EnsembleScore, type RouterOptions,
+} from './ddm.js';
+export {
+  ENSEMBLE_PIPELINE_CLASS, ensembleModel, type EnsembleParts, type LoadedEnsemble,
+} from './ensemble.js';
+export { JOB_HANDLER_MODULE, runJob } from './jobs.js';
 
 // ---- evaluation: MNIST-FID (the shipped classifier's features, not Inception-FID) ----
 export {

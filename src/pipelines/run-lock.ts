@@ -77,9 +77,10 @@ export interface RunLock {
 
 /**
  * Takes the lock of run folder `dir` (which must exist), or throws RunLockedError naming the
- * process that holds it.
+ * process that holds it. `takeOver`: the caller knows the holder is gone (a job queue gave it
+ * the job after the holder's lease expired), wherever the holder ran.
  */
-export async function acquireRunLock(dir: string): Promise<RunLock> {
+export async function acquireRunLock(dir: string, opts: { takeOver?: boolean } = {}): Promise<RunLock> {
   const path = join(dir, LOCK_NAME);
   const mine: LockInfo = { pid: process.pid, host: hostname(), started: new Date().toISOString() };
   for (let attempt = 0; attempt < 2; attempt++) {
@@ -97,7 +98,7 @@ export async function acquireRunLock(dir: string): Promise<RunLock> {
     }
     const owner = await readLock(path);
     // Another host's lock cannot be checked from here: only a local dead pid is stale.
-    if (owner && (owner.host !== mine.host || alive(owner.pid))) {
+    if (owner && !opts.takeOver && (owner.host !== mine.host || alive(owner.pid))) {
       throw new RunLockedError(`${dir} is in use by another diffuse run (pid ${owner.pid} on ` +
         `${owner.host}, since ${owner.started}; lock file ${path}); wait for it to end or ` +
         'choose another --out');

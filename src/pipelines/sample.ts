@@ -16,6 +16,9 @@
  * (`sampleInBatches` streams them), so memory is bounded by the batch and a memory limit
  * checked before anything is allocated; with Philox noise an image depends only on the seed
  * and its index, not on the batch size. `writeSamples` writes a PNG grid or one PNG per image.
+ *
+ * A decentralized-experts ensemble (ensemble.ts) loads as the pipeline of its first expert
+ * with `ensemble` set: the model calls then go to the router-weighted experts.
  */
 import { existsSync, statSync } from 'node:fs';
 import { totalmem } from 'node:os';
@@ -47,13 +50,21 @@ import { UNET2D_CLASS } from '../models/unet2d.js';
 import type { Module, ParamsOf } from '../nn/module.js';
 import type { Prediction } from '../diffusion/predictions.js';
 import { ensureWritableFile, ensureWritableFolder, explainFsError } from '../util/fs-errors.js';
-import { acceleratedDenoiser, type Acceleration, type AcceleratedDenoiser } from './accel.js';
+import {
+  acceleratedDenoiser, describeAccel, type Acceleration, type AcceleratedDenoiser,
+} from './accel.js';
 import { graphDenoiser } from './graph-denoiser.js';
 import type { LoadedGuide } from './guide.js';
 import {
   familyOfClass, imageModelOf, predictionOf, type ImageModel, type ModelFamily,
 } from './image-models.js';
 import { readStudentRecord, type StudentRecord } from './student.js';
+import {
+  DDM_RUN_FILE, ENSEMBLE_PIPELINE_CLASS, ensembleModel, expertFolder, ROUTER_FOLDER,
+  type EnsembleParts, type LoadedEnsemble,
+} from './ensemble.js';
+import { ENSEMBLE_MODES, type EnsembleMode } from '../methods/ddm.js';
+import { classifierClass } from '../models/classifier.js';
 
 export { SAMPLER_NAMES, type SamplerName } from '../diffusion/sampling.js';
 export {
@@ -78,6 +89,9 @@ export interface Pipeline {
   notes: string[];
   /** For a student `diffuse distill` made: what it was trained for. */
   student?: StudentRecord;
+  /** A decentralized-experts ensemble: `model`, `params` and `scheduler` are its first
+   *  expert's (the experts share architecture and process); sampling uses all of them. */
+  ensemble?: EnsembleParts;
 }
 
 // Sound: each model file's class object is a ModelClass of its own module and config type;
@@ -110,6 +124,10 @@ export async function loadPipeline(dir: string): Promise<Pipeline> {
   if (!statSync(dir).isDirectory()) {
     throw new DiffusersFolderError(dir, `not a folder (${looked})`);
   }
+  if (!(await isFile(join(dir, MODEL_INDEX_NAME))) && await isFile(join(dir, DDM_RUN_FILE)) &&
+    await isFile(join(dir, 'model', MODEL_INDEX_NAME))) {
+    return loadPipeline(join(dir, 'model')); // a `diffuse ddm train` run folder
+  }
   const notes: string[] = [];
   let modelDir = dir;
   let indexClass: string | undefined;
@@ -117,6 +135,7 @@ export async function loadPipeline(dir: string): Promise<Pipeline> {
   const isPipeline = await isFile(join(dir, MODEL_INDEX_NAME));
   if (isPipeline) {
     const index = await readModelIndex(dir);
+    if (index.pipelineClass === ENSEMBLE_PIPELINE_CLASS) return loadEnsemble(dir, index.options, index.path);
     student = readStudentRecord(index.privateEntries, index.path);
     const found = COMPONENTS.find((c) => index.components[c]?.[1]);
     if (!found) {
@@ -158,6 +177,51 @@ export async function loadPipeline(dir: string): Promise<Pipeline> {
   const scheduler = await findScheduler(dir, modelDir, isPipeline, notes);
   return { model: imageModelOf(family, loaded.config), params: loaded.params as Tree<HostArray>,
     scheduler, modelFolder: modelDir, notes, ...(student ? { student } : {}) };
+}
+
+/** An ensemble folder (ensemble.ts): its experts (each a pipeline), its router and routing. */
+async function loadEnsemble(dir: string, options: Record<string, unknown>, indexPath: string):
+  Promise<Pipeline> {
+  const k = options.experts;
+  const routing = options.routing;
+  if (!(Number.isInteger(k) && (k as number) >= 1)) {
+    throw new DiffusersFolderError(indexPath, `'experts' must be the number of experts, got ${JSON.stringify(k)}`);
+  }
+  if (!ENSEMBLE_MODES.includes(routing as EnsembleMode)) {
+    throw new DiffusersFolderError(indexPath, `'routing' must be one of ${ENSEMBLE_MODES.join(', ')}, got ${JSON.stringify(routing)}`);
+  }
+  const experts = [];
+  for (let e = 0; e < (k as number); e++) experts.push(await loadPipeline(join(dir, expertFolder(e))));
+  const first = experts[0]!;
+  experts.forEach((x, e) => {
+    const same = x.model.family === first.model.family && x.scheduler.family === first.scheduler.family &&
+      x.scheduler.prediction === first.scheduler.prediction && x.model.numClasses === first.model.numClasses &&
+      x.model.sampleShape.join() === first.model.sampleShape.join();
+    if (!same) {
+      throw new DiffusersFolderError(join(dir, expertFolder(e)), `differs from ${expertFolder(0)} in ` +
+        'family, process, prediction, classes or image shape: the experts of one ensemble share them');
+    }
+  });
+  if (first.scheduler.family !== 'flow') {
+    throw new DiffusersFolderError(indexPath, `its experts use ${first.scheduler.className}; the ` +
+      'router is trained on rectified-flow noise levels, so ensembles are flow-matching only');
+  }
+  const router = await loadModel(join(dir, ROUTER_FOLDER), classifierClass);
+  checkFinite(router.params as unknown as Tree<HostArray>, router.folder);
+  if (router.config.num_classes !== k) {
+    throw new DiffusersFolderError(router.folder, `the router has ${router.config.num_classes} ` +
+      `outputs for ${k as number} experts`);
+  }
+  const classes = classCount(first.model);
+  if (router.config.condition_classes !== classes) {
+    throw new DiffusersFolderError(router.folder, `the router takes ${router.config.condition_classes} ` +
+      `classes, the experts ${classes}`);
+  }
+  return { ...first, notes: experts.flatMap((x) => x.notes), ensemble: {
+    experts: experts.map((x) => ({ model: x.model, params: x.params })),
+    router: { config: router.config, params: router.params }, routing: routing as EnsembleMode,
+    numTrainTimesteps: first.scheduler.config.num_train_timesteps as number,
+  } };
 }
 
 /** Refuses weights with NaN or infinities at load: sampled, they give an all-black image. */
@@ -236,6 +300,8 @@ export interface SampleOptions {
   memoryLimit?: number;
   /** Training-free acceleration: DeepCache or Faster Diffusion (U-Net), RAS (DiT). */
   accel?: Acceleration;
+  /** An ensemble pipeline's routing (default: the one it was saved with). */
+  ensemble?: EnsembleMode;
   /** Classifier guidance towards `classes` (guide.ts): with guidance 0 on a class-conditional
    *  model, or on an unconditional one, it guides the unconditional model. */
   guide?: LoadedGuide;
@@ -254,6 +320,8 @@ export interface SampleStats {
   modelCalls: number;
   /** Rows per model call: batchSize, or less where memoryLimit demanded it. */
   rowsPerCall: number;
+  /** An ensemble's expert evaluations in rows (padding included): its cost in model rows. */
+  expertRows?: number;
   /** What the caller should know about these settings (guidanceClipWarning, a lowered batch
    *  size); the CLIs print them. */
   warnings: string[];
@@ -445,6 +513,15 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
   const model = predictionOf(p.model, consts);
   const graph = graphDenoiser(model, spec.prediction,
     { name: 'sample_denoiser', ...(o.provider ? { provider: o.provider } : {}) });
+  if (o.ensemble && !p.ensemble) {
+    throw new RangeError(`ensemble routing (${o.ensemble}) needs a decentralized-experts ensemble; ` +
+      `${p.modelFolder} is one model`);
+  }
+  if (p.ensemble && o.accel) {
+    throw new RangeError(`acceleration (${describeAccel(o.accel)}) works on one model, not on an ensemble of experts`);
+  }
+  const ensemble: LoadedEnsemble | undefined = p.ensemble && ensembleModel(p.ensemble,
+    o.ensemble ?? p.ensemble.routing, spec.prediction, o.provider ? { provider: o.provider } : {});
   const start = performance.now();
   let disposeLater: AcceleratedDenoiser | undefined;
   let disposeGuide: Releasable | undefined;
@@ -475,7 +552,7 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
       guidance: cfg ? guidance : 1, seed: o.seed ?? 0, prediction: spec.prediction,
       ...(o.provider ? { provider: o.provider } : {}) }) : undefined;
     disposeLater = accel;
-    const checked = finiteOutputs(accel?.denoiser ?? inBatches(graph, plan.rowsPerCall),
+    const checked = finiteOutputs(accel?.denoiser ?? inBatches(ensemble?.denoiser ?? graph, plan.rowsPerCall),
       () => first);
     let guideTargets: number[] = [];
     const process = processOf(p.scheduler);
@@ -518,10 +595,13 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
       await onBatch(images, first);
     }
     return { seconds: (performance.now() - start) / 1000,
-      modelCalls: accel ? accel.stats.rowCalls : graph.stats.calls,
+      modelCalls: accel ? accel.stats.rowCalls
+        : ensemble ? ensemble.denoiser.stats.expertCalls.reduce((a, b) => a + b, 0) : graph.stats.calls,
+      ...(ensemble ? { expertRows: ensemble.denoiser.stats.expertRows.reduce((a, b) => a + b, 0) } : {}),
       rowsPerCall: plan.rowsPerCall, warnings };
   } finally {
     await graph.dispose();
+    await ensemble?.dispose();
     await disposeLater?.dispose();
     await disposeGuide?.dispose();
   }

@@ -17,6 +17,7 @@ import { writeFileAtomic, type SwapPhase } from '../util/atomic.js';
 import { ensureWritableFolder, errnoCode, FileSystemError } from '../util/fs-errors.js';
 import {
   exportPipeline, loadCheckpoint, modelWeights, recoverRunFolders, saveCheckpoint, type PipelineFiles,
+  type SavedModel,
 } from './checkpoint.js';
 import type { ImageModel } from './image-models.js';
 import { acquireRunLock } from './run-lock.js';
@@ -45,7 +46,7 @@ export interface StepReport {
   lr: number;
 }
 
-export interface TrainEvents {
+export interface TrainEvents<M extends SavedModel = ImageModel> {
   /** Work before the first step (e.g. REPA's encoder features): `done` of `total` items. */
   onPrepare?: (what: string, done: number, total: number) => void;
   onStep?: (s: StepReport) => void;
@@ -55,16 +56,19 @@ export interface TrainEvents {
   signal?: AbortSignal;
   /** Awaited before each checkpoint is written, with the exported model weights (e.g. an A/B
    *  run's evaluation): a crash inside it repeats those steps on resume instead of losing it. */
-  beforeCheckpoint?: (step: number, weights: Tree<HostArray>, model: ImageModel) => Promise<void>;
+  beforeCheckpoint?: (step: number, weights: Tree<HostArray>, model: M) => Promise<void>;
+  /** The caller guarantees that nothing else runs this folder (a job queue holds the job's
+   *  lock): a run lock left by a dead worker, even one on another host, is taken over. */
+  takeOverLock?: boolean;
   /** Called at each phase of a checkpoint swap; tests throw here to crash a save midway. */
   onCheckpointPhase?: (phase: SwapPhase) => void;
 }
 
 /** What a caller hands the loop. */
-export interface TrainingRun<B> {
+export interface TrainingRun<B, M extends SavedModel = ImageModel> {
   options: LoopOptions;
   /** The pipeline the checkpoints and the final model are written as. */
-  files: PipelineFiles;
+  files: PipelineFiles<M>;
   /** Options a resumed run must share with its checkpoint (saved in trainer_state.json). */
   run: Record<string, unknown>;
   /** The compiled step; the loop disposes of it when it returns. */
@@ -90,7 +94,8 @@ export interface TrainResult {
  * Runs `r.options.steps` steps (continuing from `out/checkpoint` when `resume`), writing
  * checkpoints, the log, grids and, unless interrupted, the pipeline `out/model`.
  */
-export async function runTraining<B>(r: TrainingRun<B>, resume: boolean, ev: TrainEvents = {}):
+export async function runTraining<B, M extends SavedModel = ImageModel>(r: TrainingRun<B, M>,
+  resume: boolean, ev: TrainEvents<M> = {}):
   Promise<TrainResult> {
   const o = r.options;
   const { trainer, files } = r;
@@ -98,7 +103,8 @@ export async function runTraining<B>(r: TrainingRun<B>, resume: boolean, ev: Tra
   const logPath = join(o.out, 'log.jsonl');
   try {
     await ensureWritableFolder(o.out); // a read-only or unwritable place fails here, in one line
-    const lock = await writingFile(join(o.out, '.lock'), null, () => acquireRunLock(o.out));
+    const lock = await writingFile(join(o.out, '.lock'), null, () => acquireRunLock(o.out,
+      { takeOver: ev.takeOverLock ?? false }));
     try {
       return await runSteps();
     } finally {

@@ -1,0 +1,12 @@
+/** @file The job back-ends (embedded threads, BullMQ on Redis) and their shared contract. */
+export {
+  JobFailedError, validateJobs,
+  type JobBackend, type JobContext, type JobEvents, type JobHandler, type JobProgress, type JobSpec,
+} from './jobs.js';
+export { JobRunError, runInThread, type ThreadRunOptions } from './thread-runner.js';
+export { embeddedBackend, type EmbeddedOptions } from './embedded.js';
+export {
+  parseRedisUrl, queueJobId, redisBackend, startRedisWorker,
+  type RedisAddress, type RedisBackendOptions, type RedisWorker, type RedisWorkerOptions,
+  type WorkerEvent,
+} from './redis.js';
