@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { describe, test } from 'node:test';
 import * as root from 'diffuse';
 import * as data from 'diffuse/data';
+import * as distributed from 'diffuse/distributed';
 import * as diffusion from 'diffuse/diffusion';
 import * as io from 'diffuse/io';
 import * as models from 'diffuse/models';
@@ -62,6 +63,10 @@ const promised: Record<string, [Record<string, unknown>, Record<string, string>]
     graphDenoiser: 'function', MODEL_FAMILIES: 'object', distill: 'function', studentSampling: 'function',
     classifyImages: 'function', modelDenoiser: 'function', probeSweep: 'function',
     trainDdm: 'function', compareEnsemble: 'function', runJob: 'function', JOB_HANDLER_MODULE: 'string',
+  }],
+  './distributed': [distributed, {
+    embeddedBackend: 'function', redisBackend: 'function', startRedisWorker: 'function',
+    runInThread: 'function', JobFailedError: 'function', parseRedisUrl: 'function',
   }],
 };
 

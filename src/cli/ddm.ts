@@ -18,6 +18,7 @@ import {
 import { prepareMnistFid } from '../pipelines/eval.js';
 import { presetNames } from '../pipelines/image-models.js';
 import { JOB_HANDLER_MODULE } from '../pipelines/jobs.js';
+import { METHOD_DEFAULTS } from '../pipelines/train.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { UsageError } from './errors.js';
 import {
@@ -134,8 +135,7 @@ export function registerDdm(program: Command): void {
         expert: { model: o.model, size: o.size, objective: 'flow', weighting: 'uniform', minSnrGamma: 5,
           conditional: !o.unconditional && !!d.labels, labelDropout: o.labelDropout, batchSize: o.batchSize,
           steps: o.steps, lr: o.lr, lrSchedule: o.lrSchedule, warmupSteps: o.warmupSteps, gradClip: o.gradClip,
-          emaDecay: o.emaDecay, logEvery: o.logEvery, sampleEvery: 0, checkpointEvery: o.checkpointEvery,
-          cep: 'none', cepGamma: 1, repa: 0, repaEncoder: '', dtrBeta: 0.8 },
+          emaDecay: o.emaDecay, logEvery: o.logEvery, sampleEvery: 0, checkpointEvery: o.checkpointEvery, ...METHOD_DEFAULTS },
         router: { preset: o.routerPreset, steps: o.routerSteps, batchSize: o.routerBatchSize, lr: o.routerLr,
           labelDropout: o.labelDropout },
       };

@@ -1,4 +1,7 @@
-/** @file The job back-ends (embedded threads, BullMQ on Redis) and their shared contract. */
+/**
+ * @file `diffuse/distributed`: the job back-ends (worker threads here, BullMQ on Redis anywhere)
+ * and their shared contract: a handler module exporting `runJob`, and `JobBackend.runAll`.
+ */
 export {
   JobFailedError, validateJobs,
   type JobBackend, type JobContext, type JobEvents, type JobHandler, type JobProgress, type JobSpec,

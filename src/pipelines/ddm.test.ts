@@ -25,6 +25,7 @@ import { ensembleModel } from './ensemble.js';
 import { modelDenoiser } from './graph-denoiser.js';
 import { JOB_HANDLER_MODULE } from './jobs.js';
 import { loadPipeline, sampleImages } from './sample.js';
+import { METHOD_DEFAULTS } from './train.js';
 
 function options(root: string, out: string, steps = 4): DdmOptions {
   return {
@@ -32,8 +33,7 @@ function options(root: string, out: string, steps = 4): DdmOptions {
     checkpointEvery: 2,
     expert: { model: 'dit', size: 'tiny', objective: 'flow', weighting: 'uniform', minSnrGamma: 5,
       conditional: true, labelDropout: 0.1, batchSize: 4, steps, lr: 1e-3, lrSchedule: 'constant',
-      warmupSteps: 0, gradClip: 1, emaDecay: 0.9, logEvery: 1, sampleEvery: 0, checkpointEvery: 2,
-      cep: 'none', cepGamma: 1, repa: 0, repaEncoder: '', dtrBeta: 0.8 },
+      warmupSteps: 0, gradClip: 1, emaDecay: 0.9, logEvery: 1, sampleEvery: 0, checkpointEvery: 2, ...METHOD_DEFAULTS },
     router: { ...ROUTER_DEFAULTS, preset: 'tiny', steps: 3, batchSize: 4 },
   };
 }
@@ -76,6 +76,8 @@ test('an expert job stopped midway resumes to the weights of an uninterrupted on
     assert.equal((await stat(join(expertRunFolder(straight.out, 0), 'model'))).mtimeMs, before);
     // The run keeps its options: other ones are refused, naming the key.
     await assert.rejects(prepareDdm({ ...straight, experts: 3 }), /started with experts = 2, this run asks for 3/);
+    await assert.rejects(prepareDdm({ ...straight, expert: { ...straight.expert, steps: 9 } }),
+      /started with expert\.steps = 4, this run asks for 9/);
   });
 });
 

@@ -145,6 +145,21 @@ function clusterRows(c: Clusters, k: number): number[] {
   return rows;
 }
 
+const isObject = (v: unknown): v is Record<string, unknown> => !!v && typeof v === 'object' && !Array.isArray(v);
+
+/** The first option (dotted path: `expert.steps`) whose value differs, or null. */
+function firstDifference(was: unknown, now: unknown, key: string): { key: string; was: string; now: string } | null {
+  if (isObject(was) && isObject(now)) {
+    for (const k of new Set([...Object.keys(was), ...Object.keys(now)])) {
+      const d = firstDifference(was[k], now[k], key ? `${key}.${k}` : k);
+      if (d) return d;
+    }
+    return null;
+  }
+  const [a, b] = [JSON.stringify(was) ?? 'nothing', JSON.stringify(now) ?? 'nothing'];
+  return a === b ? null : { key, was: a, now: b };
+}
+
 /**
  * Starts (or continues) a run: writes ddm.json and clusters the data the first time; a later
  * call with other options than the folder's is refused (its experts were trained with them).
@@ -157,16 +172,12 @@ export async function prepareDdm(o: DdmOptions): Promise<{ record: DdmRecord; cl
   let record: DdmRecord;
   if (existsSync(path)) {
     record = await readJson<DdmRecord>(path);
-    const { runId, ...saved } = record;
-    const want = JSON.parse(JSON.stringify(options)) as Record<string, unknown>;
-    for (const key of new Set([...Object.keys(saved), ...Object.keys(want)])) {
-      const [a, b] = [JSON.stringify((saved as Record<string, unknown>)[key]), JSON.stringify(want[key])];
-      if (a !== b) {
-        throw new Error(`${out} was started with ${key} = ${a}, this run asks for ${b}; continue it ` +
-          'with the same options or choose another --out');
-      }
+    const { runId: _id, ...saved } = record;
+    const diff = firstDifference(saved, JSON.parse(JSON.stringify(options)), '');
+    if (diff) {
+      throw new Error(`${out} was started with ${diff.key} = ${diff.was}, this run asks for ${diff.now}; ` +
+        'continue it with the same options or choose another --out');
     }
-    void runId;
   } else {
     record = { ...options, runId: randomBytes(6).toString('hex') };
     await writeFileAtomic(path, `${JSON.stringify(record, null, 2)}\n`);
