@@ -50,7 +50,7 @@ import { scoreImages, type MnistFid } from './eval.js';
 import { featureExtractor, loadMetricClassifier } from './metrics.js';
 import { classCount, loadPipeline, sampleImages, type Pipeline } from './sample.js';
 import { train, type TrainOptions } from './train.js';
-import { runTraining, type TrainEvents } from './training-loop.js';
+import { runTraining, type TrainEvents, type TrainResult as LoopResult } from './training-loop.js';
 
 /** How the router is trained (a DiffuseClassifier preset, noise-aware, given the class). */
 export interface RouterOptions {
@@ -238,6 +238,18 @@ function events(ctx: JobContext, steps: number): Omit<TrainEvents, 'beforeCheckp
     onStep: (s) => ctx.progress({ step: s.step, steps, note: `loss ${s.smoothed.toFixed(4)}` }) };
 }
 
+/** A job that trains into run folder `out` for `steps` steps: skipped when finished, resumed
+ *  from its checkpoint when there is one; an interrupted run throws, so the job runs again. */
+async function trainingJob(job: JobSpec, out: string, steps: number, what: string,
+  run: (out: string, resume: boolean) => Promise<LoopResult>): Promise<DdmJobResult> {
+  if (await finished(out, steps)) return { job: job.id, steps, resumedFrom: steps, seconds: 0, skipped: true };
+  await mkdir(out, { recursive: true });
+  const resumedFrom = await checkpointStep(out);
+  const r = await run(out, existsSync(join(out, 'checkpoint', 'trainer_state.json')));
+  if (r.interrupted) throw new Error(`${what} stopped at step ${r.state.step} (worker shutting down)`);
+  return { job: job.id, steps, resumedFrom, seconds: r.seconds, skipped: false };
+}
+
 /** Runs one job of a run (the handler distributed/ workers call through jobs.ts). */
 export async function runDdmJob(job: JobSpec, ctx: JobContext): Promise<DdmJobResult> {
   const { run, expert } = job.data as DdmJobData;
@@ -250,29 +262,15 @@ export async function runDdmJob(job: JobSpec, ctx: JobContext): Promise<DdmJobRe
   }
   if (job.kind === DDM_EXPERT_JOB) {
     const k = expert!;
-    const out = expertRunFolder(run, k);
-    const steps = record.expert.steps;
-    if (await finished(out, steps)) return { job: job.id, steps, resumedFrom: steps, seconds: 0, skipped: true };
-    await mkdir(out, { recursive: true });
-    const resume = existsSync(join(out, 'checkpoint', 'trainer_state.json'));
-    const resumedFrom = await checkpointStep(out);
     // Each expert its own seed, as separate machines would have.
-    const r = await train({ ...record.expert, seed: record.seed + 1 + k, out,
-      checkpointEvery: record.checkpointEvery }, subset(data, clusterRows(clusters, k)), resume, events(ctx, steps));
-    if (r.interrupted) throw new Error(`expert ${k} stopped at step ${r.state.step} (worker shutting down)`);
-    return { job: job.id, steps, resumedFrom, seconds: r.seconds, skipped: false };
+    return trainingJob(job, expertRunFolder(run, k), record.expert.steps, `expert ${k}`, (out, resume) =>
+      train({ ...record.expert, seed: record.seed + 1 + k, out, checkpointEvery: record.checkpointEvery },
+        subset(data, clusterRows(clusters, k)), resume, events(ctx, record.expert.steps)));
   }
   if (job.kind === DDM_ROUTER_JOB) {
-    const out = join(run, ROUTER_FOLDER);
-    const steps = record.router.steps;
-    if (await finished(out, steps)) return { job: job.id, steps, resumedFrom: steps, seconds: 0, skipped: true };
-    await mkdir(out, { recursive: true });
-    const resume = existsSync(join(out, 'checkpoint', 'trainer_state.json'));
-    const resumedFrom = await checkpointStep(out);
     const labelled = { ...data, labels: Int32Array.from(clusters.assignments) };
-    const r = await trainRouter(record, data.labels, labelled, out, resume, events(ctx, steps));
-    if (r.interrupted) throw new Error(`the router stopped at step ${r.state.step} (worker shutting down)`);
-    return { job: job.id, steps, resumedFrom, seconds: r.seconds, skipped: false };
+    return trainingJob(job, join(run, ROUTER_FOLDER), record.router.steps, 'the router', (out, resume) =>
+      trainRouter(record, data.labels, labelled, out, resume, events(ctx, record.router.steps)));
   }
   throw new Error(`job ${job.id}: unknown kind '${job.kind}' (expected ${DDM_EXPERT_JOB} or ${DDM_ROUTER_JOB})`);
 }
