@@ -10,7 +10,7 @@ import {
   errorMessage, JobFailedError, validateJobs, workerName,
   type JobBackend, type JobEvents, type JobSpec,
 } from './jobs.js';
-import { JobRunError, runInThread } from './thread-runner.js';
+import { JobRunError, runInThread, threadsPerSlot } from './thread-runner.js';
 
 export interface EmbeddedOptions {
   /** Absolute path (or file: URL) of the compiled ES module exporting `runJob`. */
@@ -51,6 +51,7 @@ export function embeddedBackend(opts: EmbeddedOptions): JobBackend {
         try {
           result = await runInThread(opts.handler, job, attempt, {
             worker, signal: stop.signal, onProgress: (p) => events.onProgress?.(job.id, p),
+            threads: threadsPerSlot(workers),
             ...(opts.abortGraceMs !== undefined ? { abortGraceMs: opts.abortGraceMs } : {}),
           });
         } catch (e) {

@@ -7,6 +7,7 @@
  */
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
 import { pathToFileURL } from 'node:url';
+import { setDefaultThreads } from '../engine/runtime.js';
 import {
   HANDLER_EXPORT, type JobContext, type JobHandler, type JobProgress, type JobSpec,
 } from './jobs.js';
@@ -18,6 +19,8 @@ export interface JobThreadData {
   job: JobSpec;
   attempt: number;
   worker: string;
+  /** ONNX Runtime threads for this job's sessions (its share of the cores); absent: all. */
+  threads?: number;
 }
 
 /** Messages from the thread to its parent. */
@@ -32,7 +35,8 @@ export type JobParentMessage = { type: 'abort' };
 async function main(): Promise<void> {
   if (isMainThread || !parentPort) throw new Error('job-thread.js runs only as a worker thread');
   const port = parentPort;
-  const { handler, job, attempt, worker } = workerData as JobThreadData;
+  const { handler, job, attempt, worker, threads } = workerData as JobThreadData;
+  setDefaultThreads(threads);
   const aborter = new AbortController();
   port.on('message', (m: JobParentMessage) => {
     if (m.type === 'abort') {

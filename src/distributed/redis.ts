@@ -28,7 +28,7 @@ import {
   errorMessage, JobFailedError, SlotPool, validateJobs, workerName,
   type JobBackend, type JobEvents, type JobProgress, type JobSpec,
 } from './jobs.js';
-import { JobRunError, runInThread } from './thread-runner.js';
+import { JobRunError, runInThread, threadsPerSlot } from './thread-runner.js';
 
 // ---- Redis URLs and connections ----
 
@@ -217,7 +217,7 @@ function startWorker(connection: RedisOptions, s: WorkerSettings): RedisWorker {
       emit({ type: 'start', id: spec.id, worker, attempt });
       await job.updateProgress({ kind: 'start', worker, attempt } satisfies ProgressMessage);
       const result = await runInThread(s.handler, spec, attempt, {
-        worker, signal: abort.signal,
+        worker, signal: abort.signal, threads: threadsPerSlot(s.concurrency),
         onProgress: (p) => {
           const sent = job.updateProgress({ kind: 'progress', ...p } satisfies ProgressMessage);
           sent.catch((e: unknown) => {

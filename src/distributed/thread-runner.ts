@@ -4,6 +4,7 @@
  * locks while a handler blocks its own thread in ORT. A thread that exits without a result
  * (an exception, `process.exit`, a crash) rejects with an Error that says how it ended.
  */
+import { availableParallelism } from 'node:os';
 import { Worker } from 'node:worker_threads';
 import type { JobParentMessage, JobThreadData, JobThreadMessage } from './job-thread.js';
 import { workerName, type JobProgress, type JobSpec } from './jobs.js';
@@ -18,6 +19,14 @@ export interface ThreadRunOptions {
   abortGraceMs?: number;
   /** `ctx.worker` in the thread; defaults to this process's slot 1. */
   worker?: string;
+  /** ONNX Runtime threads of the job's sessions (default: one per core). */
+  threads?: number;
+}
+
+/** Each of `slots` jobs running at once gets this many ONNX Runtime threads: an equal share
+ *  of the cores, so two jobs on two cores do not fight over four threads. */
+export function threadsPerSlot(slots: number): number {
+  return Math.max(1, Math.floor(availableParallelism() / slots));
 }
 
 /** After a result, how long the thread may take to exit before it is terminated (a handler
@@ -45,6 +54,7 @@ export function runInThread(handlerModule: string, job: JobSpec, attempt: number
   opts: ThreadRunOptions = {}): Promise<unknown> {
   const data: JobThreadData = {
     handler: handlerModule, job, attempt, worker: opts.worker ?? workerName(1),
+    ...(opts.threads ? { threads: opts.threads } : {}),
   };
   const abortGraceMs = opts.abortGraceMs ?? DEFAULT_ABORT_GRACE_MS;
   return new Promise((resolve, reject) => {

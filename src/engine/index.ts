@@ -8,6 +8,6 @@ export { trace, printGraph, toposort, type Graph, type TensorSpec } from './trac
 export { grad, valueAndGrad, vjp, backward, type GradOptions } from './autodiff.js';
 export { toOnnx, OPSET } from './onnx.js';
 export { countFlops } from './flops.js';
-export { compile, exportOnnx, createSession, RuntimeError, type Compiled, type Provider,
+export { compile, exportOnnx, createSession, RuntimeError, setDefaultThreads, type Compiled, type Provider,
   type RuntimeOptions } from './runtime.js';
 export { flatten, unflatten, mapTree, type Tree, type TreeDef } from './tree.js';

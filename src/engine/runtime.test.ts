@@ -1,11 +1,12 @@
 /** Runtime: session cache by shape signature, providers, graph text, host arrays, trees. */
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
+import { availableParallelism } from 'node:os';
 import onnxProto from 'onnx-proto';
 import { HostArray } from './host.js';
 import * as ops from './ops.js';
 import { grad } from './autodiff.js';
-import { compile, runFailure, RuntimeError, sessionOptions } from './runtime.js';
+import { compile, runFailure, RuntimeError, sessionOptions, setDefaultThreads } from './runtime.js';
 import type { Tensor } from './tensor.js';
 import { ShapeError } from './shape.js';
 import { printGraph, trace } from './trace.js';
@@ -30,6 +31,18 @@ test('a missing provider is a clear error that says how to get it', () => {
     e instanceof RuntimeError && /ONNXRUNTIME_NODE_INSTALL=cuda12/.test((e as Error).message));
   assert.throws(() => sessionOptions({ provider: 'tpu' as never }), /unknown provider 'tpu'/);
   assert.deepEqual(sessionOptions({ threads: 3 }).intraOpNumThreads, 3);
+});
+
+test('a thread\'s default session threads apply until reset; a session\'s own setting wins', () => {
+  try {
+    setDefaultThreads(1);
+    assert.equal(sessionOptions({}).intraOpNumThreads, 1);
+    assert.equal(sessionOptions({ threads: 2 }).intraOpNumThreads, 2);
+    assert.throws(() => setDefaultThreads(0), /threads must be an integer >= 1, got 0/);
+  } finally {
+    setDefaultThreads(undefined);
+  }
+  assert.equal(sessionOptions({}).intraOpNumThreads, availableParallelism());
 });
 
 test('graphs print in a stable text form', () => {

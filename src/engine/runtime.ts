@@ -55,6 +55,20 @@ function cudaInstalled(): boolean {
     existsSync(join(dir, 'onnxruntime_providers_cuda.dll'));
 }
 
+let defaultThreads: number | undefined;
+
+/**
+ * The intra-op threads of sessions created from now on in this thread (JavaScript's, so a
+ * worker thread sets its own) when RuntimeOptions.threads is not given; undefined: one per
+ * core. Job back-ends running several jobs at once give each its share of the cores.
+ */
+export function setDefaultThreads(threads: number | undefined): void {
+  if (threads !== undefined && !(Number.isInteger(threads) && threads >= 1)) {
+    throw new RangeError(`threads must be an integer >= 1, got ${threads}`);
+  }
+  defaultThreads = threads;
+}
+
 /** ORT session options for a provider, or a RuntimeError saying how to get it. */
 export function sessionOptions(opts: RuntimeOptions): ort.InferenceSession.SessionOptions {
   const provider = opts.provider ?? 'cpu';
@@ -69,7 +83,7 @@ export function sessionOptions(opts: RuntimeOptions): ort.InferenceSession.Sessi
   }
   return {
     executionProviders: provider === 'cpu' ? ['cpu'] : [provider, 'cpu'],
-    intraOpNumThreads: opts.threads ?? availableParallelism(),
+    intraOpNumThreads: opts.threads ?? defaultThreads ?? availableParallelism(),
     interOpNumThreads: 1,
     executionMode: 'sequential',
     graphOptimizationLevel: opts.optimization ?? 'all',
