@@ -92,6 +92,8 @@ export const DDM_EVAL_OPTIONS = {
 export const WORKER_OPTIONS = {
   queue: queueUrl, queueName, lockSeconds,
   concurrency: int({ min: 1, max: 64, help: 'jobs this process runs at once, one thread each', default: 1 }),
+  threads: int({ min: 1, max: 1024, help: 'ONNX Runtime threads per job (default: the machine\'s ' +
+    'cores shared by --concurrency); lower it when several workers share a machine' }),
 };
 
 /** Progress bars per job, on stderr. */
@@ -198,7 +200,8 @@ export function registerWorker(program: Command): void {
       const o = commandOptions(WORKER_OPTIONS, cmd).values;
       if (o.queue === undefined) throw new UsageError(`--queue: expected ${QUEUE_SPELLING}`);
       const worker = await startRedisWorker({ url: o.queue, queue: o.queueName, handler: JOB_HANDLER_MODULE,
-        concurrency: o.concurrency, lockSeconds: o.lockSeconds, onEvent: (e) => {
+        concurrency: o.concurrency, lockSeconds: o.lockSeconds, ...(o.threads ? { threads: o.threads } : {}),
+        onEvent: (e) => {
           const at = new Date().toISOString();
           if (e.type === 'error') process.stderr.write(`${at} ${e.error}\n`);
           else process.stderr.write(`${at} ${e.id}: ${e.type}${e.type === 'start' && e.attempt > 1 ? ` (attempt ${e.attempt})` : ''}` +

@@ -177,6 +177,9 @@ export interface RedisWorkerOptions {
   abortGraceMs?: number;
   /** How long to wait for Redis at start (default 5000 ms). */
   connectTimeoutMs?: number;
+  /** ONNX Runtime threads per job (default: the cores shared by `concurrency`); lower it when
+   *  several worker processes share a machine. */
+  threads?: number;
 }
 
 export interface RedisWorker {
@@ -195,7 +198,7 @@ function positiveInteger(name: string, value: number, min = 1): number {
 
 type WorkerSettings =
   & Required<Pick<RedisWorkerOptions, 'concurrency' | 'lockSeconds' | 'maxStalls'>>
-  & Pick<RedisWorkerOptions, 'onEvent' | 'abortGraceMs' | 'handler' | 'queue'>;
+  & Pick<RedisWorkerOptions, 'onEvent' | 'abortGraceMs' | 'handler' | 'queue' | 'threads'>;
 
 /** A BullMQ Worker whose processor runs each job in a thread and relays its progress. */
 function startWorker(connection: RedisOptions, s: WorkerSettings): RedisWorker {
@@ -217,7 +220,7 @@ function startWorker(connection: RedisOptions, s: WorkerSettings): RedisWorker {
       emit({ type: 'start', id: spec.id, worker, attempt });
       await job.updateProgress({ kind: 'start', worker, attempt } satisfies ProgressMessage);
       const result = await runInThread(s.handler, spec, attempt, {
-        worker, signal: abort.signal, threads: threadsPerSlot(s.concurrency),
+        worker, signal: abort.signal, threads: s.threads ?? threadsPerSlot(s.concurrency),
         onProgress: (p) => {
           const sent = job.updateProgress({ kind: 'progress', ...p } satisfies ProgressMessage);
           sent.catch((e: unknown) => {
@@ -285,6 +288,7 @@ export async function startRedisWorker(opts: RedisWorkerOptions): Promise<RedisW
     maxStalls: positiveInteger('maxStalls', opts.maxStalls ?? 3, 0),
     ...(opts.onEvent ? { onEvent: opts.onEvent } : {}),
     ...(opts.abortGraceMs !== undefined ? { abortGraceMs: opts.abortGraceMs } : {}),
+    ...(opts.threads !== undefined ? { threads: positiveInteger('threads', opts.threads) } : {}),
   };
   const probe = await reachRedis(address, opts.connectTimeoutMs ?? 5_000);
   probe.disconnect();
