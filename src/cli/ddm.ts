@@ -56,7 +56,7 @@ export const DDM_TRAIN_OPTIONS = {
   features: path({ arg: '<dir>', help: 'the classifier whose penultimate features are clustered ' +
     '(default: the shipped models/mnist-classifier)' }),
   routing: oneOf(ENSEMBLE_MODES, { arg: '<mode>', help: 'the ensemble\'s default routing: ' +
-    'top1, top2 (sparse, the paper\'s best) or full (every expert weighted)', default: 'top2' }),
+    'top1 or top2 (each sample\'s most probable experts, renormalised) or full (every expert weighted)', default: 'top2' }),
   routerSteps: int({ min: 1, help: 'the router\'s optimisation steps', default: ROUTER_DEFAULTS.steps }),
   routerBatchSize: int({ min: 1, help: 'the router\'s images per step', default: ROUTER_DEFAULTS.batchSize }),
   routerLr: num({ range: '(0, 1]', help: 'the router\'s peak AdamW learning rate', default: ROUTER_DEFAULTS.lr }),
