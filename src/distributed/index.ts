@@ -13,3 +13,7 @@ export {
   type RedisAddress, type RedisBackendOptions, type RedisWorker, type RedisWorkerOptions,
   type WorkerEvent,
 } from './redis.js';
+export {
+  CollectiveError, localCollective, localCollectives, transferablePorts, type Collective,
+  type LocalLinks,
+} from './collective.js';
