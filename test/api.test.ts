@@ -51,11 +51,13 @@ const promised: Record<string, [Record<string, unknown>, Record<string, string>]
   './data': [data, {
     loadMnist: 'function', loadImageFolder: 'function', batchAt: 'function',
     GaussianMixture: 'function', sampleToy2D: 'function', slicedWasserstein: 'function',
+    movingMnistBatch: 'function', movingMnistSet: 'function',
   }],
   './io': [io, {
     SafetensorsFile: 'function', writeSafetensors: 'function', loadModel: 'function',
     saveModel: 'function', readSchedulerConfig: 'function', readModelIndex: 'function',
     encodePng: 'function', imageGrid: 'function', DiffusersFolderError: 'function',
+    writeGif: 'function', writeVideo: 'function', videoGrid: 'function',
   }],
   './pipelines': [pipelines, {
     loadPipeline: 'function', sampleImages: 'function', train: 'function',
@@ -63,6 +65,7 @@ const promised: Record<string, [Record<string, unknown>, Record<string, string>]
     graphDenoiser: 'function', MODEL_FAMILIES: 'object', distill: 'function', studentSampling: 'function',
     classifyImages: 'function', modelDenoiser: 'function', probeSweep: 'function',
     trainDdm: 'function', compareEnsemble: 'function', runJob: 'function', JOB_HANDLER_MODULE: 'string',
+    trainVideo: 'function', loadVideoPipeline: 'function', sampleVideos: 'function',
   }],
   './distributed': [distributed, {
     embeddedBackend: 'function', redisBackend: 'function', startRedisWorker: 'function',

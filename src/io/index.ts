@@ -1,8 +1,8 @@
 /**
  * @file `diffuse/io`: files. safetensors (a lazy reader, a streaming atomic writer), diffusers'
  * folder layout (model folders, scheduler_config.json, a pipeline's model_index.json; loading a
- * folder into a model of diffuse/models and saving one back), PNG images and grids, and small
- * raster plots.
+ * folder into a model of diffuse/models and saving one back), PNG images and grids, videos (GIF
+ * and PNG frame strips), and small raster plots.
  *
  * The safetensors format helpers (safetensors-format.ts) and the Python-JSON writer behind the
  * config files stay internal.
@@ -29,10 +29,14 @@ export {
 // ---- files ----
 export { FileKindError } from './files.js';
 
-// ---- images and plots ----
+// ---- images, videos and plots ----
 export {
   decodePng, encodePng, imageGrid, readPng, writePng, type Image,
 } from './png.js';
+export {
+  encodeGif, frameStrip, videoFrames, videoGrid, writeGif, writeVideo, type GifOptions,
+  type VideoOptions,
+} from './video.js';
 export {
   linePlot, scatterPanels, type LinePlotOptions, type LineSeries, type Rgb, type ScatterPanel,
 } from './plot.js';

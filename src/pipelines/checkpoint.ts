@@ -41,6 +41,8 @@ export interface SavedModel {
 export interface PipelineFiles<M extends SavedModel = ImageModel> {
   model: M;
   scheduler: SchedulerSpec;
+  /** model_index.json's _class_name (default: DDPMPipeline for a unet, else DiffusePipeline). */
+  pipelineClass?: string;
   /** For a distilled student: what it was made for (model_index.json's _diffuse_student). */
   student?: StudentRecord;
   /** When the optimised tree is not the model's own (a projector trained beside it, or only
@@ -101,7 +103,7 @@ async function writingTo<T>(path: string, f: () => Promise<T>): Promise<T> {
 }
 
 async function writePipeline(dir: string, f: PipelineFiles<SavedModel>, params: Tree<HostArray>): Promise<void> {
-  const pipelineClass = f.model.component === 'unet' ? 'DDPMPipeline' : 'DiffusePipeline';
+  const pipelineClass = f.pipelineClass ?? (f.model.component === 'unet' ? 'DDPMPipeline' : 'DiffusePipeline');
   const component = join(dir, f.model.component);
   await writingTo(component, () => saveModel(component, f.model.cls, f.model.config, params as never));
   await writingTo(join(dir, 'scheduler'), () => writeSchedulerConfig(dir, f.scheduler.className,

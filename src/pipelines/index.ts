@@ -52,6 +52,10 @@ export {
   ENSEMBLE_PIPELINE_CLASS, ensembleModel, type EnsembleParts, type LoadedEnsemble,
 } from './ensemble.js';
 export { JOB_HANDLER_MODULE, runJob } from './jobs.js';
+export {
+  loadVideoPipeline, sampleVideos, trainVideo, VIDEO_PIPELINE_CLASS, type VideoPipeline,
+  type VideoTrainOptions,
+} from './video.js';
 
 // ---- evaluation: MNIST-FID (the shipped classifier's features, not Inception-FID) ----
 export {
