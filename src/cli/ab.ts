@@ -80,7 +80,8 @@ export function registerAb(program: Command): void {
       const datasets = new Map<string, ImageDataset>();
       const arms: Arm[] = [];
       for (const spec of specs) {
-        const { data, unconditional, resume: _, seed: __, out: ___, ...f } = armOptions(spec.files);
+        const { data, unconditional, resume: _, seed: __, out: ___, frames: _f, canvas: _c, digits: _d, ...f } =
+          armOptions(spec.files);
         if (!datasets.has(data)) datasets.set(data, await loadTrainingData(data));
         const d = datasets.get(data)!;
         const options: Omit<TrainOptions, 'seed' | 'out'> = { ...f,

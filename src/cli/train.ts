@@ -6,9 +6,12 @@ import { MODEL_FAMILIES, presetNames } from '../pipelines/image-models.js';
 import { CEP_KINDS } from '../methods/cep.js';
 import { METHOD_DEFAULTS, OBJECTIVES, train, type TrainOptions } from '../pipelines/train.js';
 import {
-  addOptions, commandOptions, configFile, flag, int, num, oneOf, path, type Resolved,
+  addOptions, commandOptions, configFile, flag, int, kebab, num, oneOf, path, type Resolved,
 } from './options.js';
 import { runInTerminal } from './training-run.js';
+import { trainVideo } from '../pipelines/video.js';
+import { VIDEO_UNET_PRESETS } from '../models/video-unet.js';
+import { UsageError } from './errors.js';
 
 const familyPresets = MODEL_FAMILIES.map((f) => `${f} ${presetNames(f).join('|')}`).join(', ');
 
@@ -16,8 +19,9 @@ const familyPresets = MODEL_FAMILIES.map((f) => `${f} ${presetNames(f).join('|')
 export const TRAIN_OPTIONS = {
   config: configFile('read options from a JSON file; its keys are the long options ' +
     '("batch-size": 32), checked as the flags are; flags given here win over it'),
-  data: path({ arg: '<mnist|mnist-bold|DIR>', help: 'mnist, mnist-bold (the same digits ' +
-    'dilated by a pixel), or a folder of PNGs (labels from sub-folder names)', default: 'mnist' }),
+  data: path({ arg: '<mnist|mnist-bold|moving-mnist|DIR>', help: 'mnist, mnist-bold (the same digits ' +
+    'dilated by a pixel), a folder of PNGs (labels from sub-folder names), or moving-mnist: ' +
+    'video clips of bouncing digits, made afresh for every step, for the video U-Net', default: 'mnist' }),
   model: oneOf(MODEL_FAMILIES, { arg: '<family>', help: 'model family', default: 'unet' }),
   size: oneOf([...new Set(MODEL_FAMILIES.flatMap(presetNames))], { arg: '<preset>',
     help: `size preset of the --model family (${familyPresets})`, default: 's' }),
@@ -69,10 +73,14 @@ export const TRAIN_OPTIONS = {
     'paper; default: off)' }),
   dtrBeta: num({ range: '(0, 1]', help: 'DTR: share of channels active at each timestep',
     default: 0.8 }),
+  frames: int({ min: 2, max: 256, help: 'moving-mnist: frames per clip', default: 16 }),
+  canvas: int({ min: 20, max: 256, help: 'moving-mnist: frame side in pixels (digits are 16 px ' +
+    'under 64, 28 px from 64)', default: 32 }),
+  digits: int({ min: 1, max: 4, help: 'moving-mnist: digits per clip', default: 2 }),
 };
 
 export type TrainCliOptions = Omit<TrainOptions, 'conditional'> & {
-  data: string; unconditional: boolean; resume: boolean;
+  data: string; unconditional: boolean; resume: boolean; frames: number; canvas: number; digits: number;
 };
 
 /** The options `diffuse train` runs with, after the checks that span options (a size preset
@@ -91,8 +99,9 @@ export function registerTrain(program: Command): void {
     .description('train an image diffusion model (U-Net, DiT, DiT-MoE or Switch-DiT); checkpoints in ' +
       'diffusers\' layout, exact --resume, a JSONL log and sample grids'), TRAIN_OPTIONS)
     .action(async (_: unknown, cmd: Command) => {
-      const { data: spec, unconditional, resume, ...f } =
-        trainOptions(commandOptions(TRAIN_OPTIONS, cmd));
+      const resolved = commandOptions(TRAIN_OPTIONS, cmd);
+      if (resolved.values.data === 'moving-mnist') return trainVideoCommand(resolved);
+      const { data: spec, unconditional, resume, frames: _f, canvas: _c, digits: _d, ...f } = trainOptions(resolved);
       const data = await loadTrainingData(spec);
       const o: TrainOptions = { ...f, conditional: !unconditional && !!data.labels };
       const r = await runInTerminal('train', 'train', o.steps, o.out, (l) => l.toFixed(4),
@@ -100,4 +109,25 @@ export function registerTrain(program: Command): void {
       console.log(`trained ${r.losses.length} steps in ${r.seconds.toFixed(0)} s; model in ` +
         `${join(o.out, 'model')}`);
     });
+}
+
+/** `diffuse train --data moving-mnist`: the video U-Net on fresh clips (pipelines/video.ts). */
+async function trainVideoCommand(r: Resolved<typeof TRAIN_OPTIONS>): Promise<void> {
+  const o = r.values;
+  const changed = (k: keyof typeof TRAIN_OPTIONS) => r.sources[k] !== 'default';
+  const unused = (['model', 'init', 'repa', 'cep', 'dtrAlpha', 'weighting', 'labelDropout'] as const).filter(changed);
+  if (unused.length) {
+    throw new UsageError(`--data moving-mnist trains the video U-Net, unconditionally: ${unused.map((k) => `--${kebab(k)}`).join(', ')} ` +
+      'do not apply');
+  }
+  if (!Object.hasOwn(VIDEO_UNET_PRESETS, o.size)) {
+    throw r.refuse('size', `a video U-Net size preset (${Object.keys(VIDEO_UNET_PRESETS).join(', ')})`);
+  }
+  const v = { size: o.size, objective: o.objective, clips: { frames: o.frames, size: o.canvas, digits: o.digits },
+    batchSize: o.batchSize, steps: o.steps, lr: o.lr, lrSchedule: o.lrSchedule, warmupSteps: o.warmupSteps,
+    gradClip: o.gradClip, emaDecay: o.emaDecay, seed: o.seed, out: o.out, logEvery: o.logEvery,
+    sampleEvery: o.sampleEvery, checkpointEvery: o.checkpointEvery };
+  const res = await runInTerminal('train', 'train', v.steps, v.out, (l) => l.toFixed(4),
+    (ev) => trainVideo(v, o.resume, ev));
+  console.log(`trained ${res.losses.length} steps in ${res.seconds.toFixed(0)} s; model in ${join(v.out, 'model')}`);
 }

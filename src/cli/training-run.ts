@@ -34,7 +34,7 @@ export function stopOnSignal(): { signal: AbortSignal; release: () => void } {
  */
 export async function runInTerminal<R extends TrainResult>(command: string, label: string,
   steps: number, out: string, formatLoss: (loss: number) => string,
-  loop: (ev: TrainEvents) => Promise<R>): Promise<R> {
+  loop: (ev: Omit<TrainEvents, 'beforeCheckpoint'>) => Promise<R>): Promise<R> {
   const stop = stopOnSignal();
   const bar = progress(label, steps, ['loss', 'img/s']);
   try {
