@@ -118,7 +118,7 @@ async function trainVideoCommand(r: Resolved<typeof TRAIN_OPTIONS>): Promise<voi
   const unused = (['model', 'init', 'repa', 'cep', 'dtrAlpha', 'weighting', 'labelDropout'] as const).filter(changed);
   if (unused.length) {
     throw new UsageError(`--data moving-mnist trains the video U-Net, unconditionally: ${unused.map((k) => `--${kebab(k)}`).join(', ')} ` +
-      'do not apply');
+      `${unused.length === 1 ? 'does' : 'do'} not apply`);
   }
   if (!Object.hasOwn(VIDEO_UNET_PRESETS, o.size)) {
     throw r.refuse('size', `a video U-Net size preset (${Object.keys(VIDEO_UNET_PRESETS).join(', ')})`);

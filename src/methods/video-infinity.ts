@@ -55,6 +55,9 @@ function checkLayout(l: ClipLayout): void {
   for (const [k, min] of [['clips', 1], ['clipFrames', 1], ['padding', 0], ['globalPerClip', 0]] as const) {
     if (!(Number.isInteger(l[k]) && l[k] >= min)) throw new RangeError(`${k} must be an integer >= ${min}, got ${l[k]}`);
   }
+  if (l.padding > l.clipFrames) {
+    throw new RangeError(`padding (${l.padding}) cannot exceed clipFrames (${l.clipFrames}): a neighbour sends frames of its own clip`);
+  }
   if (l.globalPerClip > l.clipFrames) {
     throw new RangeError(`globalPerClip (${l.globalPerClip}) cannot exceed clipFrames (${l.clipFrames})`);
   }

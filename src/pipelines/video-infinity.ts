@@ -1,0 +1,185 @@
+/**
+ * @file Long videos by clip parallelism (Video-Infinity; methods/video-infinity.ts): the video
+ * is cut into clips, one per worker; every worker runs the same sampler on its clip, and at
+ * every model call and every temporal layer of the video U-Net it sends its neighbours the
+ * layer input of its boundary frames, contributes its global frames to an all-gather, and
+ * attends over its own frames and what it received. The model runs as compiled pieces cut at
+ * the temporal layers (models/video-unet.ts), with the exchange between them.
+ *
+ * Every worker draws its clip's part of the noise of the whole video (the same seed gives the
+ * same video whatever the number of workers), and samples with the same schedule, so the
+ * workers' model calls pair up one to one; the exchanges are tagged by call and layer.
+ */
+import { HostArray } from '../engine/host.js';
+import * as ops from '../engine/ops.js';
+import { RngKey } from '../engine/random/philox.js';
+import { compile, type RuntimeOptions } from '../engine/runtime.js';
+import type { Tensor } from '../engine/tensor.js';
+import type { Tree } from '../engine/tree.js';
+import type { Batch, Denoiser } from '../diffusion/denoiser.js';
+import { sample } from '../diffusion/sampling.js';
+import { localCollective, localCollectives, type Collective } from '../distributed/collective.js';
+import {
+  contextBias, contextPlan, dualScopeBias, globalFramesOf, type ClipLayout, type ContextPlan,
+} from '../methods/video-infinity.js';
+import { relativeIndex, type DiffuseVideoUNet, type VideoState } from '../models/video-unet.js';
+import type { ParamsOf } from '../nn/module.js';
+import type { VideoPipeline } from './video.js';
+
+export interface ClipParallelOptions {
+  layout: ClipLayout;
+  steps: number;
+  seed: number;
+  sampler?: string;
+  /** The dual-scope schedule (the paper's: switch at 0.8 T, strength 10); false: no scope bias. */
+  scope?: { switchAt?: number; strength?: number } | false;
+  runtime?: RuntimeOptions;
+  /** Called by clip 0 after each of its model calls. */
+  onCall?: (call: number) => void;
+}
+
+/** Frames `frames` (indices along axis 1) of a float32 array [L, F, C]. */
+function takeFrames(y: HostArray, frames: readonly number[]): HostArray<'float32'> {
+  const [l, f, c] = y.shape as [number, number, number];
+  const out = new Float32Array(l * frames.length * c);
+  for (let i = 0; i < l; i++) {
+    frames.forEach((t, j) => out.set((y.data as Float32Array).subarray((i * f + t) * c, (i * f + t + 1) * c),
+      (i * frames.length + j) * c));
+  }
+  return new HostArray(out, [l, frames.length, c]);
+}
+
+/** Parts received from several ranks, each [L, k, C], joined along the frame axis. */
+function joinFrames(parts: readonly Float32Array[], l: number, c: number): HostArray<'float32'> {
+  const sizes = parts.map((p) => p.length / (l * c));
+  const total = sizes.reduce((a, b) => a + b, 0);
+  const out = new Float32Array(l * total * c);
+  let at = 0;
+  parts.forEach((p, r) => {
+    for (let i = 0; i < l; i++) out.set(p.subarray(i * sizes[r]! * c, (i + 1) * sizes[r]! * c), (i * total + at) * c);
+    at += sizes[r]!;
+  });
+  return new HostArray(out, [l, total, c]);
+}
+
+/**
+ * The denoiser of clip `clip`: the video U-Net in pieces, exchanging each temporal layer's
+ * input over `collective` (rank = clip). Rows of x are videos of this clip's frames.
+ */
+export function clipDenoiser(p: VideoPipeline, clip: number, o: ClipParallelOptions, collective: Collective):
+  Denoiser & { dispose(): Promise<void> } {
+  const net: DiffuseVideoUNet = p.model.module;
+  const { layout } = o;
+  const F = layout.clipFrames;
+  const plan: ContextPlan = contextPlan(clip, layout);
+  const consts = (): ParamsOf<DiffuseVideoUNet> => ops.constantTree(p.params) as unknown as ParamsOf<DiffuseVideoUNet>;
+  const K = net.temporalLayers.length;
+  const runtime = { ...o.runtime, name: `clip_${clip}` };
+  const P = layout.padding;
+  const G = plan.global.length;
+  const keyFrames = [...plan.left, ...plan.own, ...plan.right, ...plan.global];
+  const rel = relativeIndex(plan.own, keyFrames, net.config.max_relative_distance);
+  const first = compile((x: Tensor, t: Tensor) => net.segment(consts(), net.begin(consts(), x, t), 0), runtime);
+  const inputs = net.temporalLayers.map(({ layer, params }) =>
+    compile((s: VideoState) => layer.layerInput(params(consts()), s.h, F), runtime));
+  // A layer with its context, then the segment up to the next layer (the last: to the output).
+  const applies = net.temporalLayers.map(({ layer, params }, k) => compile((s: VideoState, left: Tensor,
+    right: Tensor, global: Tensor, relIndex: Tensor, bias: Tensor) => {
+    const pp = params(consts());
+    const own = layer.layerInput(pp, s.h, F);
+    const keys = ops.concat([...(P ? [left] : []), own, ...(P ? [right] : []), ...(G ? [global] : [])], 1);
+    const next = net.segment(consts(), { ...s, h: layer.apply(pp, s.h, F, keys, relIndex, bias) }, k + 1);
+    return k === K - 1 ? net.end(consts(), next, F) : next;
+  }, { ...runtime, argNames: ['state', 'left', 'right', 'global', 'rel', 'bias'] }));
+  const whole = K === 0 ? compile((x: Tensor, t: Tensor) => net.forward(consts(), x, t), runtime) : undefined;
+  let calls = 0;
+  const localFrames = { toLeft: Array.from({ length: P }, (_, i) => i), toRight: Array.from({ length: P }, (_, i) => F - P + i) };
+  const globalOwn = globalFramesOf(clip, layout).map((f) => f - clip * F);
+  return {
+    prediction: p.scheduler.prediction,
+    async predict(x: Batch, t: Float64Array): Promise<Batch> {
+      const xs = new HostArray<'float32'>(Float32Array.from(x.data), x.shape, 'float32');
+      const ts = new HostArray(Float32Array.from(t), [t.length]);
+      if (whole) return (await whole(xs, ts)) as HostArray<'float32'>;
+      const call = calls++;
+      const scope = o.scope === false ? { local: 0, global: 0 } : dualScopeBias(t[0]!,
+        p.scheduler.config.num_train_timesteps as number, o.scope ?? {});
+      const bias = contextBias(plan, scope);
+      let state = (await first(xs, ts)) as unknown as Tree<HostArray>;
+      for (let k = 0; k < K; k++) {
+        const y = (await inputs[k]!(state as never)) as HostArray<'float32'>; // [L, F, C]
+        const [l, , c] = y.shape as [number, number, number];
+        const tag = `call ${call} layer ${k}`;
+        const [near, far] = await Promise.all([
+          P ? collective.neighbourExchange(tag, takeFrames(y, localFrames.toLeft).data, takeFrames(y, localFrames.toRight).data)
+            : Promise.resolve({ fromLeft: null, fromRight: null }),
+          G ? collective.allGather(tag, takeFrames(y, globalOwn).data) : Promise.resolve([]),
+        ]);
+        const empty = new HostArray(new Float32Array(l * P * c), [l, P, c]);
+        const side = (d: Float32Array | null) => (d ? new HostArray(d, [l, P, c]) : empty);
+        state = (await applies[k]!(state as never, side(near.fromLeft), side(near.fromRight),
+          G ? joinFrames(far, l, c) : new HostArray(new Float32Array(0), [l, 0, c]), rel, bias)) as unknown as Tree<HostArray>;
+      }
+      if (clip === 0) o.onCall?.(call);
+      return state as unknown as HostArray<'float32'>;
+    },
+    dispose: async () => {
+      const all: { dispose(): Promise<void> }[] = [first, ...inputs, ...applies, ...(whole ? [whole] : [])];
+      await Promise.all(all.map((f) => f.dispose()));
+    },
+  };
+}
+
+/** The initial noise of the whole video [1, C, N, H, W] from `seed`, cut into clip `clip`'s frames. */
+function clipNoise(key: RngKey, shape: readonly [number, number, number, number], clip: number, clipFrames: number,
+  stream: number): Float32Array {
+  const [c, n, h, w] = shape;
+  const all = key.fold(stream).normal(c * n * h * w);
+  const out = new Float32Array(c * clipFrames * h * w);
+  for (let k = 0; k < c; k++) {
+    out.set(all.subarray((k * n + clip * clipFrames) * h * w, (k * n + (clip + 1) * clipFrames) * h * w),
+      k * clipFrames * h * w);
+  }
+  return out;
+}
+
+/**
+ * One video of layout.clips x layout.clipFrames frames, its clips sampled side by side in this
+ * thread over an in-process collective: [1, C, N, H, W] in [-1, 1].
+ */
+export async function sampleLongVideo(p: VideoPipeline, o: ClipParallelOptions): Promise<HostArray<'float32'>> {
+  const { layout } = o;
+  const c = p.model.config;
+  const n = layout.clips * layout.clipFrames;
+  const [side, ch] = [c.sample_size, c.in_channels];
+  const key = RngKey.fromSeed(o.seed);
+  const links = localCollectives(layout.clips);
+  const collectives = links.map((l) => localCollective(l));
+  const denoisers = collectives.map((col, clip) => clipDenoiser(p, clip, o, col));
+  try {
+    const sampler = o.sampler ?? (p.scheduler.family === 'flow' ? 'flow-euler' : 'ddim');
+    const clips = await Promise.all(denoisers.map(async (d, clip) => {
+      const shape = [1, ch, layout.clipFrames, side, side];
+      const x0 = new HostArray<'float32'>(clipNoise(key, [ch, n, side, side], clip, layout.clipFrames, 0), shape, 'float32');
+      try {
+        return await sample(d, x0, p.scheduler, { sampler, steps: o.steps,
+          noise: (_, step) => clipNoise(key, [ch, n, side, side], clip, layout.clipFrames, step + 1) });
+      } catch (e) {
+        collectives[clip]!.fail((e as Error).message);
+        throw e;
+      }
+    }));
+    const out = new Float32Array(ch * n * side * side);
+    clips.forEach((x, clip) => {
+      for (let k = 0; k < ch; k++) {
+        const per = layout.clipFrames * side * side;
+        out.set(Float32Array.from(x.data.subarray(k * per, (k + 1) * per), (v) => Math.min(1, Math.max(-1, v))),
+          (k * n + clip * layout.clipFrames) * side * side);
+      }
+    });
+    return new HostArray(out, [1, ch, n, side, side]);
+  } finally {
+    await Promise.all(denoisers.map((d) => d.dispose()));
+    collectives.forEach((col) => col.close());
+  }
+}
