@@ -21,6 +21,7 @@ import { registerSample } from './sample.js';
 import { registerToy } from './toy.js';
 import { registerTrainClassifier } from './train-classifier.js';
 import { registerTrain } from './train.js';
+import { registerVideo } from './video.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as {
   version: string;
@@ -51,6 +52,7 @@ export function buildProgram(): Command {
   registerMultiTask(program);
   registerDdm(program);
   registerWorker(program);
+  registerVideo(program);
   return program;
 }
 

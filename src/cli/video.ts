@@ -1,0 +1,68 @@
+/**
+ * @file `diffuse video`: a video from a video pipeline (diffuse train --data moving-mnist),
+ * longer than its training clips by Video-Infinity's clip parallelism (pipelines/video-infinity.ts).
+ */
+import type { Command } from 'commander';
+import { writePng } from '../io/png.js';
+import { frameStrip, videoFrames, writeVideo } from '../io/video.js';
+import { loadVideoPipeline, sampleVideos } from '../pipelines/video.js';
+import { sampleLongVideo } from '../pipelines/video-infinity.js';
+import { UsageError } from './errors.js';
+import { addOptions, commandOptions, flag, int, num, path } from './options.js';
+import { progress } from './progress.js';
+
+export const VIDEO_OPTIONS = {
+  model: path({ arg: '<dir>', help: 'a video pipeline (diffuse train --data moving-mnist)' }),
+  frames: int({ min: 1, max: 100_000, help: 'frames of the video (default: the model\'s clip length)' }),
+  workers: int({ min: 1, max: 1024, help: 'clips the video is cut into, one per worker, sampled ' +
+    'side by side exchanging frames at every temporal layer (Video-Infinity)', default: 1 }),
+  padding: int({ min: 0, help: 'frames each clip takes from each neighbour (default: half a clip)' }),
+  global: int({ min: 0, help: 'frames each clip adds to the global context (default: 16 in all as ' +
+    'in the paper, at most a quarter of a clip, at least 1)' }),
+  independent: flag({ help: 'no exchange at all: independent clips side by side (the baseline)' }),
+  noScope: flag({ help: 'no dual-scope bias (the paper\'s: global keys favoured until t = 0.8 T, local after)' }),
+  steps: int({ min: 1, help: 'sampling steps', default: 30 }),
+  seed: int({ min: 0, help: 'seed of the whole video\'s noise', default: 0 }),
+  out: path({ arg: '<file>', help: 'the video: .gif (animated) or .png (a frame strip)', default: 'video.gif' }),
+  strip: path({ arg: '<file.png>', help: 'also a frame strip PNG' }),
+  fps: num({ range: '(0, 50]', help: 'GIF frames per second', default: 8 }),
+  scale: int({ min: 1, max: 16, help: 'pixel upscaling of the output', default: 2 }),
+};
+
+export function registerVideo(program: Command): void {
+  addOptions(program.command('video')
+    .description('sample a video from a video pipeline; with --workers N the video is cut into N ' +
+      'clips sampled side by side, each attending to its neighbours\' boundary frames and to global ' +
+      'frames of all clips (Video-Infinity, Tan et al. 2024)'), VIDEO_OPTIONS)
+    .action(async (_: unknown, cmd: Command) => {
+      const o = commandOptions(VIDEO_OPTIONS, cmd).values;
+      if (o.model === undefined) throw new UsageError('--model: expected a video pipeline folder');
+      const p = await loadVideoPipeline(o.model);
+      const frames = o.frames ?? p.model.config.num_frames;
+      if (frames % o.workers !== 0) {
+        throw new UsageError(`--frames: expected a multiple of --workers (${o.workers}), got ${frames}`);
+      }
+      const clipFrames = frames / o.workers;
+      const padding = o.independent ? 0 : Math.min(o.padding ?? Math.floor(clipFrames / 2), clipFrames);
+      const globalPerClip = o.independent || o.workers === 1 ? 0
+        : Math.min(o.global ?? Math.max(1, Math.min(Math.floor(16 / o.workers), Math.floor(clipFrames / 4))), clipFrames);
+      const t0 = performance.now();
+      const bar = progress('sampling', o.steps);
+      let video;
+      try {
+        video = o.workers === 1 ? await sampleVideos(p, { n: 1, steps: o.steps, seed: o.seed, frames })
+          : await sampleLongVideo(p, { layout: { clips: o.workers, clipFrames, padding, globalPerClip },
+            steps: o.steps, seed: o.seed, ...(o.noScope ? { scope: false as const } : {}),
+            onCall: (call) => bar.update(call + 1) });
+      } finally {
+        bar.stop();
+      }
+      const clip = videoFrames(video, 0);
+      await writeVideo(o.out, clip, { fps: o.fps, scale: o.scale });
+      if (o.strip) await writePng(o.strip, frameStrip(clip, { cols: Math.min(frames, 16) }));
+      const seconds = (performance.now() - t0) / 1000;
+      console.log(`${frames} frames (${o.workers} clip${o.workers === 1 ? '' : 's'} of ${clipFrames}` +
+        `${o.workers > 1 ? `, padding ${padding}, ${globalPerClip} global per clip` : ''}) in ${seconds.toFixed(1)} s; ` +
+        `wrote ${o.out}${o.strip ? ` and ${o.strip}` : ''}`);
+    });
+}
