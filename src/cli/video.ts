@@ -6,7 +6,7 @@ import type { Command } from 'commander';
 import { writePng } from '../io/png.js';
 import { frameStrip, videoFrames, writeVideo } from '../io/video.js';
 import { loadVideoPipeline, sampleVideos } from '../pipelines/video.js';
-import { sampleLongVideo } from '../pipelines/video-infinity.js';
+import { sampleLongVideoThreads } from '../pipelines/video-infinity.js';
 import { UsageError } from './errors.js';
 import { addOptions, commandOptions, flag, int, num, path } from './options.js';
 import { progress } from './progress.js';
@@ -14,8 +14,8 @@ import { progress } from './progress.js';
 export const VIDEO_OPTIONS = {
   model: path({ arg: '<dir>', help: 'a video pipeline (diffuse train --data moving-mnist)' }),
   frames: int({ min: 1, max: 100_000, help: 'frames of the video (default: the model\'s clip length)' }),
-  workers: int({ min: 1, max: 1024, help: 'clips the video is cut into, one per worker, sampled ' +
-    'side by side exchanging frames at every temporal layer (Video-Infinity)', default: 1 }),
+  workers: int({ min: 1, max: 1024, help: 'clips the video is cut into, one per worker thread, ' +
+    'sampled side by side exchanging frames at every temporal layer (Video-Infinity)', default: 1 }),
   padding: int({ min: 0, help: 'frames each clip takes from each neighbour (default: half a clip)' }),
   global: int({ min: 0, help: 'frames each clip adds to the global context (default: 16 in all as ' +
     'in the paper, at most a quarter of a clip, at least 1)' }),
@@ -51,7 +51,7 @@ export function registerVideo(program: Command): void {
       let video;
       try {
         video = o.workers === 1 ? await sampleVideos(p, { n: 1, steps: o.steps, seed: o.seed, frames })
-          : await sampleLongVideo(p, { layout: { clips: o.workers, clipFrames, padding, globalPerClip },
+          : await sampleLongVideoThreads(o.model, p, { layout: { clips: o.workers, clipFrames, padding, globalPerClip },
             steps: o.steps, seed: o.seed, ...(o.noScope ? { scope: false as const } : {}),
             onCall: (call) => bar.update(call + 1) });
       } finally {

@@ -8,8 +8,12 @@ import { RngKey } from '../engine/random/philox.js';
 import type { Tree } from '../engine/tree.js';
 import { trainingScheduler } from '../diffusion/training.js';
 import { VIDEO_UNET_PRESETS } from '../models/video-unet.js';
-import { sampleVideos, videoModel, type VideoPipeline } from './video.js';
-import { sampleLongVideo } from './video-infinity.js';
+import { withTempDir } from '../../test/support/temp-dir.js';
+import { exportPipeline } from './checkpoint.js';
+import {
+  loadVideoPipeline, sampleVideos, VIDEO_PIPELINE_CLASS, videoModel, type VideoPipeline,
+} from './video.js';
+import { sampleLongVideo, sampleLongVideoThreads } from './video-infinity.js';
 
 function tinyPipeline(): VideoPipeline {
   const model = videoModel({ ...VIDEO_UNET_PRESETS.tiny! });
@@ -43,4 +47,24 @@ test('with global frames and the dual-scope bias, clips sample reproducibly, and
   const alone = await sampleLongVideo(p, { layout: { ...layout, padding: 0, globalPerClip: 0 }, steps: 2, seed: 1 });
   assert.notDeepEqual(Array.from(alone.data), Array.from(a.data));
   assert.ok(Array.from(a.data).every((v) => v >= -1 && v <= 1));
+});
+
+test('clips in worker threads sample the video clips in one thread do; a failing clip stops them all', async () => {
+  await withTempDir('video-infinity', async (dir) => {
+    const p = tinyPipeline();
+    await exportPipeline(dir, { model: p.model, scheduler: p.scheduler, pipelineClass: VIDEO_PIPELINE_CLASS }, p.params);
+    const q = await loadVideoPipeline(dir);
+    const layout = { clips: 2, clipFrames: 4, padding: 2, globalPerClip: 1 };
+    const here = await sampleLongVideo(q, { layout, steps: 2, seed: 3 });
+    const calls: number[] = [];
+    const threads = await sampleLongVideoThreads(dir, q, { layout, steps: 2, seed: 3, onCall: (c) => calls.push(c) });
+    let worst = 0;
+    here.data.forEach((v, i) => (worst = Math.max(worst, Math.abs(v - threads.data[i]!))));
+    assert.ok(worst < 1e-4, `largest difference ${worst}`);
+    assert.deepEqual(calls, [0, 1]);
+    const t0 = performance.now();
+    await assert.rejects(sampleLongVideoThreads(`${dir}-missing`, q, { layout, steps: 2, seed: 3 }, { timeoutMs: 20_000 }),
+      /clip [01]: .*model_index.json: no such file/);
+    assert.ok(performance.now() - t0 < 15_000, 'a failed clip did not stop the run promptly');
+  });
 });

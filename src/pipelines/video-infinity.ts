@@ -10,6 +10,7 @@
  * same video whatever the number of workers), and samples with the same schedule, so the
  * workers' model calls pair up one to one; the exchanges are tagged by call and layer.
  */
+import { Worker } from 'node:worker_threads';
 import { HostArray } from '../engine/host.js';
 import * as ops from '../engine/ops.js';
 import { RngKey } from '../engine/random/philox.js';
@@ -18,13 +19,17 @@ import type { Tensor } from '../engine/tensor.js';
 import type { Tree } from '../engine/tree.js';
 import type { Batch, Denoiser } from '../diffusion/denoiser.js';
 import { sample } from '../diffusion/sampling.js';
-import { localCollective, localCollectives, type Collective } from '../distributed/collective.js';
+import {
+  localCollective, localCollectives, transferablePorts, type Collective,
+} from '../distributed/collective.js';
+import { threadsPerSlot } from '../distributed/thread-runner.js';
 import {
   contextBias, contextPlan, dualScopeBias, globalFramesOf, type ClipLayout, type ContextPlan,
 } from '../methods/video-infinity.js';
 import { relativeIndex, type DiffuseVideoUNet, type VideoState } from '../models/video-unet.js';
 import type { ParamsOf } from '../nn/module.js';
 import type { VideoPipeline } from './video.js';
+import type { ClipThreadData } from './video-infinity-thread.js';
 
 export interface ClipParallelOptions {
   layout: ClipLayout;
@@ -143,43 +148,86 @@ function clipNoise(key: RngKey, shape: readonly [number, number, number, number]
   return out;
 }
 
-/**
- * One video of layout.clips x layout.clipFrames frames, its clips sampled side by side in this
- * thread over an in-process collective: [1, C, N, H, W] in [-1, 1].
- */
-export async function sampleLongVideo(p: VideoPipeline, o: ClipParallelOptions): Promise<HostArray<'float32'>> {
+/** Samples clip `clip` of the video over `collective`: [C, F, H, W] values in [-1, 1]. */
+export async function sampleClip(p: VideoPipeline, clip: number, o: ClipParallelOptions, collective: Collective):
+  Promise<Float32Array> {
   const { layout } = o;
   const c = p.model.config;
   const n = layout.clips * layout.clipFrames;
   const [side, ch] = [c.sample_size, c.in_channels];
   const key = RngKey.fromSeed(o.seed);
-  const links = localCollectives(layout.clips);
-  const collectives = links.map((l) => localCollective(l));
-  const denoisers = collectives.map((col, clip) => clipDenoiser(p, clip, o, col));
+  const d = clipDenoiser(p, clip, o, collective);
   try {
     const sampler = o.sampler ?? (p.scheduler.family === 'flow' ? 'flow-euler' : 'ddim');
-    const clips = await Promise.all(denoisers.map(async (d, clip) => {
-      const shape = [1, ch, layout.clipFrames, side, side];
-      const x0 = new HostArray<'float32'>(clipNoise(key, [ch, n, side, side], clip, layout.clipFrames, 0), shape, 'float32');
-      try {
-        return await sample(d, x0, p.scheduler, { sampler, steps: o.steps,
-          noise: (_, step) => clipNoise(key, [ch, n, side, side], clip, layout.clipFrames, step + 1) });
-      } catch (e) {
-        collectives[clip]!.fail((e as Error).message);
-        throw e;
-      }
-    }));
-    const out = new Float32Array(ch * n * side * side);
-    clips.forEach((x, clip) => {
-      for (let k = 0; k < ch; k++) {
-        const per = layout.clipFrames * side * side;
-        out.set(Float32Array.from(x.data.subarray(k * per, (k + 1) * per), (v) => Math.min(1, Math.max(-1, v))),
-          (k * n + clip * layout.clipFrames) * side * side);
-      }
-    });
-    return new HostArray(out, [1, ch, n, side, side]);
+    const x0 = new HostArray<'float32'>(clipNoise(key, [ch, n, side, side], clip, layout.clipFrames, 0),
+      [1, ch, layout.clipFrames, side, side], 'float32');
+    const x = await sample(d, x0, p.scheduler, { sampler, steps: o.steps,
+      noise: (_, step) => clipNoise(key, [ch, n, side, side], clip, layout.clipFrames, step + 1) });
+    return Float32Array.from(x.data, (v) => Math.min(1, Math.max(-1, v)));
+  } catch (e) {
+    collective.fail((e as Error).message); // the other clips stop waiting for this one
+    throw e;
   } finally {
-    await Promise.all(denoisers.map((d) => d.dispose()));
+    await d.dispose();
+  }
+}
+
+/** Clips [C, F, H, W] side by side as one video [1, C, clips F, H, W]. */
+function joinClips(clips: readonly Float32Array[], p: VideoPipeline, layout: ClipLayout): HostArray<'float32'> {
+  const { sample_size: side, in_channels: ch } = p.model.config;
+  const n = layout.clips * layout.clipFrames;
+  const per = layout.clipFrames * side * side;
+  const out = new Float32Array(ch * n * side * side);
+  clips.forEach((x, clip) => {
+    for (let k = 0; k < ch; k++) out.set(x.subarray(k * per, (k + 1) * per), (k * n + clip * layout.clipFrames) * side * side);
+  });
+  return new HostArray(out, [1, ch, n, side, side]);
+}
+
+/**
+ * One video of layout.clips x layout.clipFrames frames, its clips sampled side by side in this
+ * thread over an in-process collective (no parallel speed-up: for tests and small videos).
+ */
+export async function sampleLongVideo(p: VideoPipeline, o: ClipParallelOptions): Promise<HostArray<'float32'>> {
+  const collectives = localCollectives(o.layout.clips).map((l) => localCollective(l));
+  try {
+    const clips = await Promise.all(collectives.map((col, clip) => sampleClip(p, clip, o, col)));
+    return joinClips(clips, p, o.layout);
+  } finally {
     collectives.forEach((col) => col.close());
+  }
+}
+
+/**
+ * The same video with each clip in its own worker thread (ONNX Runtime's cores shared out
+ * among them), loading the pipeline folder `model`. A clip that fails stops the others.
+ */
+export async function sampleLongVideoThreads(model: string, p: VideoPipeline, o: ClipParallelOptions,
+  opts: { timeoutMs?: number } = {}): Promise<HostArray<'float32'>> {
+  const { layout } = o;
+  const links = localCollectives(layout.clips);
+  const { onCall, runtime: _, ...options } = o;
+  const threads = links.map((l, clip) => new Worker(new URL('./video-infinity-thread.js', import.meta.url), {
+    workerData: { model, clip, links: l, options, threads: threadsPerSlot(layout.clips),
+      timeoutMs: opts.timeoutMs ?? 60_000 } satisfies ClipThreadData,
+    transferList: transferablePorts(l),
+  }));
+  const stopAll = (reason: string) => threads.forEach((t) => t.postMessage({ type: 'abort', reason }));
+  try {
+    const clips = await Promise.all(threads.map((t, clip) => new Promise<Float32Array>((resolve, reject) => {
+      t.on('message', (m: { type: string; call?: number; data?: Float32Array; message?: string }) => {
+        if (m.type === 'call' && clip === 0) onCall?.(m.call!);
+        if (m.type === 'clip') resolve(m.data!);
+        if (m.type === 'error') reject(new Error(`clip ${clip}: ${m.message}`));
+      });
+      t.once('error', (e) => reject(new Error(`clip ${clip}: ${e.message}`)));
+      t.once('exit', (code) => reject(new Error(`clip ${clip}: its thread exited (code ${code}) without a result`)));
+    }).catch((e: Error) => {
+      stopAll(e.message);
+      throw e;
+    })));
+    return joinClips(clips, p, layout);
+  } finally {
+    await Promise.all(threads.map((t) => t.terminate()));
   }
 }
