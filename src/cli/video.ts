@@ -6,9 +6,10 @@ import type { Command } from 'commander';
 import { writePng } from '../io/png.js';
 import { frameStrip, videoFrames, writeVideo } from '../io/video.js';
 import { loadVideoPipeline, sampleVideos } from '../pipelines/video.js';
-import { sampleLongVideoThreads } from '../pipelines/video-infinity.js';
+import { sampleLongVideoRank, sampleLongVideoThreads } from '../pipelines/video-infinity.js';
+import { redisCollective } from '../distributed/redis-collective.js';
 import { UsageError } from './errors.js';
-import { addOptions, commandOptions, flag, int, num, path } from './options.js';
+import { addOptions, commandOptions, flag, int, num, path, text } from './options.js';
 import { progress } from './progress.js';
 
 export const VIDEO_OPTIONS = {
@@ -21,6 +22,10 @@ export const VIDEO_OPTIONS = {
     'in the paper, at most a quarter of a clip, at least 1)' }),
   independent: flag({ help: 'no exchange at all: independent clips side by side (the baseline)' }),
   noScope: flag({ help: 'no dual-scope bias (the paper\'s: global keys favoured until t = 0.8 T, local after)' }),
+  collective: text({ arg: '<url>', help: 'redis://host:port: run one clip here, as rank --rank of ' +
+    '--workers processes (on any machines) that meet on this Redis under --run; every rank writes the video' }),
+  run: text({ arg: '<name>', help: 'with --collective: the name all ranks of one video share', default: 'video' }),
+  rank: int({ min: 0, help: 'with --collective: this process\'s clip, 0..workers-1' }),
   steps: int({ min: 1, help: 'sampling steps', default: 30 }),
   seed: int({ min: 0, help: 'seed of the whole video\'s noise', default: 0 }),
   out: path({ arg: '<file>', help: 'the video: .gif (animated) or .png (a frame strip)', default: 'video.gif' }),
@@ -50,10 +55,22 @@ export function registerVideo(program: Command): void {
       const bar = progress('sampling', o.steps);
       let video;
       try {
-        video = o.workers === 1 ? await sampleVideos(p, { n: 1, steps: o.steps, seed: o.seed, frames })
-          : await sampleLongVideoThreads(o.model, p, { layout: { clips: o.workers, clipFrames, padding, globalPerClip },
-            steps: o.steps, seed: o.seed, ...(o.noScope ? { scope: false as const } : {}),
-            onCall: (call) => bar.update(call + 1) });
+        const options = { layout: { clips: o.workers, clipFrames, padding, globalPerClip }, steps: o.steps,
+          seed: o.seed, ...(o.noScope ? { scope: false as const } : {}), onCall: (call: number) => bar.update(call + 1) };
+        if (o.collective !== undefined) {
+          if (o.rank === undefined || o.rank >= o.workers) {
+            throw new UsageError(`--rank: expected this process's clip, 0..${o.workers - 1}, with --collective`);
+          }
+          const collective = await redisCollective({ url: o.collective, run: o.run, rank: o.rank, size: o.workers });
+          try {
+            video = await sampleLongVideoRank(p, { ...options, onCall: (call: number) => bar.update(call + 1) }, collective);
+          } finally {
+            collective.close();
+          }
+        } else {
+          video = o.workers === 1 ? await sampleVideos(p, { n: 1, steps: o.steps, seed: o.seed, frames })
+            : await sampleLongVideoThreads(o.model, p, options);
+        }
       } finally {
         bar.stop();
       }

@@ -17,3 +17,5 @@ export {
   CollectiveError, localCollective, localCollectives, transferablePorts, type Collective,
   type LocalLinks,
 } from './collective.js';
+export { redisCollective, type RedisCollectiveOptions } from './redis-collective.js';
+export { connectRedis } from './redis.js';

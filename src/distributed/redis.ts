@@ -96,6 +96,12 @@ function connectionOptions(a: RedisAddress): RedisOptions {
  * retry forever, so an unreachable server would otherwise be a silent hang. The client stays
  * open (and reconnects, once it has been connected) for the caller's own reads.
  */
+/** A connected client of the server at `url` (redis://host:port[/db]), or a clear error within
+ *  `timeoutMs`: for other users of Redis than the queue (the video Collective). */
+export async function connectRedis(url: string, timeoutMs = 5_000): Promise<Redis> {
+  return reachRedis(parseRedisUrl(url), timeoutMs);
+}
+
 async function reachRedis(a: RedisAddress, timeoutMs: number): Promise<Redis> {
   let connected = false;
   let lastError: Error | undefined;

@@ -39,7 +39,7 @@ export interface ClipParallelOptions {
   /** The dual-scope schedule (the paper's: switch at 0.8 T, strength 10); false: no scope bias. */
   scope?: { switchAt?: number; strength?: number } | false;
   runtime?: RuntimeOptions;
-  /** Called by clip 0 after each of its model calls. */
+  /** Called after each model call of the clip (sampleLongVideo and the threads: clip 0's). */
   onCall?: (call: number) => void;
 }
 
@@ -125,7 +125,7 @@ export function clipDenoiser(p: VideoPipeline, clip: number, o: ClipParallelOpti
         state = (await applies[k]!(state as never, side(near.fromLeft), side(near.fromRight),
           G ? joinFrames(far, l, c) : new HostArray(new Float32Array(0), [l, 0, c]), rel, bias)) as unknown as Tree<HostArray>;
       }
-      if (clip === 0) o.onCall?.(call);
+      o.onCall?.(call);
       return state as unknown as HostArray<'float32'>;
     },
     dispose: async () => {
@@ -191,11 +191,27 @@ function joinClips(clips: readonly Float32Array[], p: VideoPipeline, layout: Cli
 export async function sampleLongVideo(p: VideoPipeline, o: ClipParallelOptions): Promise<HostArray<'float32'>> {
   const collectives = localCollectives(o.layout.clips).map((l) => localCollective(l));
   try {
-    const clips = await Promise.all(collectives.map((col, clip) => sampleClip(p, clip, o, col)));
+    const { onCall, ...quiet } = o; // progress from clip 0 only
+    const clips = await Promise.all(collectives.map((col, clip) => sampleClip(p, clip, clip ? quiet : { ...quiet,
+      ...(onCall ? { onCall } : {}) }, col)));
     return joinClips(clips, p, o.layout);
   } finally {
     collectives.forEach((col) => col.close());
   }
+}
+
+/**
+ * This process's clip of a video sampled by ranks anywhere (a networked Collective: each rank
+ * runs this with its own rank); the clips are all-gathered at the end, so every rank returns
+ * the whole video.
+ */
+export async function sampleLongVideoRank(p: VideoPipeline, o: ClipParallelOptions, collective: Collective):
+  Promise<HostArray<'float32'>> {
+  if (collective.size !== o.layout.clips) {
+    throw new RangeError(`the collective has ${collective.size} ranks for ${o.layout.clips} clips`);
+  }
+  const clip = await sampleClip(p, collective.rank, o, collective);
+  return joinClips(await collective.allGather('clips', clip), p, o.layout);
 }
 
 /**
