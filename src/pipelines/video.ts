@@ -26,30 +26,19 @@ import { adamw } from '../nn/optim.js';
 import { compileTrainStep } from '../nn/train.js';
 import type { PipelineFiles, SavedModel } from './checkpoint.js';
 import { graphDenoiser } from './graph-denoiser.js';
-import { learningRate, type Objective } from './train.js';
+import { learningRate, type TrainOptions } from './train.js';
 import { runTraining, type TrainEvents, type TrainResult } from './training-loop.js';
 
 export const VIDEO_PIPELINE_CLASS = 'DiffuseVideoPipeline';
 
-export interface VideoTrainOptions {
+/** `diffuse train`'s options that a video run shares, with the video model's size and clips. */
+export type VideoTrainOptions = Pick<TrainOptions, 'objective' | 'batchSize' | 'steps' | 'lr' | 'lrSchedule' |
+  'warmupSteps' | 'gradClip' | 'emaDecay' | 'seed' | 'out' | 'logEvery' | 'sampleEvery' | 'checkpointEvery'> & {
   /** A VIDEO_UNET_PRESETS name. */
   size: string;
-  objective: Objective;
   /** The clips: frames, canvas side, digits. */
   clips: Required<Pick<MovingMnistOptions, 'frames' | 'size' | 'digits'>>;
-  batchSize: number;
-  steps: number;
-  lr: number;
-  lrSchedule: 'constant' | 'cosine';
-  warmupSteps: number;
-  gradClip: number;
-  emaDecay: number;
-  seed: number;
-  out: string;
-  logEvery: number;
-  sampleEvery: number;
-  checkpointEvery: number;
-}
+};
 
 /** A saved video model as the training loop writes it. */
 export interface VideoModel extends SavedModel {
