@@ -16,7 +16,6 @@ import {
   type DdmOptions,
 } from '../pipelines/ddm.js';
 import { prepareMnistFid } from '../pipelines/eval.js';
-import { presetNames } from '../pipelines/image-models.js';
 import { JOB_HANDLER_MODULE } from '../pipelines/jobs.js';
 import { METHOD_DEFAULTS } from '../pipelines/train.js';
 import { writeFileAtomic } from '../util/atomic.js';
@@ -26,7 +25,7 @@ import {
 } from './options.js';
 import { progress, type Progress } from './progress.js';
 import { GUIDANCE_RANGE } from './sample.js';
-import { TRAIN_OPTIONS } from './train.js';
+import { checkSizePreset, TRAIN_OPTIONS } from './train.js';
 import { stopOnSignal } from './training-run.js';
 
 const QUEUE_SPELLING = 'redis://host:port[/db]';
@@ -128,7 +127,7 @@ export function registerDdm(program: Command): void {
     .action(async (_: unknown, cmd: Command) => {
       const r = commandOptions(DDM_TRAIN_OPTIONS, cmd);
       const o = r.values;
-      if (!presetNames(o.model).includes(o.size)) throw r.refuse('size', `a ${o.model} size preset (${presetNames(o.model).join(', ')})`);
+      checkSizePreset(r, o.model, o.size);
       if (!o.queue && o.workers === 0) throw r.refuse('workers', 'at least 1 without --queue (nothing else would run the jobs)');
       const d = await loadTrainingData(o.data);
       const options: DdmOptions = {

@@ -2,7 +2,7 @@
 import { join } from 'node:path';
 import type { Command } from 'commander';
 import { loadTrainingData } from '../pipelines/data.js';
-import { MODEL_FAMILIES, presetNames } from '../pipelines/image-models.js';
+import { MODEL_FAMILIES, presetNames, type ModelFamily } from '../pipelines/image-models.js';
 import { CEP_KINDS } from '../methods/cep.js';
 import { METHOD_DEFAULTS, OBJECTIVES, train, type TrainOptions } from '../pipelines/train.js';
 import {
@@ -87,11 +87,15 @@ export type TrainCliOptions = Omit<TrainOptions, 'conditional'> & {
  *  exists per family, so --size is checked against --model once both are known). */
 export function trainOptions(r: Resolved<typeof TRAIN_OPTIONS>): TrainCliOptions {
   const { config: _, ...o } = r.values;
-  const sizes = presetNames(o.model);
-  if (!sizes.includes(o.size)) {
-    throw r.refuse('size', `a ${o.model} size preset (${sizes.join(', ')})`);
-  }
+  checkSizePreset(r, o.model, o.size);
   return o;
+}
+
+/** Refuses `--size` unless it is a preset of the `--model` family. */
+export function checkSizePreset(r: { refuse(key: 'size', expected: string): Error }, model: ModelFamily,
+  size: string): void {
+  const sizes = presetNames(model);
+  if (!sizes.includes(size)) throw r.refuse('size', `a ${model} size preset (${sizes.join(', ')})`);
 }
 
 export function registerTrain(program: Command): void {

@@ -38,6 +38,41 @@ export interface LocalLinks {
 
 type Message = { kind: 'data'; tag: string; data: Float32Array } | { kind: 'failed'; reason: string };
 
+/** What a Collective asks of a transport: messages between two ranks, named by tag, that may
+ *  arrive before they are awaited. */
+export interface Transport {
+  send(to: number, tag: string, data: Float32Array): void | Promise<void>;
+  receive(from: number, tag: string): Promise<Float32Array>;
+  fail(reason: string): void;
+  close(): void;
+}
+
+/** The collective operations of rank `rank` of `size`, in point-to-point messages: the same
+ *  protocol whatever carries them (MessageChannels here, Redis in redis-collective.ts). */
+export function collectiveOver(rank: number, size: number, t: Transport): Collective {
+  return {
+    rank,
+    size,
+    async allGather(tag, data) {
+      await Promise.all(Array.from({ length: size }, (_, r) => (r === rank ? undefined : t.send(r, tag, data))));
+      return Promise.all(Array.from({ length: size }, (_, r) => (r === rank ? Promise.resolve(data) : t.receive(r, tag))));
+    },
+    async neighbourExchange(tag, toLeft, toRight) {
+      await Promise.all([
+        rank > 0 && toLeft ? t.send(rank - 1, `${tag}:right`, toLeft) : undefined, // the left rank's fromRight
+        rank < size - 1 && toRight ? t.send(rank + 1, `${tag}:left`, toRight) : undefined,
+      ]);
+      const [fromLeft, fromRight] = await Promise.all([
+        rank > 0 ? t.receive(rank - 1, `${tag}:left`) : Promise.resolve(null),
+        rank < size - 1 ? t.receive(rank + 1, `${tag}:right`) : Promise.resolve(null),
+      ]);
+      return { fromLeft, fromRight };
+    },
+    fail: (reason) => t.fail(reason),
+    close: () => t.close(),
+  };
+}
+
 /** Links for `size` ranks, every pair joined by its own channel. */
 export function localCollectives(size: number): LocalLinks[] {
   if (!(Number.isInteger(size) && size >= 1)) throw new RangeError(`size must be an integer >= 1, got ${size}`);
@@ -117,22 +152,9 @@ export function localCollective(links: LocalLinks, opts: { timeoutMs?: number } 
     });
   };
 
-  return {
-    rank,
-    size,
-    async allGather(tag, data) {
-      for (let r = 0; r < size; r++) if (r !== rank) send(r, tag, data);
-      return Promise.all(Array.from({ length: size }, (_, r) => (r === rank ? Promise.resolve(data) : receive(r, tag))));
-    },
-    async neighbourExchange(tag, toLeft, toRight) {
-      if (rank > 0 && toLeft) send(rank - 1, `${tag}:right`, toLeft); // it arrives as the left rank's fromRight
-      if (rank < size - 1 && toRight) send(rank + 1, `${tag}:left`, toRight);
-      const [fromLeft, fromRight] = await Promise.all([
-        rank > 0 ? receive(rank - 1, `${tag}:left`) : Promise.resolve(null),
-        rank < size - 1 ? receive(rank + 1, `${tag}:right`) : Promise.resolve(null),
-      ]);
-      return { fromLeft, fromRight };
-    },
+  return collectiveOver(rank, size, {
+    send,
+    receive,
     fail(reason) {
       for (const port of links.ports) port?.postMessage({ kind: 'failed', reason } satisfies Message);
     },
@@ -145,5 +167,5 @@ export function localCollective(links: LocalLinks, opts: { timeoutMs?: number } 
       waiting.clear();
       for (const port of links.ports) port?.close();
     },
-  };
+  });
 }

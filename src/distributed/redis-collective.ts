@@ -8,7 +8,7 @@
  * at the deadline.
  */
 import type { Redis } from 'ioredis';
-import { CollectiveError, type Collective } from './collective.js';
+import { CollectiveError, collectiveOver, type Collective } from './collective.js';
 import { connectRedis } from './redis.js';
 
 const EXPIRE_SECONDS = 600;
@@ -69,24 +69,9 @@ export async function redisCollective(o: RedisCollectiveOptions): Promise<Collec
     return next;
   };
 
-  return {
-    rank,
-    size,
-    async allGather(tag, data) {
-      await Promise.all(Array.from({ length: size }, (_, r) => (r === rank ? undefined : send(r, tag, data))));
-      const out: Float32Array[] = [];
-      for (let r = 0; r < size; r++) out.push(r === rank ? data : await receive(r, tag));
-      return out;
-    },
-    async neighbourExchange(tag, toLeft, toRight) {
-      await Promise.all([
-        rank > 0 && toLeft ? send(rank - 1, `${tag}:right`, toLeft) : undefined,
-        rank < size - 1 && toRight ? send(rank + 1, `${tag}:left`, toRight) : undefined,
-      ]);
-      const fromLeft = rank > 0 ? await receive(rank - 1, `${tag}:left`) : null;
-      const fromRight = rank < size - 1 ? await receive(rank + 1, `${tag}:right`) : null;
-      return { fromLeft, fromRight };
-    },
+  return collectiveOver(rank, size, {
+    send,
+    receive,
     fail(reason) {
       void sender.set(failedKey(rank), reason, 'EX', EXPIRE_SECONDS).catch(() => undefined);
     },
@@ -96,5 +81,5 @@ export async function redisCollective(o: RedisCollectiveOptions): Promise<Collec
       void sender.quit().catch(() => undefined);
       receiver.disconnect();
     },
-  };
+  });
 }

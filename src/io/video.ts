@@ -148,13 +148,18 @@ export function videoFrames(videos: HostArray, i: number): HostArray<'float32'> 
   return new HostArray(out, [f, c, h, w]);
 }
 
+/** The frames of a batch of videos [N, C, F, H, W] as images [N F, C, H, W], video by video. */
+export function allFrames(videos: HostArray): HostArray<'float32'> {
+  const [n, c, f, h, w] = batchShape(videos, 'allFrames');
+  const per = f * c * h * w;
+  const all = new Float32Array(n * per);
+  for (let i = 0; i < n; i++) all.set(videoFrames(videos, i).data, i * per);
+  return new HostArray(all, [n * f, c, h, w]);
+}
+
 /** A batch of videos [N, C, F, H, W] as one image: a row per video, a column per frame. */
 export function videoGrid(videos: HostArray, opts: { pad?: number } = {}): Image {
-  const [n, c, f, h, w] = batchShape(videos, 'videoGrid');
-  const per = f * c * h * w;
-  const all = new Float32Array(n * per); // [N * F, C, H, W]
-  for (let i = 0; i < n; i++) all.set(videoFrames(videos, i).data, i * per);
-  return imageGrid(new HostArray(all, [n * f, c, h, w]), { cols: f, pad: opts.pad });
+  return imageGrid(allFrames(videos), { cols: batchShape(videos, 'videoGrid')[2], pad: opts.pad });
 }
 
 /**

@@ -146,7 +146,7 @@ export async function saveCheckpoint(dir: string, f: PipelineFiles<SavedModel>, 
 }
 
 /** The step of a complete checkpoint folder, or null. */
-async function checkpointStep(dir: string): Promise<number | null> {
+export async function checkpointStep(dir: string): Promise<number | null> {
   try {
     const meta = JSON.parse((await readRegularFile(join(dir, 'trainer_state.json'), 'a JSON file'))
       .toString('utf8')) as TrainerMeta;

@@ -50,6 +50,7 @@ import { scoreImages, type MnistFid } from './eval.js';
 import { featureExtractor, loadMetricClassifier } from './metrics.js';
 import { classCount, loadPipeline, sampleImages, type Pipeline } from './sample.js';
 import { train, type TrainOptions } from './train.js';
+import { checkpointStep } from './checkpoint.js';
 import { runTraining, type TrainEvents, type TrainResult as LoopResult } from './training-loop.js';
 
 /** How the router is trained (a DiffuseClassifier preset, noise-aware, given the class). */
@@ -212,14 +213,11 @@ export function ddmJobs(run: string, record: DdmRecord): JobSpec[] {
 }
 
 /** The step of the checkpoint in run folder `dir` (0: none). */
-async function checkpointStep(dir: string): Promise<number> {
-  const meta = join(dir, 'checkpoint', 'trainer_state.json');
-  return existsSync(meta) ? (await readJson<{ step: number }>(meta)).step : 0;
-}
+const savedStep = async (dir: string): Promise<number> => (await checkpointStep(join(dir, 'checkpoint'))) ?? 0;
 
 /** Whether the run folder `dir` holds a finished model: model/ saved at step `steps`. */
 async function finished(dir: string, steps: number): Promise<boolean> {
-  return existsSync(join(dir, 'model', 'model_index.json')) && await checkpointStep(dir) >= steps;
+  return existsSync(join(dir, 'model', 'model_index.json')) && await savedStep(dir) >= steps;
 }
 
 export interface DdmJobResult {
@@ -244,7 +242,7 @@ async function trainingJob(job: JobSpec, out: string, steps: number, what: strin
   run: (out: string, resume: boolean) => Promise<LoopResult>): Promise<DdmJobResult> {
   if (await finished(out, steps)) return { job: job.id, steps, resumedFrom: steps, seconds: 0, skipped: true };
   await mkdir(out, { recursive: true });
-  const resumedFrom = await checkpointStep(out);
+  const resumedFrom = await savedStep(out);
   const r = await run(out, existsSync(join(out, 'checkpoint', 'trainer_state.json')));
   if (r.interrupted) throw new Error(`${what} stopped at step ${r.state.step} (worker shutting down)`);
   return { job: job.id, steps, resumedFrom, seconds: r.seconds, skipped: false };

@@ -24,7 +24,7 @@ import {
 } from '../distributed/collective.js';
 import { threadsPerSlot } from '../distributed/thread-runner.js';
 import {
-  contextBias, contextPlan, dualScopeBias, globalFramesOf, type ClipLayout, type ContextPlan,
+  contextBias, contextPlan, dualScopeBias, gatherFrames, globalFramesOf, type ClipLayout, type ContextPlan,
 } from '../methods/video-infinity.js';
 import { relativeIndex, type DiffuseVideoUNet, type VideoState } from '../models/video-unet.js';
 import type { ParamsOf } from '../nn/module.js';
@@ -41,17 +41,6 @@ export interface ClipParallelOptions {
   runtime?: RuntimeOptions;
   /** Called after each model call of the clip (sampleLongVideo and the threads: clip 0's). */
   onCall?: (call: number) => void;
-}
-
-/** Frames `frames` (indices along axis 1) of a float32 array [L, F, C]. */
-function takeFrames(y: HostArray, frames: readonly number[]): HostArray<'float32'> {
-  const [l, f, c] = y.shape as [number, number, number];
-  const out = new Float32Array(l * frames.length * c);
-  for (let i = 0; i < l; i++) {
-    frames.forEach((t, j) => out.set((y.data as Float32Array).subarray((i * f + t) * c, (i * f + t + 1) * c),
-      (i * frames.length + j) * c));
-  }
-  return new HostArray(out, [l, frames.length, c]);
 }
 
 /** Parts received from several ranks, each [L, k, C], joined along the frame axis. */
@@ -116,9 +105,9 @@ export function clipDenoiser(p: VideoPipeline, clip: number, o: ClipParallelOpti
         const [l, , c] = y.shape as [number, number, number];
         const tag = `call ${call} layer ${k}`;
         const [near, far] = await Promise.all([
-          P ? collective.neighbourExchange(tag, takeFrames(y, localFrames.toLeft).data, takeFrames(y, localFrames.toRight).data)
+          P ? collective.neighbourExchange(tag, gatherFrames(y, localFrames.toLeft).data, gatherFrames(y, localFrames.toRight).data)
             : Promise.resolve({ fromLeft: null, fromRight: null }),
-          G ? collective.allGather(tag, takeFrames(y, globalOwn).data) : Promise.resolve([]),
+          G ? collective.allGather(tag, gatherFrames(y, globalOwn).data) : Promise.resolve([]),
         ]);
         const empty = new HostArray(new Float32Array(l * P * c), [l, P, c]);
         const side = (d: Float32Array | null) => (d ? new HostArray(d, [l, P, c]) : empty);

@@ -17,6 +17,7 @@ import { parseScheduler, type SchedulerSpec } from '../diffusion/diffusers/spec.
 import { sample } from '../diffusion/sampling.js';
 import { noisySample, trainingPoints, trainingScheduler, trainingTarget } from '../diffusion/training.js';
 import { movingMnistBatch, type MovingMnistOptions } from '../data/moving-mnist.js';
+import { allFrames } from '../io/video.js';
 import {
   DiffusersFolderError, loadModel, readModelIndex, readSchedulerConfig, type ModelClass,
 } from '../io/diffusers.js';
@@ -87,25 +88,10 @@ export async function trainVideo(o: VideoTrainOptions, resume: boolean, ev: Trai
     // Four clips, a row each, a column per frame.
     grid: async (ema) => {
       const v = await sampleVideos({ model, params: ema, scheduler: spec }, { n: 4, steps: 20, seed: 1234 });
-      return { images: framesOf(v), cols: v.shape[2]! };
+      return { images: allFrames(v), cols: v.shape[2]! };
     },
   }, resume, ev);
   return { ...r, model };
-}
-
-/** Videos [N, C, F, H, W] as their frames [N F, C, H, W] in row order (for image grids). */
-function framesOf(v: HostArray<'float32'>): HostArray<'float32'> {
-  const [n, c, f, h, w] = v.shape as [number, number, number, number, number];
-  const out = new Float32Array(v.size);
-  for (let i = 0; i < n; i++) {
-    for (let k = 0; k < c; k++) {
-      for (let t = 0; t < f; t++) {
-        out.set(v.data.subarray(((i * c + k) * f + t) * h * w, ((i * c + k) * f + t + 1) * h * w),
-          ((i * f + t) * c + k) * h * w);
-      }
-    }
-  }
-  return new HostArray(out, [n * f, c, h, w]);
 }
 
 export interface VideoPipeline {
