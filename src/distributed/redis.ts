@@ -376,13 +376,15 @@ export async function redisBackend(opts: RedisBackendOptions): Promise<JobBacken
     };
     // Back in 'wait' from 'active': a failed run (attemptsMade rose), a lost worker
     // (stalledCounter rose) or a worker that stopped cleanly (neither: not a retry).
-    const checkRequeued = async (qid: string): Promise<void> => {
+    // `failedAttempt` is read when the event arrives: by the time this check runs, the next
+    // attempt may have started and announced itself.
+    const checkRequeued = async (qid: string, failedAttempt: number | undefined): Promise<void> => {
       const job = await queue.getJob(qid);
       const before = seen.get(qid);
       if (!pending.has(qid) || !job || !before) return;
       const now = { attemptsMade: job.attemptsMade, stalls: job.stalledCounter };
       seen.set(qid, now);
-      const attempt = lastAttempt.get(qid) ?? job.attemptsStarted;
+      const attempt = failedAttempt ?? job.attemptsStarted;
       const id = specs.get(qid)!.id;
       if (now.attemptsMade > before.attemptsMade) {
         events.onRetry?.(id, job.failedReason ?? 'no reason recorded', attempt);
@@ -405,7 +407,10 @@ export async function redisBackend(opts: RedisBackendOptions): Promise<JobBacken
     queueEvents.on('completed', ({ jobId, returnvalue }) => complete(jobId, returnvalue));
     queueEvents.on('failed', ({ jobId }) => serially(() => checkFailed(jobId)));
     queueEvents.on('waiting', ({ jobId, prev }) => {
-      if (prev === 'active') serially(() => checkRequeued(jobId));
+      if (prev === 'active') {
+        const failedAttempt = lastAttempt.get(jobId);
+        serially(() => checkRequeued(jobId, failedAttempt));
+      }
     });
     queueEvents.on('progress', ({ jobId, data }) => {
       const spec = specs.get(jobId);
