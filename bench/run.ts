@@ -1,6 +1,6 @@
 /**
  * @file `npm run bench [-- --json] [-- --only NAME] [-- --quiet] [-- --peer FILE]`: every benchmark suite
- * (conv, train, unet, dit, accel), printed as a table or as one JSON object per line (name, value,
+ * (conv, train, unet, dit, accel, video), printed as a table or as one JSON object per line (name, value,
  * unit, ratio, ratioTo). Ends with the load other processes put on the machine meanwhile;
  * --quiet waits for idle moments and drops samples taken under load (see harness.ts).
  * --peer reads the JSON line of bench/peer/run.sh (diffusers timed on this machine) and adds
@@ -12,6 +12,7 @@ import { accelSuite } from './accel.js';
 import { convBench, matmulPeak, trainStepBench } from './engine.js';
 import { load, Report } from './harness.js';
 import { ditSuite, unetSuite, type PeerTimes } from './models.js';
+import { videoSuite } from './video.js';
 
 const args = process.argv.slice(2);
 const json = args.includes('--json');
@@ -39,6 +40,7 @@ const suites: Record<string, () => Promise<void>> = {
   unet: () => unetSuite(report, peak, peer),
   dit: () => ditSuite(report, peak),
   accel: () => accelSuite(report),
+  video: () => videoSuite(report),
 };
 for (const [name, run] of Object.entries(suites)) {
   if (!only || only === name) await run();

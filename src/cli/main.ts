@@ -22,6 +22,7 @@ import { registerToy } from './toy.js';
 import { registerTrainClassifier } from './train-classifier.js';
 import { registerTrain } from './train.js';
 import { registerVideo } from './video.js';
+import { registerVideoEval } from './video-eval.js';
 
 const pkg = JSON.parse(readFileSync(new URL('../../../package.json', import.meta.url), 'utf8')) as {
   version: string;
@@ -53,6 +54,7 @@ export function buildProgram(): Command {
   registerDdm(program);
   registerWorker(program);
   registerVideo(program);
+  registerVideoEval(program);
   return program;
 }
 

@@ -27,6 +27,7 @@ import { TOY_OPTIONS } from './toy.js';
 import { TRAIN_CLASSIFIER_OPTIONS } from './train-classifier.js';
 import { TRAIN_OPTIONS, trainOptions } from './train.js';
 import { VIDEO_OPTIONS } from './video.js';
+import { VIDEO_EVAL_OPTIONS } from './video-eval.js';
 import { withTempDir } from '../../test/support/temp-dir.js';
 
 const COMMANDS: Record<string, Schema> = {
@@ -36,7 +37,7 @@ const COMMANDS: Record<string, Schema> = {
   translate: TRANSLATE_OPTIONS, img2img: IMG2IMG_OPTIONS, 'train-experts': TRAIN_EXPERTS_OPTIONS,
   'train-joint': TRAIN_JOINT_OPTIONS, 'sample-joint': SAMPLE_JOINT_OPTIONS, ab: AB_OPTIONS,
   finetune: FINETUNE_OPTIONS, 'ddm train': DDM_TRAIN_OPTIONS, 'ddm eval': DDM_EVAL_OPTIONS,
-  worker: WORKER_OPTIONS, video: VIDEO_OPTIONS,
+  worker: WORKER_OPTIONS, video: VIDEO_OPTIONS, 'video-eval': VIDEO_EVAL_OPTIONS,
 };
 
 /** The message a thunk fails with, which must be a UsageError. */

@@ -6,7 +6,9 @@ import type { Command } from 'commander';
 import { writePng } from '../io/png.js';
 import { frameStrip, videoFrames, writeVideo } from '../io/video.js';
 import { loadVideoPipeline, sampleVideos } from '../pipelines/video.js';
+import { frameJumps } from '../pipelines/video-eval.js';
 import { sampleLongVideoRank, sampleLongVideoThreads } from '../pipelines/video-infinity.js';
+import { clipLayout } from '../methods/video-infinity.js';
 import { redisCollective } from '../distributed/redis-collective.js';
 import { UsageError } from './errors.js';
 import { addOptions, commandOptions, flag, int, num, path, text } from './options.js';
@@ -47,15 +49,15 @@ export function registerVideo(program: Command): void {
       if (frames % o.workers !== 0) {
         throw new UsageError(`--frames: expected a multiple of --workers (${o.workers}), got ${frames}`);
       }
-      const clipFrames = frames / o.workers;
-      const padding = o.independent ? 0 : Math.min(o.padding ?? Math.floor(clipFrames / 2), clipFrames);
-      const globalPerClip = o.independent || o.workers === 1 ? 0
-        : Math.min(o.global ?? Math.max(1, Math.min(Math.floor(16 / o.workers), Math.floor(clipFrames / 4))), clipFrames);
+      const layout = clipLayout(frames, o.workers, { independent: o.independent,
+        ...(o.padding === undefined ? {} : { padding: o.padding }),
+        ...(o.global === undefined ? {} : { globalPerClip: o.global }) });
+      const { clipFrames, padding, globalPerClip } = layout;
       const t0 = performance.now();
       const bar = progress('sampling', o.steps);
       let video;
       try {
-        const options = { layout: { clips: o.workers, clipFrames, padding, globalPerClip }, steps: o.steps,
+        const options = { layout, steps: o.steps,
           seed: o.seed, ...(o.noScope ? { scope: false as const } : {}), onCall: (call: number) => bar.update(call + 1) };
         if (o.collective !== undefined) {
           if (o.rank === undefined || o.rank >= o.workers) {
@@ -81,5 +83,12 @@ export function registerVideo(program: Command): void {
       console.log(`${frames} frames (${o.workers} clip${o.workers === 1 ? '' : 's'} of ${clipFrames}` +
         `${o.workers > 1 ? `, padding ${padding}, ${globalPerClip} global per clip` : ''}) in ${seconds.toFixed(1)} s; ` +
         `wrote ${o.out}${o.strip ? ` and ${o.strip}` : ''}`);
+      // Where the clips meet (or, in one pass, where they would): a seam shows as a jump.
+      const segment = o.workers > 1 ? clipFrames : p.model.config.num_frames;
+      if (frames % segment === 0 && frames / segment >= 2) {
+        const j = frameJumps(video, segment);
+        console.log(`frame change at ${o.workers > 1 ? 'clip boundaries' : `every ${segment} frames`} ` +
+          `${j.boundary.toFixed(4)} vs ${j.inside.toFixed(4)} inside (ratio ${j.ratio.toFixed(2)}; 1 = no seams)`);
+      }
     });
 }

@@ -63,6 +63,23 @@ function checkLayout(l: ClipLayout): void {
   }
 }
 
+/**
+ * The layout of `frames` frames over `workers` clips. Defaults: half a clip of padding from
+ * each neighbour; 16 global frames in all as in the paper, at most a quarter of a clip from each
+ * worker and at least one. `independent`: no context at all (the baseline).
+ */
+export function clipLayout(frames: number, workers: number,
+  o: { padding?: number; globalPerClip?: number; independent?: boolean } = {}): ClipLayout {
+  if (!(Number.isInteger(workers) && workers >= 1 && Number.isInteger(frames) && frames % workers === 0)) {
+    throw new RangeError(`frames (${frames}) must be a multiple of workers (${workers})`);
+  }
+  const clipFrames = frames / workers;
+  const padding = o.independent ? 0 : Math.min(o.padding ?? Math.floor(clipFrames / 2), clipFrames);
+  const globalPerClip = o.independent || workers === 1 ? 0 : Math.min(o.globalPerClip ??
+    Math.max(1, Math.min(Math.floor(16 / workers), Math.floor(clipFrames / 4))), clipFrames);
+  return { clips: workers, clipFrames, padding, globalPerClip };
+}
+
 /** The frames of clip `c` that it contributes to the global context: evenly spaced. */
 export function globalFramesOf(c: number, l: ClipLayout): number[] {
   return Array.from({ length: l.globalPerClip }, (_, i) =>

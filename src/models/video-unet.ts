@@ -305,8 +305,9 @@ export const videoUNetClass = {
   toConfig: (config: VideoUNetConfig) => toDiffusersConfig(CLASS_NAME, config),
 } as const;
 
-/** Sizes: `s` for 32x32 moving MNIST, `tiny` for tests. */
+/** Sizes: `xs` (the shipped one) and `s` for 32x32 moving MNIST, `tiny` for tests. */
 export const VIDEO_UNET_PRESETS: Readonly<Record<string, VideoUNetConfig>> = {
+  xs: { ...VIDEO_UNET_DEFAULTS, block_out_channels: [16, 32, 32] },
   s: { ...VIDEO_UNET_DEFAULTS },
   tiny: { ...VIDEO_UNET_DEFAULTS, sample_size: 8, num_frames: 4, block_out_channels: [8, 16],
     temporal_levels: [true, true], attention_heads: 2, norm_num_groups: 4, max_relative_distance: 4 },
