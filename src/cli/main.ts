@@ -9,6 +9,7 @@ import { Command, CommanderError } from 'commander';
 import { registerAb } from './ab.js';
 import { EXIT, exitCodeOf } from './errors.js';
 import { registerClassify } from './classify.js';
+import { registerConvert } from './convert.js';
 import { registerDdm, registerWorker } from './ddm.js';
 import { registerDistill } from './distill.js';
 import { registerEncode } from './encode.js';
@@ -55,6 +56,7 @@ export function buildProgram(): Command {
   registerWorker(program);
   registerVideo(program);
   registerVideoEval(program);
+  registerConvert(program);
   return program;
 }
 
