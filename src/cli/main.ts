@@ -19,6 +19,7 @@ import { registerMultiTask } from './multi-task.js';
 import { registerTrainExperts } from './experts.js';
 import { registerProbe } from './probe.js';
 import { registerSample } from './sample.js';
+import { registerServe } from './serve.js';
 import { registerToy } from './toy.js';
 import { registerTrainClassifier } from './train-classifier.js';
 import { registerTrain } from './train.js';
@@ -57,6 +58,7 @@ export function buildProgram(): Command {
   registerVideo(program);
   registerVideoEval(program);
   registerConvert(program);
+  registerServe(program);
   return program;
 }
 
