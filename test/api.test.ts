@@ -66,6 +66,8 @@ const promised: Record<string, [Record<string, unknown>, Record<string, string>]
     classifyImages: 'function', modelDenoiser: 'function', probeSweep: 'function',
     trainDdm: 'function', compareEnsemble: 'function', runJob: 'function', JOB_HANDLER_MODULE: 'string',
     trainVideo: 'function', loadVideoPipeline: 'function', sampleVideos: 'function',
+    sampleLongVideoThreads: 'function', compareLongVideos: 'function', frameJumps: 'function',
+    exportDenoiser: 'function', exportModelFolder: 'function', convertWeights: 'function',
   }],
   './distributed': [distributed, {
     embeddedBackend: 'function', redisBackend: 'function', startRedisWorker: 'function',

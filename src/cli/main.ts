@@ -18,6 +18,7 @@ import { registerFinetune } from './finetune.js';
 import { registerMultiTask } from './multi-task.js';
 import { registerTrainExperts } from './experts.js';
 import { registerProbe } from './probe.js';
+import { registerExport } from './export.js';
 import { registerSample } from './sample.js';
 import { registerServe } from './serve.js';
 import { registerToy } from './toy.js';
@@ -44,6 +45,7 @@ export function buildProgram(): Command {
   registerFinetune(program);
   registerToy(program);
   registerSample(program);
+  registerExport(program);
   registerTrainClassifier(program);
   registerTrainExperts(program);
   registerEval(program);

@@ -23,6 +23,8 @@ export const SERVE_OPTIONS = {
     'with Retry-After', default: 32 }),
   maxN: int({ min: 1, help: 'most images one request may ask for', default: 64 }),
   maxSteps: int({ min: 1, help: 'most sampler steps one request may ask for', default: 200 }),
+  playground: path({ arg: '<dir>', help: 'a folder built by `npm run playground` (the browser ' +
+    'page and its exported model), served at /' }),
   token: text({ arg: '<token>', help: 'require Authorization: Bearer <token> on /v1/ ' +
     '(/healthz and /metrics stay open)' }),
 };
@@ -66,6 +68,7 @@ export function registerServe(program: Command): void {
       const server = await createServer({
         model: dir, workers: o.workers, queue: o.queue, maxN: o.maxN, maxSteps: o.maxSteps,
         ...(o.token !== undefined ? { token: o.token } : {}),
+        ...(o.playground !== undefined ? { staticDir: o.playground } : {}),
         log: (line) => console.error(`diffuse serve: ${line}`),
       });
       for (const note of server.model.notes) console.error(`note: ${note}`);
@@ -84,7 +87,7 @@ export function registerServe(program: Command): void {
         'classes' : 'unconditional'}) with ${o.workers} worker${o.workers > 1 ? 's' : ''}; ` +
         `at most ${o.queue} queued jobs, n <= ${o.maxN}, steps <= ${o.maxSteps}` +
         `${o.token !== undefined ? '; /v1/ needs the bearer token' : ''}`);
-      console.log(`listening on ${url}`);
+      console.log(`listening on ${url}${o.playground !== undefined ? ` (the playground at ${url}/)` : ''}`);
       const signal = await stopped;
       console.error(`diffuse serve: ${signal}: stopping (no new jobs; cancelling queued and running ones)`);
       await server.close();

@@ -56,6 +56,13 @@ export {
   loadVideoPipeline, sampleVideos, trainVideo, VIDEO_PIPELINE_CLASS, type VideoPipeline,
   type VideoTrainOptions,
 } from './video.js';
+export {
+  sampleLongVideo, sampleLongVideoRank, sampleLongVideoThreads, type ClipParallelOptions,
+} from './video-infinity.js';
+export {
+  compareLongVideos, frameJumps, identityAgreement, LONG_VIDEO_MODES, segmentDigits, videoConsistency,
+  type CompareRow, type FrameJumps, type LongVideoMode, type VideoConsistency,
+} from './video-eval.js';
 
 // ---- evaluation: MNIST-FID (the shipped classifier's features, not Inception-FID) ----
 export {
@@ -101,3 +108,11 @@ export {
   CLASSIFIER_TRAIN_DEFAULTS, classifierSteps, saveClassifier, trainClassifier,
   type ClassifierTrainEvents, type ClassifierTrainOptions, type TrainedClassifier,
 } from './classifier.js';
+
+// ---- one ONNX file of a pipeline's denoiser, for other runtimes (the browser playground) ----
+export {
+  exportDenoiser, exportModelFolder, ExportPathError, type ExportedMeta, type ExportOptions,
+} from './export.js';
+
+// ---- weights stored at another precision ----
+export { convertWeights, type ConvertResult, type WeightsDtype } from './convert.js';

@@ -162,7 +162,12 @@ async function buildApp(o: ServerOptions, p: Parts): Promise<DiffuseServer> {
   registerJobRoutes(app, { store, pool, schema: requestSchema(p.limits), limits: p.limits,
     queueLimit, keep: p.keep });
   if (staticRoot !== undefined) {
-    await app.register(fastifyStatic, { root: staticRoot, prefix: '/', index: ['index.html'] });
+    // Cross-origin isolation lets the playground's ONNX Runtime (WASM) use several threads.
+    await app.register(fastifyStatic, { root: staticRoot, prefix: '/', index: ['index.html'],
+      setHeaders: (res) => {
+        res.header('Cross-Origin-Opener-Policy', 'same-origin');
+        res.header('Cross-Origin-Embedder-Policy', 'require-corp');
+      } });
   }
   let closing: Promise<void> | undefined;
   return { app, model: pool.info, store, pool, metrics,
