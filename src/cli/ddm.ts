@@ -7,7 +7,6 @@ import { join } from 'node:path';
 import type { Command } from 'commander';
 import type { JobBackend, JobEvents } from '../distributed/jobs.js';
 import { embeddedBackend } from '../distributed/embedded.js';
-import { redisBackend, startRedisWorker } from '../distributed/redis.js';
 import { ENSEMBLE_MODES, type EnsembleMode } from '../methods/ddm.js';
 import { CLASSIFIER_PRESET_NAMES } from '../pipelines/classifier.js';
 import { loadTrainingData } from '../pipelines/data.js';
@@ -44,6 +43,10 @@ const {
   model, size, unconditional, labelDropout, batchSize, lr, lrSchedule, warmupSteps, gradClip,
   emaDecay, seed, logEvery, checkpointEvery, data, config,
 } = TRAIN_OPTIONS;
+
+
+/** BullMQ and ioredis take most of a second to load: only the commands that use them do. */
+const redis = () => import('../distributed/redis.js');
 
 export const DDM_TRAIN_OPTIONS = {
   config, data, model: { ...model, default: 'dit' as const }, size: { ...size, default: 'xs' },
@@ -141,7 +144,7 @@ export function registerDdm(program: Command): void {
           labelDropout: o.labelDropout },
       };
       const backend: JobBackend = o.queue
-        ? await redisBackend({ url: o.queue, queue: o.queueName, handler: JOB_HANDLER_MODULE,
+        ? await (await redis()).redisBackend({ url: o.queue, queue: o.queueName, handler: JOB_HANDLER_MODULE,
           localWorkers: o.workers, lockSeconds: o.lockSeconds, retries: o.retries })
         : embeddedBackend({ handler: JOB_HANDLER_MODULE, workers: o.workers, retries: o.retries });
       const bars = jobBars();
@@ -198,7 +201,7 @@ export function registerWorker(program: Command): void {
     .action(async (_: unknown, cmd: Command) => {
       const o = commandOptions(WORKER_OPTIONS, cmd).values;
       if (o.queue === undefined) throw new UsageError(`--queue: expected ${QUEUE_SPELLING}`);
-      const worker = await startRedisWorker({ url: o.queue, queue: o.queueName, handler: JOB_HANDLER_MODULE,
+      const worker = await (await redis()).startRedisWorker({ url: o.queue, queue: o.queueName, handler: JOB_HANDLER_MODULE,
         concurrency: o.concurrency, lockSeconds: o.lockSeconds, ...(o.threads ? { threads: o.threads } : {}),
         onEvent: (e) => {
           const at = new Date().toISOString();

@@ -6,7 +6,6 @@
  */
 import { existsSync } from 'node:fs';
 import type { Command } from 'commander';
-import { createServer } from '../server/app.js';
 import { EXIT } from './errors.js';
 import { addOptions, commandOptions, int, path, text } from './options.js';
 import { DEFAULT_MODEL_DIR } from './sample.js';
@@ -65,6 +64,8 @@ export function registerServe(program: Command): void {
         throw new Error(`no model at ${dir}: train one with \`diffuse train\` (its pipeline is ` +
           '<out>/model) or pass --model DIR');
       }
+      // Loaded here, not at start-up: fastify adds most of a second to every other command.
+      const { createServer } = await import('../server/app.js');
       const server = await createServer({
         model: dir, workers: o.workers, queue: o.queue, maxN: o.maxN, maxSteps: o.maxSteps,
         ...(o.token !== undefined ? { token: o.token } : {}),

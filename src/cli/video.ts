@@ -9,7 +9,6 @@ import { loadVideoPipeline, sampleVideos } from '../pipelines/video.js';
 import { frameJumps } from '../pipelines/video-eval.js';
 import { sampleLongVideoRank, sampleLongVideoThreads } from '../pipelines/video-infinity.js';
 import { clipLayout } from '../methods/video-infinity.js';
-import { redisCollective } from '../distributed/redis-collective.js';
 import { UsageError } from './errors.js';
 import { addOptions, commandOptions, flag, int, num, path, text } from './options.js';
 import { progress } from './progress.js';
@@ -63,6 +62,8 @@ export function registerVideo(program: Command): void {
           if (o.rank === undefined || o.rank >= o.workers) {
             throw new UsageError(`--rank: expected this process's clip, 0..${o.workers - 1}, with --collective`);
           }
+          // ioredis loads only when a video is sampled over Redis.
+          const { redisCollective } = await import('../distributed/redis-collective.js');
           const collective = await redisCollective({ url: o.collective, run: o.run, rank: o.rank, size: o.workers });
           try {
             video = await sampleLongVideoRank(p, { ...options, onCall: (call: number) => bar.update(call + 1) }, collective);
