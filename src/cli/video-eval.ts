@@ -10,11 +10,13 @@ import { featureExtractor, loadMetricClassifier } from '../pipelines/metrics.js'
 import { loadVideoPipeline } from '../pipelines/video.js';
 import { compareCsv, compareLongVideos, LONG_VIDEO_MODES, type LongVideoMode } from '../pipelines/video-eval.js';
 import { UsageError } from './errors.js';
+import { DEFAULT_VIDEO_MODEL_DIR } from './video.js';
 import { addOptions, commandOptions, custom, int, path } from './options.js';
 import { progress, type Progress } from './progress.js';
 
 export const VIDEO_EVAL_OPTIONS = {
-  model: path({ arg: '<dir>', help: 'a video pipeline (diffuse train --data moving-mnist)' }),
+  model: path({ arg: '<dir>', help: 'a video pipeline (diffuse train --data moving-mnist)',
+    default: DEFAULT_VIDEO_MODEL_DIR }),
   frames: int({ min: 2, max: 100_000, help: 'frames of each video', default: 64 }),
   workers: int({ min: 2, max: 1024, help: 'clips each video is cut into', default: 4 }),
   padding: int({ min: 0, help: 'frames each clip takes from each neighbour (default: half a clip)' }),
@@ -38,7 +40,6 @@ export function registerVideoEval(program: Command): void {
       'independent clips, one pass and real moving MNIST (boundary jump, digit agreement)'), VIDEO_EVAL_OPTIONS)
     .action(async (_: unknown, cmd: Command) => {
       const o = commandOptions(VIDEO_EVAL_OPTIONS, cmd).values;
-      if (o.model === undefined) throw new UsageError('--model: expected a video pipeline folder');
       if (o.frames % o.workers !== 0 || o.frames / o.workers < 2) {
         throw new UsageError(`--frames: expected a multiple of --workers (${o.workers}) with at least 2 frames a clip, got ${o.frames}`);
       }

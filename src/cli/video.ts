@@ -2,6 +2,7 @@
  * @file `diffuse video`: a video from a video pipeline (diffuse train --data moving-mnist),
  * longer than its training clips by Video-Infinity's clip parallelism (pipelines/video-infinity.ts).
  */
+import { join } from 'node:path';
 import type { Command } from 'commander';
 import { writePng } from '../io/png.js';
 import { frameStrip, videoFrames, writeVideo } from '../io/video.js';
@@ -9,12 +10,17 @@ import { loadVideoPipeline, sampleVideos } from '../pipelines/video.js';
 import { frameJumps } from '../pipelines/video-eval.js';
 import { sampleLongVideoRank, sampleLongVideoThreads } from '../pipelines/video-infinity.js';
 import { clipLayout } from '../methods/video-infinity.js';
+import { packageRoot } from '../util/package-root.js';
 import { UsageError } from './errors.js';
 import { addOptions, commandOptions, flag, int, num, path, text } from './options.js';
 import { progress } from './progress.js';
 
+/** The shipped moving-MNIST video model. */
+export const DEFAULT_VIDEO_MODEL_DIR = join(packageRoot(), 'models', 'mnist-video');
+
 export const VIDEO_OPTIONS = {
-  model: path({ arg: '<dir>', help: 'a video pipeline (diffuse train --data moving-mnist)' }),
+  model: path({ arg: '<dir>', help: 'a video pipeline (diffuse train --data moving-mnist)',
+    default: DEFAULT_VIDEO_MODEL_DIR }),
   frames: int({ min: 1, max: 100_000, help: 'frames of the video (default: the model\'s clip length)' }),
   workers: int({ min: 1, max: 1024, help: 'clips the video is cut into, one per worker thread, ' +
     'sampled side by side exchanging frames at every temporal layer (Video-Infinity)', default: 1 }),
@@ -42,7 +48,6 @@ export function registerVideo(program: Command): void {
       'frames of all clips (Video-Infinity, Tan et al. 2024)'), VIDEO_OPTIONS)
     .action(async (_: unknown, cmd: Command) => {
       const o = commandOptions(VIDEO_OPTIONS, cmd).values;
-      if (o.model === undefined) throw new UsageError('--model: expected a video pipeline folder');
       const p = await loadVideoPipeline(o.model);
       const frames = o.frames ?? p.model.config.num_frames;
       if (frames % o.workers !== 0) {

@@ -5,6 +5,8 @@ import { readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { withTempDir } from '../../test/support/temp-dir.js';
+import { VIDEO_UNET_PRESETS } from '../models/video-unet.js';
+import { packageRoot } from '../util/package-root.js';
 import { loadVideoPipeline, sampleVideos, trainVideo, type VideoTrainOptions } from './video.js';
 
 const options = (out: string): VideoTrainOptions => ({
@@ -34,4 +36,19 @@ test('a video model trains, resumes exactly, loads back and samples clips of its
     assert.deepEqual(longer.shape, [1, 1, 6, 24, 24]);
     await assert.rejects(loadVideoPipeline(join(dir, 'a', 'missing')), /model_index\.json/);
   });
+});
+
+test('the shipped video model (float16 weights) loads and samples clips of moving digits', async () => {
+  const p = await loadVideoPipeline(join(packageRoot(), 'models', 'mnist-video'));
+  assert.deepEqual(p.model.config.block_out_channels, VIDEO_UNET_PRESETS.xs!.block_out_channels);
+  assert.equal(p.scheduler.family, 'flow');
+  const v = await sampleVideos(p, { n: 1, steps: 10, seed: 0, frames: 8 });
+  assert.deepEqual(v.shape, [1, 1, 8, 32, 32]);
+  // Mostly background (-1) with bright strokes, and frames that differ (the digits move).
+  const mean = v.data.reduce((a, b) => a + b, 0) / v.size;
+  assert.ok(mean > -0.98 && mean < -0.5, `mean pixel ${mean}`);
+  const per = 32 * 32;
+  let change = 0;
+  for (let i = 0; i < per; i++) change += Math.abs(v.data[per + i]! - v.data[i]!);
+  assert.ok(change / per > 0.01, `frame-to-frame change ${change / per}`);
 });
