@@ -231,7 +231,8 @@ export function abPlot(s: readonly AbSummary[], title: string): Image {
   const arms = [...new Set(s.map((r) => r.arm))];
   const series: LineSeries[] = arms.map((arm) => {
     const pts = s.filter((r) => r.arm === arm).sort((a, b) => a.step - b.step);
-    return { label: `${arm} (${Math.max(...pts.map((p) => p.seeds))} seeds)`,
+    const seeds = Math.max(...pts.map((p) => p.seeds));
+    return { label: `${arm} (${seeds} seed${seeds === 1 ? '' : 's'})`,
       points: pts.flatMap((p) => [p.images / 1000, p.fidMean]),
       spread: pts.flatMap((p) => [p.fidMin, p.fidMax]) };
   });
