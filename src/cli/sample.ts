@@ -6,10 +6,9 @@ import { ENSEMBLE_MODES } from '../methods/ddm.js';
 import {
   ACCEL_SPELLINGS, checkDestination, classCount, DEFAULT_GUIDANCE, describeAccel, loadPipeline,
   parseAccelOption,
-  PROVIDERS, SAMPLER_NAMES, sampleImages, sampleInBatches, writeSamples,
+  PROVIDERS, SAMPLER_NAMES, sampleImages, sampleInBatches, samplingChoice, writeSamples,
 } from '../pipelines/sample.js';
 import { GUIDE_SPELLING, loadGuide, parseGuide } from '../pipelines/guide.js';
-import { studentSampling } from '../pipelines/student.js';
 import { packageRoot } from '../util/package-root.js';
 import { Interrupted } from './errors.js';
 import { addOptions, commandOptions, custom, int, num, oneOf, path } from './options.js';
@@ -90,14 +89,11 @@ export function registerSample(program: Command): void {
       }
       const pipeline = await loadPipeline(dir);
       for (const note of pipeline.notes) console.error(`note: ${note}`);
-      const flow = pipeline.scheduler.family === 'flow';
-      // A distilled student runs as it was trained unless the user says otherwise.
-      const student = pipeline.student && studentSampling(pipeline.student, { sampler: o.sampler,
-        steps: opts.sources.steps === 'default' ? undefined : o.steps, guidance: o.guidance });
-      const sampler = student?.sampler ?? o.sampler ?? (flow ? 'flow-euler' : 'dpm++2m');
-      const steps = student?.steps ?? o.steps;
       const k = classCount(pipeline.model);
-      const guidance = student?.guidance ?? o.guidance ?? (k ? DEFAULT_GUIDANCE : 1);
+      // A distilled student runs as it was trained unless the user says otherwise.
+      const { sampler, steps, guidance } = samplingChoice({ flow: pipeline.scheduler.family === 'flow',
+        classes: k, student: pipeline.student }, { sampler: o.sampler,
+        steps: opts.sources.steps === 'default' ? undefined : o.steps, guidance: o.guidance }, o.steps);
       console.log(`${pipeline.model.cls.className} from ${pipeline.modelFolder} ` +
         `(${k ? `${k} classes` : 'unconditional'}): ${o.n} images, ${sampler}, ${steps} steps` +
         `${guidance !== 1 ? `, guidance ${guidance}` : ''}` +

@@ -58,7 +58,7 @@ import type { LoadedGuide } from './guide.js';
 import {
   familyOfClass, imageModelOf, predictionOf, type ImageModel, type ModelFamily,
 } from './image-models.js';
-import { readStudentRecord, type StudentRecord } from './student.js';
+import { readStudentRecord, studentSampling, type SamplingChoice, type StudentRecord } from './student.js';
 import {
   DDM_RUN_FILE, ENSEMBLE_PIPELINE_CLASS, ensembleModel, expertFolder, ROUTER_FOLDER,
   type EnsembleParts, type LoadedEnsemble,
@@ -271,6 +271,19 @@ export const DEFAULT_MEMORY_LIMIT = 2 ** 30;
  *  on the shipped MNIST U-Net it lifts class accuracy from 90.5% (none) to 99% at a small
  *  cost in MNIST-FID (README, "Shipped models"). */
 export const DEFAULT_GUIDANCE = 1.5;
+
+/**
+ * The sampler, steps and guidance of a run: a student's own settings (studentSampling), else
+ * what was given, else the defaults: DPM-Solver++ 2M (flow Euler on a flow model),
+ * `defaultSteps`, and DEFAULT_GUIDANCE on a class-conditional model (none otherwise).
+ * What `diffuse sample` and `diffuse serve` run with.
+ */
+export function samplingChoice(m: { flow: boolean; classes: number; student?: StudentRecord | undefined },
+  given: Partial<SamplingChoice>, defaultSteps: number): SamplingChoice {
+  if (m.student) return studentSampling(m.student, given);
+  return { sampler: given.sampler ?? (m.flow ? 'flow-euler' : 'dpm++2m'), steps: given.steps ?? defaultSteps,
+    guidance: given.guidance ?? (m.classes ? DEFAULT_GUIDANCE : 1) };
+}
 
 /** Copies of the largest intermediate one model call may hold at once: an op's inputs and
  *  outputs live together, and ORT's arena keeps slack (measured: the MNIST U-Net peaks at

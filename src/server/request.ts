@@ -13,9 +13,9 @@
  * Nothing here becomes a path: the model is fixed when the server starts.
  */
 import { int, parseConfig, type Schema } from '../cli/options.js';
-import { DEFAULT_GUIDANCE, SAMPLE_OPTIONS } from '../cli/sample.js';
+import { SAMPLE_OPTIONS } from '../cli/sample.js';
 import type { Acceleration } from '../pipelines/accel.js';
-import { studentSampling } from '../pipelines/student.js';
+import { samplingChoice } from '../pipelines/sample.js';
 import type { ModelInfo } from './worker.js';
 
 export interface RequestLimits {
@@ -90,20 +90,19 @@ export function parseSampleRequest(schema: RequestSchema, limits: RequestLimits,
     throw new RequestError(`${field}: ${(e as Error).message.slice(m[0].length)}`, field,
       (schema as Schema)[field]?.expected);
   }
-  const v = given as Partial<{
-    class: number[] | 'all'; n: number; steps: number; sampler: string; guidance: number;
-    seed: number; accel: Acceleration;
-  }>;
-  return resolve(v, limits, info);
+  return resolve(given as GivenRequest, limits, info);
 }
 
 const fields = (schema: Schema): string => Object.keys(schema).join(', ');
 
-/** Fills in the defaults `diffuse sample` would, and checks what needs the model. */
-function resolve(v: Partial<{
+/** The fields a request gave, as parseConfig checked them. */
+type GivenRequest = Partial<{
   class: number[] | 'all'; n: number; steps: number; sampler: string; guidance: number;
   seed: number; accel: Acceleration;
-}>, limits: RequestLimits, info: ModelInfo): SampleRequest {
+}>;
+
+/** Fills in the defaults `diffuse sample` would, and checks what needs the model. */
+function resolve(v: GivenRequest, limits: RequestLimits, info: ModelInfo): SampleRequest {
   const k = info.classes;
   if (v.class !== undefined) {
     if (k === 0) {
@@ -120,19 +119,13 @@ function resolve(v: Partial<{
     throw new RequestError(`guidance: expected 1 (none) on an unconditional model, got ` +
       `${v.guidance}`, 'guidance', '1');
   }
-  let choice = {
-    sampler: v.sampler ?? (info.flow ? 'flow-euler' : 'dpm++2m'),
-    steps: v.steps ?? Math.min(SAMPLE_OPTIONS.steps.default!, limits.maxSteps),
-    guidance: v.guidance ?? (k ? DEFAULT_GUIDANCE : 1),
-  };
-  if (info.student) {
-    try {
-      choice = studentSampling(info.student, { sampler: v.sampler, steps: v.steps,
-        guidance: v.guidance });
-    } catch (e) {
-      // A BOOT student runs only as it was trained; the message names its settings.
-      throw new RequestError(`sampler, steps, guidance: ${(e as Error).message}`);
-    }
+  let choice;
+  try {
+    choice = samplingChoice(info, { sampler: v.sampler, steps: v.steps, guidance: v.guidance },
+      Math.min(SAMPLE_OPTIONS.steps.default!, limits.maxSteps));
+  } catch (e) {
+    // A BOOT student runs only as it was trained; the message names its settings.
+    throw new RequestError(`sampler, steps, guidance: ${(e as Error).message}`);
   }
   if (!info.samplers.includes(choice.sampler)) {
     throw new RequestError(`sampler: expected one of ${info.samplers.join(', ')} for this ` +
