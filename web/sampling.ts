@@ -9,10 +9,10 @@
  * float rounding.
  */
 import { conditionLabels, withData, type Batch, type Denoiser, type StepRecord } from '../src/diffusion/denoiser.js';
-import { parseScheduler, SCHEDULER_FAMILY, type SchedulerSpec } from '../src/diffusion/diffusers/spec.js';
+import { parseScheduler, type SchedulerSpec } from '../src/diffusion/diffusers/spec.js';
 import { classifierFreeGuidance } from '../src/diffusion/guidance.js';
 import type { Prediction } from '../src/diffusion/predictions.js';
-import { namedSampler, sample, SAMPLER_NAMES } from '../src/diffusion/sampling.js';
+import { sample, samplersFor } from '../src/diffusion/sampling.js';
 import { RngKey } from '../src/engine/random/philox.js';
 
 /** What the page reads of an exported model's sidecar (src/pipelines/export.ts ExportedMeta;
@@ -63,7 +63,7 @@ export function readMeta(json: unknown, source = 'model.json'): LoadedMeta {
   if (spec.prediction !== m.prediction) {
     bad('prediction', `the scheduler config's '${spec.prediction}'`, m.prediction);
   }
-  const fits = SAMPLER_NAMES.filter((n) => SCHEDULER_FAMILY[namedSampler(n).className] === spec.family);
+  const fits = samplersFor(spec);
   const first = spec.family === 'flow' ? 'flow-euler' : 'ddim';
   return { ...(m as DenoiserMeta), spec, samplers: [first, ...fits.filter((n) => n !== first)] };
 }

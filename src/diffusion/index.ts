@@ -39,7 +39,7 @@ export {
 
 // ---- samplers: by name over a scheduler spec, or each function over a Schedule ----
 export {
-  namedSampler, sample, SAMPLER_NAMES, samplerSchedule, SAMPLERS, samplerSpec,
+  namedSampler, sample, SAMPLER_NAMES, samplerSchedule, SAMPLERS, samplersFor, samplerSpec,
   type NamedSampler, type SampleOptions, type SamplerName,
 } from './sampling.js';
 export { postprocessX0, type X0Options } from './samplers/common.js';

@@ -15,7 +15,8 @@ import type { Batch, Denoiser, StepRecord } from './denoiser.js';
 import type { SchedulerClass } from './diffusers/config.js';
 import { maxUlp } from './diffusers/replay.js';
 import { parseScheduler } from './diffusers/spec.js';
-import { sample, samplerSchedule, SAMPLERS, type SamplerName } from './sampling.js';
+import { sample, SAMPLER_NAMES, samplerSchedule, SAMPLERS, samplersFor, samplerSpec, type SamplerName } from './sampling.js';
+import { trainingScheduler } from './training.js';
 import { startScale } from './schedule.js';
 
 interface Recording {
@@ -151,5 +152,23 @@ describe('sample() replays diffusers recordings bit for bit', () => {
 
   it('every named sampler was replayed above', () => {
     assert.deepEqual(Object.keys(SAMPLERS).filter((n) => !replayed.has(n)), []);
+  });
+});
+
+describe('samplersFor', () => {
+  it('lists exactly the samplers samplerSpec accepts for the model\'s process', () => {
+    for (const objective of ['eps', 'flow'] as const) {
+      const spec = trainingScheduler(objective);
+      const accepted = SAMPLER_NAMES.filter((name) => {
+        try {
+          samplerSpec(name, spec);
+          return true;
+        } catch {
+          return false;
+        }
+      });
+      assert.deepEqual(samplersFor(spec), accepted);
+    }
+    assert.deepEqual(samplersFor(trainingScheduler('flow')), ['flow-euler', 'flow-heun']);
   });
 });

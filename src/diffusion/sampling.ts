@@ -129,6 +129,12 @@ export function namedSampler(name: string): NamedSampler {
   return entry;
 }
 
+/** The samplers that fit a model whose scheduler spec is `model` (those samplerSpec accepts):
+ *  the flow samplers for a flow-matching model, the others for the rest. */
+export function samplersFor(model: SchedulerSpec): SamplerName[] {
+  return SAMPLER_NAMES.filter((name) => SCHEDULER_FAMILY[namedSampler(name).className] === model.family);
+}
+
 /** Keys that describe the trained process, carried over when swapping scheduler classes. */
 const PROCESS_KEYS = ['num_train_timesteps', 'beta_start', 'beta_end', 'beta_schedule',
   'trained_betas', 'prediction_type', 'rescale_betas_zero_snr', 'timestep_spacing', 'steps_offset',

@@ -9,11 +9,11 @@
  * run from setImmediate.
  */
 import { isMainThread, parentPort, workerData } from 'node:worker_threads';
-import { samplerSpec } from '../diffusion/sampling.js';
+import { samplersFor } from '../diffusion/sampling.js';
 import { HostArray } from '../engine/host.js';
 import { setDefaultThreads } from '../engine/runtime.js';
 import { encodePng, imageGrid } from '../io/png.js';
-import { classCount, loadPipeline, SAMPLER_NAMES, sampleImages, type Pipeline } from '../pipelines/sample.js';
+import { classCount, loadPipeline, sampleImages, type Pipeline } from '../pipelines/sample.js';
 import type { StudentRecord } from '../pipelines/student.js';
 import type { SampleRequest } from './request.js';
 
@@ -60,14 +60,7 @@ export type FromWorker =
 
 /** The model facts of a loaded pipeline. */
 function modelInfo(p: Pipeline): ModelInfo {
-  const samplers = SAMPLER_NAMES.filter((name) => {
-    try {
-      samplerSpec(name, p.scheduler); // throws for a sampler of another process
-      return true;
-    } catch {
-      return false;
-    }
-  });
+  const samplers = samplersFor(p.scheduler);
   return {
     className: p.model.cls.className, modelFolder: p.modelFolder, classes: classCount(p.model),
     flow: p.scheduler.family === 'flow', schedulerClass: p.scheduler.className, samplers,
