@@ -61,7 +61,7 @@ function standardiseRow(p: Pick<LinearProbe, 'mean' | 'std' | 'dim'>, x: Float32
 }
 
 /** Softmax in place. */
-function softmaxInPlace(v: Float64Array): void {
+export function softmaxInPlace(v: Float64Array): void {
   let m = -Infinity;
   for (const a of v) m = Math.max(m, a);
   let s = 0;

@@ -14,6 +14,7 @@ import { HostArray } from '../engine/host.js';
 import { RngKey } from '../engine/random/philox.js';
 import { movingMnistSet } from '../data/moving-mnist.js';
 import { allFrames } from '../io/video.js';
+import { softmaxInPlace } from '../methods/linear-probe.js';
 import { clipLayout } from '../methods/video-infinity.js';
 import type { FeatureExtractor } from './metrics.js';
 import { sampleVideos, type VideoPipeline } from './video.js';
@@ -73,12 +74,11 @@ export async function segmentDigits(extractor: FeatureExtractor, videos: HostArr
     const segments: number[][] = [];
     for (let s = 0; s < f / segment; s++) {
       const mean = new Float64Array(k);
+      const p = new Float64Array(k);
       for (let t = s * segment; t < (s + 1) * segment; t++) {
-        const row = out.logits.subarray((i * f + t) * k, (i * f + t + 1) * k);
-        const max = Math.max(...row);
-        const e = Array.from(row, (v) => Math.exp(v - max));
-        const z = e.reduce((a, b) => a + b, 0);
-        e.forEach((v, j) => { mean[j]! += v / z / segment; });
+        p.set(out.logits.subarray((i * f + t) * k, (i * f + t + 1) * k));
+        softmaxInPlace(p);
+        p.forEach((v, j) => { mean[j]! += v / segment; });
       }
       segments.push([...mean.keys()].sort((a, b) => mean[b]! - mean[a]!).slice(0, digits));
     }
@@ -151,16 +151,14 @@ export async function compareLongVideos(p: VideoPipeline, extractor: FeatureExtr
   const frames = o.clips * o.clipFrames;
   const rows: CompareRow[] = [];
   for (const mode of o.modes ?? LONG_VIDEO_MODES) {
-    const parts: Float32Array[] = [];
+    const videos = HostArray.zeros([o.videos, c.in_channels, frames, c.sample_size, c.sample_size]);
+    const per = videos.size / o.videos;
     const t0 = performance.now();
     for (let seed = 0; seed < o.videos; seed++) {
-      parts.push(await longVideo(p, mode, seed, o));
+      videos.data.set(await longVideo(p, mode, seed, o), seed * per);
       o.onVideo?.(mode, seed + 1);
     }
     const seconds = mode.startsWith('real') ? 0 : (performance.now() - t0) / 1000 / o.videos;
-    const all = new Float32Array(parts.reduce((a, x) => a + x.length, 0));
-    parts.reduce((at, x) => (all.set(x, at), at + x.length), 0);
-    const videos = new HostArray(all, [o.videos, c.in_channels, frames, c.sample_size, c.sample_size]);
     rows.push({ mode, videos: o.videos, frames, secondsPerVideo: seconds,
       ...await videoConsistency(videos, o.clipFrames, extractor) });
   }
