@@ -3,26 +3,11 @@
  * workers load a folder, not an object), HTTP helpers over a listening server, and the path of
  * a worker entry that crashes on request (crashing-serve-worker.ts).
  */
-import { mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import type { HostArray } from '../../src/engine/host.js';
-import { RngKey } from '../../src/engine/random/philox.js';
-import type { Tree } from '../../src/engine/tree.js';
-import { trainingScheduler } from '../../src/diffusion/training.js';
-import { exportPipeline } from '../../src/pipelines/checkpoint.js';
-import { createImageModel } from '../../src/pipelines/image-models.js';
 import { parseSse, type ParsedEvent } from '../../src/server/sse.js';
 
 /** A tiny class-conditional U-Net pipeline (3 classes, 1 x 8 x 8, eps) in a fresh temporary
  *  folder; `remove` deletes it. */
-export async function tinyPipelineDir(): Promise<{ dir: string; remove: () => Promise<void> }> {
-  const dir = await mkdtemp(join(tmpdir(), 'diffuse-serve-tiny-'));
-  const model = createImageModel('unet', 'tiny', 3, [1, 8, 8]);
-  const params = model.module.init(RngKey.fromSeed(7)) as Tree<HostArray>;
-  await exportPipeline(dir, { model, scheduler: trainingScheduler('eps') }, params);
-  return { dir, remove: () => rm(dir, { recursive: true, force: true }) };
-}
+export { tinyPipelineDir } from './tiny-pipeline.js';
 
 /** The worker entry that exits its thread when asked to run a job with seed CRASH_SEED and
  *  hangs (ignoring cancels) on one with HANG_SEED. */
