@@ -14,8 +14,8 @@ import { exportPipeline } from '../pipelines/checkpoint.js';
 import { createImageModel } from '../pipelines/image-models.js';
 import { loadPipeline } from '../pipelines/sample.js';
 import { withTempDir } from '../../test/support/temp-dir.js';
+import { runCli } from '../../test/support/cli-run.js';
 import { DEFAULT_LR, FINETUNE_OPTIONS } from './finetune.js';
-import { main } from './main.js';
 import { parseArgs } from './options.js';
 import { UsageError } from './errors.js';
 
@@ -33,21 +33,6 @@ test('options: a method, --from, the learning rate by method; no --model, --size
     assert.throws(() => parseArgs(FINETUNE_OPTIONS, 'finetune', [gone, 'x']), /unknown option/);
   }
 });
-
-/** Runs `diffuse ...args`: the exit code, what it printed with console.log and with
- *  console.error. */
-async function run(args: string[]): Promise<{ code: number; printed: string; errors: string }> {
-  const [lines, errors]: string[][] = [[], []];
-  const [log, error] = [console.log, console.error];
-  console.log = (...a: unknown[]) => { lines.push(a.join(' ')); };
-  console.error = (...a: unknown[]) => { errors.push(a.join(' ')); };
-  try {
-    const code = await main(args);
-    return { code, printed: lines.join('\n'), errors: errors.join('\n') };
-  } finally {
-    [console.log, console.error] = [log, error];
-  }
-}
 
 test('finetune --method difffit on a tiny DiT: the share printed, a plain DiT exported', () =>
   withTempDir('finetune', async (dir) => {
@@ -67,7 +52,7 @@ test('finetune --method difffit on a tiny DiT: the share printed, a plain DiT ex
       }
     }
     const out = join(dir, 'run');
-    const r = await run(['finetune', '--from', from, '--method', 'difffit', '--data',
+    const r = await runCli(['finetune', '--from', from, '--method', 'difffit', '--data',
       join(dir, 'data'), '--steps', '2', '--batch-size', '4', '--sample-every', '0', '--out', out]);
     assert.equal(r.code, 0, r.printed);
     const s = trainableShare(peft('difffit').init(weights, RngKey.fromSeed(0)), weights);
@@ -79,7 +64,7 @@ test('finetune --method difffit on a tiny DiT: the share printed, a plain DiT ex
     assert.equal(p.model.family, 'dit');
     assert.deepEqual(flatten(p.params, isHost).paths, flatten(weights, isHost).paths);
     // A resumed run must be the same method: another one is refused, naming it.
-    const again = await run(['finetune', '--from', from, '--method', 'bitfit', '--data',
+    const again = await runCli(['finetune', '--from', from, '--method', 'bitfit', '--data',
       join(dir, 'data'), '--steps', '3', '--batch-size', '4', '--out', out, '--resume']);
     assert.equal(again.code, 1);
     assert.match(again.errors, /trained with adapt = "difffit", this run asks for "bitfit"/);
