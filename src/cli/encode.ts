@@ -213,7 +213,7 @@ export function registerEncode(program: Command): void {
       const codes = await readLatents(o.latents);
       const p = await load(o.model ?? (existsSync(codes.model) ? codes.model : undefined));
       const n = codes.z.shape[0]!;
-      await checkDestination(p.model, n, { out: o.out });
+      await checkDestination(p, n, { out: o.out });
       const { steps, t0, eta } = codes.z.settings;
       console.log(`decoding ${n} codes (${walkOf({ steps, t0, eta, seed: codes.seed })}, from ` +
         `${codes.model}) with ${describe(p, o.class)}`);
@@ -242,7 +242,7 @@ export function registerEncode(program: Command): void {
       const to = o.to === undefined ? from : await load(o.to);
       const same = resolve(to.modelFolder) === resolve(from.modelFolder);
       const n = input.images.shape[0]!;
-      await checkDestination(to.model, 2 * n, { out: o.out });
+      await checkDestination(to, 2 * n, { out: o.out });
       if (o.latents) await ensureWritableFile(o.latents);
       console.log(`translating ${n} images of ${input.source}: ${describe(from, o.class)} -> ` +
         `${same ? 'itself (a reconstruction)' : describe(to, o.class)}; ${walkOf(o)}`);
@@ -267,7 +267,7 @@ export function registerEncode(program: Command): void {
       const input = await inputs(o);
       const p = await load(o.model);
       const n = input.images.shape[0]!;
-      await checkDestination(p.model, 2 * n, { out: o.out });
+      await checkDestination(p, 2 * n, { out: o.out });
       console.log(`editing ${n} images of ${input.source} with ${describe(p, o.class)}: ` +
         `strength ${o.strength}, ${o.steps} DDIM steps, seed ${o.seed}`);
       const r = await run('editing', (signal, onStep) => img2img(p, input.images, {

@@ -72,7 +72,7 @@ export function registerEval(program: Command): void {
       const list = o.sweep ?? [{ sampler: o.sampler, steps: o.steps,
         ...(o.accel ? { accel: o.accel } : {}) }];
       const memoryLimit = o.maxMemory * 2 ** 20;
-      if (pipeline) checkHeldImages(pipeline.model, o.n, memoryLimit);
+      if (pipeline) checkHeldImages(pipeline, o.n, memoryLimit);
       if (pipeline && classCount(pipeline.model)) {
         for (const name of new Set(list.map((r) => r.sampler))) {
           const w = guidanceClipWarning(name, pipeline.scheduler, o.guidance);

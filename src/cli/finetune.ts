@@ -9,7 +9,7 @@ import type { Command } from 'commander';
 import { RngKey } from '../engine/random/philox.js';
 import { PEFT_METHODS, peft, trainableShare, type PeftMethod } from '../methods/peft.js';
 import { loadTrainingData } from '../pipelines/data.js';
-import { classCount, loadPipeline } from '../pipelines/sample.js';
+import { classCount, loadPipeline, requirePixelSpace } from '../pipelines/sample.js';
 import { METHOD_DEFAULTS, train, type TrainOptions } from '../pipelines/train.js';
 import { UsageError } from './errors.js';
 import { addOptions, commandOptions, int, num, oneOf, path } from './options.js';
@@ -61,6 +61,7 @@ export function registerFinetune(program: Command): void {
       const { config: _c, from, method, rank, data: spec, resume, ...f } = r.values;
       if (from === undefined) throw new UsageError('--from: a trained pipeline folder is required');
       const start = await loadPipeline(from);
+      requirePixelSpace(start, 'diffuse finetune');
       const adapt = peft(method, { rank });
       const share = trainableShare(adapt.init(start.params, RngKey.fromSeed(f.seed)),
         start.params);

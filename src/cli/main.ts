@@ -23,6 +23,7 @@ import { registerSample } from './sample.js';
 import { registerServe } from './serve.js';
 import { registerToy } from './toy.js';
 import { registerTrainClassifier } from './train-classifier.js';
+import { registerTrainVae } from './train-vae.js';
 import { registerTrain } from './train.js';
 import { registerVideo } from './video.js';
 import { registerVideoEval } from './video-eval.js';
@@ -47,6 +48,7 @@ export function buildProgram(): Command {
   registerSample(program);
   registerExport(program);
   registerTrainClassifier(program);
+  registerTrainVae(program);
   registerTrainExperts(program);
   registerEval(program);
   registerDistill(program);

@@ -31,6 +31,7 @@ import { VIDEO_EVAL_OPTIONS } from './video-eval.js';
 import { CONVERT_OPTIONS } from './convert.js';
 import { SERVE_OPTIONS } from './serve.js';
 import { EXPORT_OPTIONS } from './export.js';
+import { TRAIN_VAE_OPTIONS } from './train-vae.js';
 import { withTempDir } from '../../test/support/temp-dir.js';
 
 const COMMANDS: Record<string, Schema> = {
@@ -41,7 +42,7 @@ const COMMANDS: Record<string, Schema> = {
   'train-joint': TRAIN_JOINT_OPTIONS, 'sample-joint': SAMPLE_JOINT_OPTIONS, ab: AB_OPTIONS,
   finetune: FINETUNE_OPTIONS, 'ddm train': DDM_TRAIN_OPTIONS, 'ddm eval': DDM_EVAL_OPTIONS,
   worker: WORKER_OPTIONS, video: VIDEO_OPTIONS, 'video-eval': VIDEO_EVAL_OPTIONS,
-  convert: CONVERT_OPTIONS, serve: SERVE_OPTIONS, export: EXPORT_OPTIONS,
+  convert: CONVERT_OPTIONS, serve: SERVE_OPTIONS, export: EXPORT_OPTIONS, 'train-vae': TRAIN_VAE_OPTIONS,
 };
 
 /** The message a thunk fails with, which must be a UsageError. */

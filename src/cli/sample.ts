@@ -103,7 +103,7 @@ export function registerSample(program: Command): void {
       const guide = o.guide ? await loadGuide(o.guide) : undefined;
       if (guide) console.log(`classifier guidance: ${guide.description}`);
       const to = o.outDir === undefined ? { out: o.out } : { outDir: o.outDir };
-      await checkDestination(pipeline.model, o.n, to); // seconds in, not after sampling
+      await checkDestination(pipeline, o.n, to); // seconds in, not after sampling
       let written = 0;
       const stop = new AbortController();
       const onInt = () => stop.abort();

@@ -73,6 +73,9 @@ export const TRAIN_OPTIONS = {
     'paper; default: off)' }),
   dtrBeta: num({ range: '(0, 1]', help: 'DTR: share of channels active at each timestep',
     default: 0.8 }),
+  latent: path({ arg: '<dir>', help: 'latent diffusion: train on the latents of this VAE (a ' +
+    'diffuse train-vae run, a pipeline with vae/, or an AutoencoderKL folder); the exported ' +
+    'pipeline carries it as vae/ and diffuse sample decodes with it' }),
   frames: int({ min: 2, max: 256, help: 'moving-mnist: frames per clip', default: 16 }),
   canvas: int({ min: 20, max: 256, help: 'moving-mnist: frame side in pixels (digits are 16 px ' +
     'under 64, 28 px from 64)', default: 32 }),
@@ -119,7 +122,7 @@ export function registerTrain(program: Command): void {
 async function trainVideoCommand(r: Resolved<typeof TRAIN_OPTIONS>): Promise<void> {
   const o = r.values;
   const changed = (k: keyof typeof TRAIN_OPTIONS) => r.sources[k] !== 'default';
-  const unused = (['model', 'init', 'repa', 'cep', 'dtrAlpha', 'weighting', 'labelDropout'] as const).filter(changed);
+  const unused = (['model', 'init', 'repa', 'cep', 'dtrAlpha', 'weighting', 'labelDropout', 'latent'] as const).filter(changed);
   if (unused.length) {
     throw new UsageError(`--data moving-mnist trains the video U-Net, unconditionally: ${unused.map((k) => `--${kebab(k)}`).join(', ')} ` +
       `${unused.length === 1 ? 'does' : 'do'} not apply`);

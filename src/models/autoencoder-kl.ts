@@ -366,11 +366,12 @@ const vae = (blocks: number[], over: Partial<AutoencoderKLConfig>): AutoencoderK
 });
 
 /** Named configs. `sd-vae` is Stable Diffusion's (stabilityai/sd-vae-ft-mse, 83.7M params,
- *  f = 8); `mnist-f4` maps 32x32x1 digits to 8x8x4 latents for latent diffusion on MNIST;
+ *  f = 8); `mnist-f4` maps 32x32x1 digits to 8x8x4 latents for latent diffusion on MNIST (624k
+ *  params);
  *  `tiny` is the golden-file model (658,375 params, 32x32x3 -> 16x16x4). */
 export const AUTOENCODER_KL_PRESETS: Readonly<Record<string, AutoencoderKLConfig>> = {
   'sd-vae': vae([128, 256, 512, 512], { layers_per_block: 2, sample_size: 256 }),
-  'mnist-f4': vae([32, 64, 64], { in_channels: 1, out_channels: 1, norm_num_groups: 8,
-    layers_per_block: 1, scaling_factor: 1 }), // TODO: 1 / std of trained latents (LDM D.1)
+  'mnist-f4': vae([16, 32, 64], { in_channels: 1, out_channels: 1, norm_num_groups: 8,
+    layers_per_block: 1, scaling_factor: 1 }), // diffuse train-vae computes the factor
   tiny: vae([32, 64], { norm_num_groups: 8 }),
 };

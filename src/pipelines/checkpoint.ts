@@ -38,9 +38,19 @@ export interface SavedModel {
   readonly component: string;
 }
 
+/** A frozen network saved beside the trained one (a latent model's VAE): same in every
+ *  checkpoint and in model/. */
+export interface FrozenComponent {
+  readonly saved: SavedModel;
+  readonly params: Tree<HostArray>;
+}
+
 export interface PipelineFiles<M extends SavedModel = ImageModel> {
   model: M;
-  scheduler: SchedulerSpec;
+  /** The noise process (absent for a network that is not a denoiser, e.g. a VAE). */
+  scheduler?: SchedulerSpec;
+  /** Networks saved beside the trained one, unchanged (a latent pipeline's `vae`). */
+  frozen?: readonly FrozenComponent[];
   /** model_index.json's _class_name (default: DDPMPipeline for a unet, else DiffusePipeline). */
   pipelineClass?: string;
   /** For a distilled student: what it was made for (model_index.json's _diffuse_student). */
@@ -104,14 +114,20 @@ async function writingTo<T>(path: string, f: () => Promise<T>): Promise<T> {
 
 async function writePipeline(dir: string, f: PipelineFiles<SavedModel>, params: Tree<HostArray>): Promise<void> {
   const pipelineClass = f.pipelineClass ?? (f.model.component === 'unet' ? 'DDPMPipeline' : 'DiffusePipeline');
-  const component = join(dir, f.model.component);
-  await writingTo(component, () => saveModel(component, f.model.cls, f.model.config, params as never));
-  await writingTo(join(dir, 'scheduler'), () => writeSchedulerConfig(dir, f.scheduler.className,
-    specToJson(f.scheduler), { subfolder: 'scheduler' }));
-  await writingTo(join(dir, 'model_index.json'), () => writeModelIndex(dir, pipelineClass, {
-    [f.model.component]: ['diffusers', f.model.cls.className],
-    scheduler: ['diffusers', f.scheduler.className],
-  }, f.student ? { [STUDENT_KEY]: { ...f.student } } : {}));
+  const components: Record<string, [string, string]> = {};
+  for (const { saved, params: p } of [{ saved: f.model, params }, ...(f.frozen ?? [])]) {
+    const folder = join(dir, saved.component);
+    await writingTo(folder, () => saveModel(folder, saved.cls, saved.config, p as never));
+    components[saved.component] = ['diffusers', saved.cls.className];
+  }
+  const { scheduler } = f;
+  if (scheduler) {
+    await writingTo(join(dir, 'scheduler'), () => writeSchedulerConfig(dir, scheduler.className,
+      specToJson(scheduler), { subfolder: 'scheduler' }));
+    components.scheduler = ['diffusers', scheduler.className];
+  }
+  await writingTo(join(dir, 'model_index.json'), () => writeModelIndex(dir, pipelineClass, components,
+    f.student ? { [STUDENT_KEY]: { ...f.student } } : {}));
 }
 
 /** Writes the final pipeline (EMA weights) that `diffuse sample` loads. */

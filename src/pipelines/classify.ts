@@ -12,7 +12,7 @@ import {
 } from '../methods/diffusion-classifier.js';
 import { int64Labels, type Batch } from '../diffusion/denoiser.js';
 import { modelDenoiser } from './graph-denoiser.js';
-import { classCount, type Pipeline, type Provider } from './sample.js';
+import { classCount, requirePixelSpace, type Pipeline, type Provider } from './sample.js';
 
 export interface ClassifyOptions extends DiffusionClassifierOptions {
   seed: number;
@@ -69,6 +69,7 @@ export async function classifyImages(p: Pipeline, images: HostArray<'float32'>,
   labels: ArrayLike<number> | undefined, options: Partial<ClassifyOptions> = {},
   ev: ClassifyEvents = {}): Promise<ClassifyResult> {
   const o = { ...CLASSIFY_DEFAULTS, ...options };
+  requirePixelSpace(p, 'the Diffusion Classifier');
   const classes = classCount(p.model);
   if (classes < 2) {
     throw new RangeError(`the Diffusion Classifier needs a class-conditional model: ` +

@@ -23,7 +23,7 @@ import { adamw } from '../nn/optim.js';
 import { compileTrainStep } from '../nn/train.js';
 import { predictionOf } from './image-models.js';
 import { loadMetricClassifier } from './metrics.js';
-import { classCount, DEFAULT_GUIDANCE, loadPipeline, type Pipeline } from './sample.js';
+import { classCount, DEFAULT_GUIDANCE, loadPipeline, requirePixelSpace, type Pipeline } from './sample.js';
 import { progressGrid } from './train.js';
 import type { StudentRecord } from './student.js';
 import { runTraining, type LoopOptions, type TrainEvents, type TrainResult } from './training-loop.js';
@@ -89,6 +89,7 @@ function checkTeacher(t: Pipeline, o: DistillOptions & { guidance: number }, k: 
 export async function distill(given: DistillOptions, data: ImageDataset | undefined,
   resume: boolean, ev: TrainEvents = {}): Promise<DistillResult> {
   const teacher = await loadPipeline(given.teacher);
+  requirePixelSpace(teacher, 'diffuse distill');
   const k = classCount(teacher.model);
   const o = { ...given, guidance: given.guidance ?? (k ? DEFAULT_GUIDANCE : 1) };
   checkTeacher(teacher, o, k);

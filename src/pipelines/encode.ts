@@ -27,7 +27,7 @@ import { explainFsError } from '../util/fs-errors.js';
 import { modelDenoiser, type GraphDenoiser } from './graph-denoiser.js';
 import type { LatentCodes } from './latent-file.js';
 import { classAccuracy, featureExtractor, loadMetricClassifier } from './metrics.js';
-import { classCount, DEFAULT_MEMORY_LIMIT, MemoryLimitError, type Pipeline, type Provider } from
+import { classCount, DEFAULT_MEMORY_LIMIT, MemoryLimitError, requirePixelSpace, type Pipeline, type Provider } from
   './sample.js';
 
 export {
@@ -127,6 +127,7 @@ async function inBatches(p: Pipeline, n: number, per: number,
   fn: (den: GraphDenoiser, first: number, count: number, condition: number[] | undefined,
     noise: NoiseSource, onStep: (done: number, total: number) => void) => Promise<void>):
   Promise<RunStats> {
+  requirePixelSpace(p, 'the DPM-Encoder (diffuse encode)');
   const batch = checkBatchSize(o.batchSize ?? 64);
   const labels = labelsFor(p, n, o.labels);
   const den = modelDenoiser(p.model, p.params, p.scheduler.prediction,

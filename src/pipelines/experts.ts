@@ -53,7 +53,7 @@ import { packageRoot } from '../util/package-root.js';
 import { replaceFolder } from '../util/atomic.js';
 import { noisyImages } from './classifier.js';
 import { classAccuracy, featureExtractor, metricClassifier } from './metrics.js';
-import { classCount, loadPipeline, sampleImages } from './sample.js';
+import { classCount, loadPipeline, pipelineImageShape, sampleImages } from './sample.js';
 
 /** The file that marks an experts folder (written last: a folder with it is complete). */
 export const EXPERTS_FILE = 'experts.json';
@@ -157,7 +157,7 @@ interface ExpertData {
 async function generatedData(o: ExpertsOptions, config: ClassifierConfig,
   params: ParamsOf<DiffuseClassifier, HostArray>, ev: ExpertsEvents): Promise<ExpertData> {
   const p = await loadPipeline(o.model);
-  const channels = p.model.sampleShape[0];
+  const [channels] = pipelineImageShape(p);
   if (channels !== config.in_channels) {
     throw new RangeError(`the model ${o.model} makes ${channels}-channel images but the ` +
       `classifier ${o.classifier} takes ${config.in_channels}`);

@@ -30,7 +30,7 @@ import type { Prediction } from '../diffusion/predictions.js';
 import { writeFileAtomic } from '../util/atomic.js';
 import { explainFsError, FileSystemError } from '../util/fs-errors.js';
 import { predictionOf, type ModelFamily } from './image-models.js';
-import { classCount, loadPipeline, type Pipeline } from './sample.js';
+import { classCount, loadPipeline, requirePixelSpace, type Pipeline } from './sample.js';
 
 /** What the sidecar's `format` says, and its version (bumped when a field changes meaning). */
 export const EXPORT_FORMAT = 'diffuse-denoiser';
@@ -113,6 +113,7 @@ export async function exportDenoiser(p: Pipeline, out: string, o: ExportOptions 
   if (o.batch !== undefined && !(Number.isInteger(o.batch) && o.batch >= 1)) {
     throw new RangeError(`export: batch must be an integer >= 1, got ${o.batch}`);
   }
+  requirePixelSpace(p, 'diffuse export (the page runs the denoiser alone)');
   if (p.ensemble) {
     throw new RangeError(`export: ${p.modelFolder} is a decentralized-experts ensemble (a ` +
       'router over several experts), not one denoiser graph; export an expert folder instead');

@@ -29,7 +29,7 @@ import { cosineLr } from '../nn/schedules.js';
 import { compileTrainStep } from '../nn/train.js';
 import type { ParamsOf } from '../nn/module.js';
 import { classAccuracy } from './metrics.js';
-import type { Pipeline, Provider } from './sample.js';
+import { requirePixelSpace, type Pipeline, type Provider } from './sample.js';
 
 export interface ProbeOptions {
   /** Blocks as down.i / mid / up.i (all of the U-Net's by default). */
@@ -207,6 +207,7 @@ const drawnLabels = (data: Splits, draws: number): Int32Array => {
 export async function probeSweep(p: Pipeline, data: Splits,
   options: Partial<ProbeOptions> = {}, ev: ProbeEvents = {}): Promise<ProbeRow[]> {
   const o = { ...PROBE_DEFAULTS, ...options };
+  requirePixelSpace(p, 'the DDAE probe');
   const blocks = [...(o.blocks ?? probeBlocks(p))];
   const { classes } = checkProbe(p, data, blocks, o.timesteps, o.draws);
   const graph = featureGraph(p, 'ddae_features', o.provider,
@@ -259,6 +260,7 @@ export async function attentionProbe(p: Pipeline, data: Splits,
   options: Partial<AttentionProbeOptions> & { block: string }, ev: ProbeEvents = {}):
   Promise<ProbeRow> {
   const o = { ...PROBE_DEFAULTS, ...ATTENTION_PROBE_DEFAULTS, t: PROBE_DEFAULTS.timesteps[0]!, ...options };
+  requirePixelSpace(p, 'the DDAE probe');
   const { classes } = checkProbe(p, data, [o.block], [o.t], o.draws);
   const graph = featureGraph(p, 'ddae_feature_map', o.provider,
     (model, params, x, t, y) => [blockFeatureMap(model, params, x, t, y, o.block)]);

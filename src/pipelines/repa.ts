@@ -16,7 +16,7 @@ import { RngKey } from '../engine/random/philox.js';
 import { blockFeatureMap } from '../methods/ddae.js';
 import type { ImageDataset } from '../data/dataset.js';
 import { featureGraph, featuresAt } from './probe.js';
-import { loadPipeline } from './sample.js';
+import { loadPipeline, requirePixelSpace } from './sample.js';
 
 /** The encoder's block and timestep (DDAE's best region for this U-Net: docs/probe-pool4.csv). */
 export const REPA_ENCODER = { block: 'mid', t: 10 } as const;
@@ -25,6 +25,7 @@ export const REPA_ENCODER = { block: 'mid', t: 10 } as const;
 export async function repaTargets(encoderDir: string, data: ImageDataset,
   onBatch: (done: number) => void = () => {}): Promise<HostArray<'float32'>> {
   const p = await loadPipeline(encoderDir);
+  requirePixelSpace(p, 'REPA\'s encoder');
   if (p.model.family !== 'unet') {
     throw new Error(`--repa-encoder ${encoderDir}: expected a U-Net pipeline (DDAE features), ` +
       `got a ${p.model.family}`);

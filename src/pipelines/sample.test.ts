@@ -311,16 +311,16 @@ test('non-finite: NaN weights are refused at load, NaN outputs stop sampling', (
 test('destinations are checked before sampling; folder images are numbered from the batch', () =>
   withDir(async (dir) => {
     const p = await loadPipeline(await tinyPipeline(dir, 'unet', 0));
-    await checkDestination(p.model, 16_000, { out: join(dir, 'grid.png') });
-    await assert.rejects(checkDestination(p.model, 300_000, { out: join(dir, 'grid.png') }),
+    await checkDestination(p, 16_000, { out: join(dir, 'grid.png') });
+    await assert.rejects(checkDestination(p, 300_000, { out: join(dir, 'grid.png') }),
       /a grid of 300000 images of 8x8 is 5482x5482 pixels, over the 16 M pixels a grid may have; write one PNG per image/);
-    await assert.rejects(checkDestination(p.model, 1_000_001, { outDir: join(dir, 'd') }),
+    await assert.rejects(checkDestination(p, 1_000_001, { outDir: join(dir, 'd') }),
       /1000001 images: a folder run writes at most 1000000/);
     await writeFile(join(dir, 'file'), '');
-    await assert.rejects(checkDestination(p.model, 2, { outDir: join(dir, 'file', 'd') }),
+    await assert.rejects(checkDestination(p, 2, { outDir: join(dir, 'file', 'd') }),
       /cannot create folder .*file\/d: a file is in the way/);
     const rgba = { ...p.model, sampleShape: [4, 8, 8] as [number, number, number] };
-    await assert.rejects(checkDestination(rgba, 2, { out: join(dir, 'x.png') }),
+    await assert.rejects(checkDestination({ model: rgba }, 2, { out: join(dir, 'x.png') }),
       /makes 4-channel images; PNGs are written for 1 \(gray\) or 3 \(RGB\) channels/);
     const images = new HostArray(new Float32Array(2 * 64), [2, 1, 8, 8], 'float32');
     assert.deepEqual((await writeSamples(images, { outDir: join(dir, 'd') }, 7)).map((f) => f.slice(-10)),

@@ -64,6 +64,7 @@ import {
   type EnsembleParts, type LoadedEnsemble,
 } from './ensemble.js';
 import { ENSEMBLE_MODES, type EnsembleMode } from '../methods/ddm.js';
+import { latentCoder, loadVae, VAE_COMPONENT, type LatentCoder, type LoadedVae } from './latent.js';
 import { classifierClass } from '../models/classifier.js';
 
 export { SAMPLER_NAMES, type SamplerName } from '../diffusion/sampling.js';
@@ -92,6 +93,8 @@ export interface Pipeline {
   /** A decentralized-experts ensemble: `model`, `params` and `scheduler` are its first
    *  expert's (the experts share architecture and process); sampling uses all of them. */
   ensemble?: EnsembleParts;
+  /** A latent pipeline's VAE: the model samples latents, which it decodes into images. */
+  vae?: LoadedVae;
 }
 
 // Sound: each model file's class object is a ModelClass of its own module and config type;
@@ -132,6 +135,7 @@ export async function loadPipeline(dir: string): Promise<Pipeline> {
   let modelDir = dir;
   let indexClass: string | undefined;
   let student: StudentRecord | undefined;
+  let vae: LoadedVae | undefined;
   const isPipeline = await isFile(join(dir, MODEL_INDEX_NAME));
   if (isPipeline) {
     const index = await readModelIndex(dir);
@@ -142,10 +146,7 @@ export async function loadPipeline(dir: string): Promise<Pipeline> {
       throw new DiffusersFolderError(index.path, `names no 'unet' or 'transformer' component ` +
         `(it has ${Object.keys(index.components).join(', ') || 'none'})`);
     }
-    if (index.components.vae?.[1]) {
-      throw new DiffusersFolderError(index.path, `has a 'vae': latent pipelines are not ` +
-        `sampled yet (only pixel-space UNet2DModel / DiT pipelines)`);
-    }
+    if (index.components[VAE_COMPONENT]?.[1]) vae = await loadVae(join(dir, VAE_COMPONENT));
     indexClass = index.components[found]![1]!;
     // diffusers' repo-root fallback: older repos keep the model beside model_index.json.
     if (await isFile(join(dir, found, CONFIG_NAME))) modelDir = join(dir, found);
@@ -175,8 +176,32 @@ export async function loadPipeline(dir: string): Promise<Pipeline> {
   const loaded = await loadModel(modelDir, MODEL_CLASSES[family], { warn: (m) => notes.push(m) });
   checkFinite(loaded.params as Tree<HostArray>, modelDir);
   const scheduler = await findScheduler(dir, modelDir, isPipeline, notes);
-  return { model: imageModelOf(family, loaded.config), params: loaded.params as Tree<HostArray>,
-    scheduler, modelFolder: modelDir, notes, ...(student ? { student } : {}) };
+  const model = imageModelOf(family, loaded.config);
+  if (vae) checkFinite(vae.params, vae.folder);
+  if (vae && vae.model.config.latent_channels !== model.sampleShape[0]) {
+    throw new DiffusersFolderError(dir, `its vae has ${vae.model.config.latent_channels} latent channels, ` +
+      `its ${model.cls.className} takes ${model.sampleShape[0]}: they were not trained together`);
+  }
+  return { model, params: loaded.params as Tree<HostArray>,
+    scheduler, modelFolder: modelDir, notes, ...(student ? { student } : {}), ...(vae ? { vae } : {}) };
+}
+
+/** [C, H, W] of the images a pipeline makes: its model's samples, or their decoding by its
+ *  VAE for a latent pipeline. */
+export function pipelineImageShape(p: Pick<Pipeline, 'model' | 'vae'>): [number, number, number] {
+  const [c, h, w] = p.model.sampleShape;
+  if (!p.vae) return [c, h, w];
+  const f = p.vae.model.downFactor;
+  return [p.vae.model.config.out_channels, h * f, w * f];
+}
+
+/** Refuses a latent pipeline where only pixel-space models are supported (`what` names the
+ *  command or method). */
+export function requirePixelSpace(p: Pick<Pipeline, 'vae' | 'modelFolder'>, what: string): void {
+  if (p.vae) {
+    throw new DiffusersFolderError(p.modelFolder, `is part of a latent pipeline (it has a vae/): ${what} ` +
+      'works on pixel-space models; latent pipelines are sampled (diffuse sample, eval, serve)');
+  }
 }
 
 /** An ensemble folder (ensemble.ts): its experts (each a pipeline), its router and routing. */
@@ -321,6 +346,9 @@ export interface SampleOptions {
   provider?: Provider;
   /** Progress over the whole run: `step` of `total` (sampler steps x batches of images). */
   onStep?: (step: number, total: number) => void;
+  /** A latent pipeline's VAE latents as sampled (what the model makes, unclamped) instead of
+   *  their decoded images. */
+  latents?: boolean;
   /** Called with each of the run's warnings (SampleStats.warnings) before sampling starts. */
   onWarning?: (message: string) => void;
   signal?: AbortSignal;
@@ -530,6 +558,13 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
     throw new RangeError(`ensemble routing (${o.ensemble}) needs a decentralized-experts ensemble; ` +
       `${p.modelFolder} is one model`);
   }
+  if (o.latents && !p.vae) {
+    throw new RangeError(`latents: ${p.modelFolder} is a pixel-space pipeline (no vae/); its samples are images`);
+  }
+  if (p.vae && o.guide) {
+    throw new RangeError(`classifier guidance (a guide) reads images, and ${p.modelFolder} samples VAE ` +
+      'latents: guidance of latent pipelines is not implemented');
+  }
   if (p.ensemble && o.accel) {
     throw new RangeError(`acceleration (${describeAccel(o.accel)}) works on one model, not on an ensemble of experts`);
   }
@@ -538,6 +573,8 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
   const start = performance.now();
   let disposeLater: AcceleratedDenoiser | undefined;
   let disposeGuide: Releasable | undefined;
+  const coder: LatentCoder | undefined = p.vae &&
+    latentCoder(p.vae, { batchSize: o.batchSize ?? 64, ...(o.provider ? { runtime: { provider: o.provider } } : {}) });
   try {
     const plan = planMemory(p, o, largestIntermediate(graph.traceAt([1, c, h, w],
       labels !== undefined)), per * 4);
@@ -603,8 +640,9 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
           `last step: the scheduler config (${p.scheduler.className}) produces them; nothing ` +
           `written`);
       }
-      const images = new HostArray(Float32Array.from(x.data, (v) => Math.min(1, Math.max(-1, v))),
-        shape, 'float32');
+      const images = coder && !o.latents ? await coder.decodeLatents(new HostArray(Float32Array.from(x.data), shape))
+        : coder ? new HostArray<'float32'>(Float32Array.from(x.data), shape, 'float32')
+          : new HostArray(Float32Array.from(x.data, (v) => Math.min(1, Math.max(-1, v))), shape, 'float32');
       await onBatch(images, first);
     }
     return { seconds: (performance.now() - start) / 1000,
@@ -617,15 +655,16 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
     await ensemble?.dispose();
     await disposeLater?.dispose();
     await disposeGuide?.dispose();
+    await coder?.dispose();
   }
 }
 
 /** Refuses n images that cannot be held at once (sampleImages, scoring): more than half the
  *  memory limit. */
-export function checkHeldImages(m: ImageModel, n: number, memoryLimit = DEFAULT_MEMORY_LIMIT):
+export function checkHeldImages(p: Pick<Pipeline, 'model' | 'vae'>, n: number, memoryLimit = DEFAULT_MEMORY_LIMIT):
   void {
   checkInt(n, 'n', 1);
-  const [c, h, w] = m.sampleShape;
+  const [c, h, w] = pipelineImageShape(p);
   const bytes = n * c * h * w * 4;
   if (bytes > memoryLimit / 2) {
     throw new MemoryLimitError(`${n} images of ${c}x${h}x${w} take ${fmtBytes(bytes)} held at ` +
@@ -640,8 +679,9 @@ export function checkHeldImages(m: ImageModel, n: number, memoryLimit = DEFAULT_
  * images are held at once, so n x C x H x W floats must fit in half the memory limit.
  */
 export async function sampleImages(p: Pipeline, o: SampleOptions): Promise<SampleResult> {
-  checkHeldImages(p.model, o.n, o.memoryLimit);
-  const [c, h, w] = p.model.sampleShape;
+  const made = o.latents ? { model: p.model } : p;
+  checkHeldImages(made, o.n, o.memoryLimit);
+  const [c, h, w] = pipelineImageShape(made);
   const per = c * h * w;
   const images = new HostArray<'float32'>(new Float32Array(o.n * per), [o.n, c, h, w], 'float32');
   const stats = await sampleInBatches(p, o, (batch, first) => {
@@ -666,11 +706,11 @@ export const MAX_FOLDER_IMAGES = 1_000_000;
  * 3), the grid's size, the folder's name range, and that the file or folder is writable
  * (creating the folder). Throws a RangeError or a FileSystemError naming what is wrong.
  */
-export async function checkDestination(m: ImageModel, n: number, to: SampleDestination):
+export async function checkDestination(p: Pick<Pipeline, 'model' | 'vae'>, n: number, to: SampleDestination):
   Promise<void> {
-  const [c, h, w] = m.sampleShape;
+  const [c, h, w] = pipelineImageShape(p);
   if (c !== 1 && c !== 3) {
-    throw new RangeError(`${m.cls.className} makes ${c}-channel images; PNGs are written for ` +
+    throw new RangeError(`${p.vae ? 'the VAE' : p.model.cls.className} makes ${c}-channel images; PNGs are written for ` +
       `1 (gray) or 3 (RGB) channels`);
   }
   if ('out' in to) {

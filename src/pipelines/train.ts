@@ -30,6 +30,7 @@ import {
   blockCount, createImageModel, hiddenWidth, imageModelOf, TRAINING_INPUT_FAMILIES,
   type ImageModel, type ModelFamily,
 } from './image-models.js';
+import { latentCoder, loadVae, vaeModel, type LoadedVae } from './latent.js';
 import { repaTargets, takeRows } from './repa.js';
 import { classCount, loadPipeline, sampleImages, type Pipeline } from './sample.js';
 import {
@@ -84,6 +85,9 @@ export interface TrainOptions {
    *  fine-tuning: methods/peft.ts); model/ and the checkpoints' model folders hold the merged
    *  plain weights. */
   adapt?: Reparameterisation;
+  /** Latent diffusion: a VAE (latent.ts loadVae) whose latents the model is trained on; the
+   *  pipeline then carries it as `vae/`. */
+  latent?: string;
 }
 
 /** Options a resumed run must share with the checkpoint (the others may change). */
@@ -92,7 +96,7 @@ const RUN_KEYS = ['model', 'size', 'objective', 'weighting', 'minSnrGamma', 'con
   'init'] as const satisfies readonly (keyof TrainOptions)[];
 /** The training methods' options, recorded only when set (so runs from before them resume). */
 const METHOD_KEYS = ['cep', 'cepGamma', 'repa', 'repaDepth', 'repaEncoder', 'repaHidden',
-  'dtrAlpha', 'dtrBeta'] as const satisfies readonly (keyof TrainOptions)[];
+  'dtrAlpha', 'dtrBeta', 'latent'] as const satisfies readonly (keyof TrainOptions)[];
 
 /** What a run must share with its checkpoint to resume it. */
 function runRecord(o: TrainOptions): Record<string, unknown> {
@@ -126,9 +130,11 @@ function modelParamsOf(o: TrainOptions, trained: Tree<Tensor>): Tree<Tensor> {
   return o.adapt ? o.adapt.apply(model) : model;
 }
 
-/** The training-only parts of a run: REPA's projector and targets. */
+/** The training-only parts of a run: REPA's projector and targets; a latent run's VAE and
+ *  the posterior std of every training image (the dataset holds the posterior means). */
 interface RunExtras {
   repa?: { projector: RepaProjector; depth: number; targets: HostArray<'float32'> };
+  latent?: { vae: LoadedVae; std: HostArray<'float32'> };
 }
 
 interface HostBatch {
@@ -138,6 +144,9 @@ interface HostBatch {
   shift?: HostArray;
   /** REPA's encoder features of the batch's images. */
   z?: HostArray;
+  /** A latent run's posterior std of the batch's images and the noise that samples it. */
+  zStd?: HostArray;
+  zNoise?: HostArray;
 }
 
 /** The loss weighting `o` asks for. */
@@ -166,14 +175,22 @@ function drawBatch(o: TrainOptions, data: ImageDataset, model: ImageModel, spec:
   }
   if (o.cep !== 'none') batch.shift = conditionShift(o.cep, o.cepGamma, n, model.labelEmbedDim, key.fold(4).fold(step));
   if (extras.repa) batch.z = takeRows(extras.repa.targets, b.rows);
+  if (extras.latent) {
+    batch.zStd = takeRows(extras.latent.std, b.rows);
+    batch.zNoise = new HostArray(key.fold(6).fold(step).normal(b.images.size), b.images.shape);
+  }
   return batch;
 }
 
 function lossFn(o: TrainOptions, model: ImageModel, extras: RunExtras) {
   return (trained: Tree<Tensor>, bt: Tree<Tensor>): Tensor => {
     const b = bt as unknown as Record<keyof HostBatch, Tensor>;
-    const xt = noisySample(b.x0, b.eps, b.a, b.s); // [B, C, H, W]
-    const target = trainingTarget(o.objective, b.x0, b.eps, b.a, b.s);
+    // A latent run's x0: a posterior sample z = mean + std * noise, scaled (LDM's
+    // encode(x).sample() * scaling_factor).
+    const { latent } = extras;
+    const x0 = latent ? latent.vae.model.toLatent(ops.add(b.x0, ops.mul(b.zStd, b.zNoise))) : b.x0;
+    const xt = noisySample(x0, b.eps, b.a, b.s); // [B, C, H, W]
+    const target = trainingTarget(o.objective, x0, b.eps, b.a, b.s);
     const { repa } = extras;
     const r = model.apply(modelParamsOf(o, trained), xt, b.t, o.conditional ? b.labels : undefined, {
       ...(b.shift ? { labelShift: b.shift } : {}), ...(repa ? { hiddenAfter: repa.depth } : {}) });
@@ -258,12 +275,37 @@ async function initialPipeline(o: TrainOptions, classes: number,
   const mismatch = (what: string, want: unknown, got: unknown) => new Error(`--init ${o.init}: ` +
     `its model has ${what} ${String(got)}, this run asks for ${String(want)}`);
   if (p.model.family !== o.model) throw mismatch('family', o.model, p.model.family);
+  if (!!p.vae !== (o.latent !== undefined)) {
+    throw new Error(`--init ${o.init}: ${p.vae ? 'it is a latent pipeline (it has a vae/): pass --latent with its VAE'
+      : 'it is a pixel-space pipeline, this run is latent (--latent)'}`);
+  }
   if (p.scheduler.prediction !== o.objective) throw mismatch('objective', o.objective, p.scheduler.prediction);
   if (classCount(p.model) !== classes) throw mismatch('classes', classes, classCount(p.model));
   if (p.model.sampleShape.some((v, i) => v !== shape[i])) {
     throw mismatch('image shape', shape.join('x'), p.model.sampleShape.join('x'));
   }
   return p;
+}
+
+/** The pipeline class of a latent pipeline (a denoiser and a `vae/`). diffusers has none for
+ *  class-conditional U-Nets, and its DiTPipeline hard-codes ImageNet's null class 1000. */
+export const LATENT_PIPELINE_CLASS = 'DiffuseLatentPipeline';
+
+/** A latent run's training set: the VAE's posterior means of `data` (labels kept), and their
+ *  standard deviations to sample the posterior with at each step. */
+async function latentDataset(o: TrainOptions, data: ImageDataset, ev: TrainEvents):
+  Promise<{ data: ImageDataset; latent: NonNullable<RunExtras['latent']> }> {
+  const vae = await loadVae(o.latent!);
+  const coder = latentCoder(vae);
+  try {
+    const n = datasetSize(data);
+    ev.onPrepare?.('VAE latents', 0, n);
+    const { mean, std } = await coder.encode(data.images);
+    ev.onPrepare?.('VAE latents', n, n);
+    return { data: { ...data, images: mean }, latent: { vae, std } };
+  } finally {
+    await coder.dispose();
+  }
 }
 
 /**
@@ -283,18 +325,25 @@ export async function train(o: TrainOptions, data: ImageDataset, resume: boolean
       throw new Error(`${flag} is implemented for the U-Net and the DiT (--model unet or dit), not ${o.model}`);
     }
   }
-  const [dc, dh, dw] = trainingImageShape(data, o.batchSize);
+  if (o.latent !== undefined && o.repa !== 0) throw new Error('--repa aligns to an encoder\'s features of the images; it is not implemented for latent runs (--latent)');
+  trainingImageShape(data, o.batchSize);
+  const encoded = o.latent === undefined ? undefined : await latentDataset(o, data, ev);
+  const trainData = encoded?.data ?? data;
+  const [dc, dh, dw] = trainingImageShape(trainData, o.batchSize);
   const start = o.init === undefined ? undefined : await initialPipeline(o, classes, [dc, dh, dw]);
   if (start && o.dtrAlpha !== undefined) throw new Error('--dtr-alpha: task routing is chosen when a model is made, not when it is fine-tuned (--init)');
   const model = start?.model ?? freshModel(o, classes, [dc, dh, dw]);
-  const extras: RunExtras = { repa: await repaExtras(o, model, data, ev) };
+  const extras: RunExtras = { repa: await repaExtras(o, model, data, ev), ...(encoded ? { latent: encoded.latent } : {}) };
+  const vae: LoadedVae | undefined = encoded?.latent.vae;
   const spec = trainingScheduler(o.objective);
   const lr = learningRate(o);
   const key = RngKey.fromSeed(o.seed);
   const trainer = compileTrainStep<HostBatch & Tree<HostArray>>(lossFn(o, model, extras), adamw({ lr, weightDecay: 0 }),
     { clipGradNorm: o.gradClip, ema: { maxDecay: o.emaDecay }, runtime: { name: 'train_step' } });
   const { adapt } = o;
-  const files: PipelineFiles = { model, scheduler: spec, ...(plainTree(o) ? {} : {
+  const files: PipelineFiles = { model, scheduler: spec,
+    ...(vae ? { pipelineClass: LATENT_PIPELINE_CLASS, frozen: [{ saved: vaeModel(vae.model.config), params: vae.params }] } : {}),
+    ...(plainTree(o) ? {} : {
     modelOf: (t: Tree<HostArray>) => {
       const m = trainedParts(o, t).model;
       return adapt ? adapt.merge(m) : m;
@@ -308,9 +357,9 @@ export async function train(o: TrainOptions, data: ImageDataset, resume: boolean
       return (extras.repa ? { model: m, repa: extras.repa.projector.init(key.fold(5)) } : { model: m }) as
         unknown as Tree<HostArray>;
     },
-    batch: (step) => drawBatch(o, data, model, spec, key, step, extras) as HostBatch & Tree<HostArray>,
+    batch: (step) => drawBatch(o, trainData, model, spec, key, step, extras) as HostBatch & Tree<HostArray>,
     // EMA samples: DDIM (flow-Euler for flow runs), 25 steps
-    grid: (ema) => progressGrid({ model, params: ema, scheduler: spec, modelFolder: o.out, notes: [] },
+    grid: (ema) => progressGrid({ model, params: ema, scheduler: spec, modelFolder: o.out, notes: [], ...(vae ? { vae } : {}) },
       { sampler: spec.family === 'flow' ? 'flow-euler' : 'ddim', steps: 25 }),
   }, resume, ev);
   return { ...r, model };

@@ -13,7 +13,7 @@ import { samplersFor } from '../diffusion/sampling.js';
 import { HostArray } from '../engine/host.js';
 import { setDefaultThreads } from '../engine/runtime.js';
 import { encodePng, imageGrid } from '../io/png.js';
-import { classCount, loadPipeline, sampleImages, type Pipeline } from '../pipelines/sample.js';
+import { classCount, loadPipeline, pipelineImageShape, sampleImages, type Pipeline } from '../pipelines/sample.js';
 import type { StudentRecord } from '../pipelines/student.js';
 import type { SampleRequest } from './request.js';
 
@@ -64,7 +64,7 @@ function modelInfo(p: Pipeline): ModelInfo {
   return {
     className: p.model.cls.className, modelFolder: p.modelFolder, classes: classCount(p.model),
     flow: p.scheduler.family === 'flow', schedulerClass: p.scheduler.className, samplers,
-    sampleShape: [...p.model.sampleShape], notes: p.notes,
+    sampleShape: pipelineImageShape(p), notes: p.notes,
     ...(p.student ? { student: p.student } : {}),
   };
 }
@@ -89,9 +89,9 @@ async function main(): Promise<void> {
   try {
     setDefaultThreads(threads);
     pipeline = await loadPipeline(modelDir);
-    const [c] = pipeline.model.sampleShape;
+    const [c] = pipelineImageShape(pipeline);
     if (c !== 1 && c !== 3) {
-      throw new RangeError(`${pipeline.model.cls.className} in ${modelDir} makes ${c}-channel ` +
+      throw new RangeError(`${pipeline.vae ? 'the VAE' : pipeline.model.cls.className} in ${modelDir} makes ${c}-channel ` +
         'images; the server returns PNGs of 1 (gray) or 3 (RGB) channels');
     }
   } catch (e) {
