@@ -11,6 +11,7 @@ import { EXIT, exitCodeOf } from './errors.js';
 import { registerClassify } from './classify.js';
 import { registerConvert } from './convert.js';
 import { registerDdm, registerWorker } from './ddm.js';
+import { registerDiffuseVae } from './diffusevae.js';
 import { registerDistill } from './distill.js';
 import { registerEncode } from './encode.js';
 import { registerEval } from './eval.js';
@@ -49,6 +50,7 @@ export function buildProgram(): Command {
   registerExport(program);
   registerTrainClassifier(program);
   registerTrainVae(program);
+  registerDiffuseVae(program);
   registerTrainExperts(program);
   registerEval(program);
   registerDistill(program);

@@ -32,6 +32,7 @@ import { CONVERT_OPTIONS } from './convert.js';
 import { SERVE_OPTIONS } from './serve.js';
 import { EXPORT_OPTIONS } from './export.js';
 import { TRAIN_VAE_OPTIONS } from './train-vae.js';
+import { DIFFUSEVAE_EVAL_OPTIONS, DIFFUSEVAE_SAMPLE_OPTIONS, DIFFUSEVAE_TRAIN_OPTIONS } from './diffusevae.js';
 import { withTempDir } from '../../test/support/temp-dir.js';
 
 const COMMANDS: Record<string, Schema> = {
@@ -43,6 +44,8 @@ const COMMANDS: Record<string, Schema> = {
   finetune: FINETUNE_OPTIONS, 'ddm train': DDM_TRAIN_OPTIONS, 'ddm eval': DDM_EVAL_OPTIONS,
   worker: WORKER_OPTIONS, video: VIDEO_OPTIONS, 'video-eval': VIDEO_EVAL_OPTIONS,
   convert: CONVERT_OPTIONS, serve: SERVE_OPTIONS, export: EXPORT_OPTIONS, 'train-vae': TRAIN_VAE_OPTIONS,
+  'diffusevae train': DIFFUSEVAE_TRAIN_OPTIONS, 'diffusevae sample': DIFFUSEVAE_SAMPLE_OPTIONS,
+  'diffusevae eval': DIFFUSEVAE_EVAL_OPTIONS,
 };
 
 /** The message a thunk fails with, which must be a UsageError. */

@@ -373,5 +373,9 @@ export const AUTOENCODER_KL_PRESETS: Readonly<Record<string, AutoencoderKLConfig
   'sd-vae': vae([128, 256, 512, 512], { layers_per_block: 2, sample_size: 256 }),
   'mnist-f4': vae([16, 32, 64], { in_channels: 1, out_channels: 1, norm_num_groups: 8,
     layers_per_block: 1, scaling_factor: 1 }), // diffuse train-vae computes the factor
+  // DiffuseVAE's first stage on MNIST: 32x32x1 -> 4x4x4, a 64-number latent drawn from
+  // the prior (train it with a KL weight that makes it a VAE, not an autoencoder).
+  'mnist-f8': vae([16, 32, 64, 64], { in_channels: 1, out_channels: 1, norm_num_groups: 8,
+    layers_per_block: 1, scaling_factor: 1 }),
   tiny: vae([32, 64], { norm_num_groups: 8 }),
 };

@@ -55,6 +55,8 @@ export interface PipelineFiles<M extends SavedModel = ImageModel> {
   pipelineClass?: string;
   /** For a distilled student: what it was made for (model_index.json's _diffuse_student). */
   student?: StudentRecord;
+  /** Other private model_index.json entries (keys starting with '_'), e.g. a method's settings. */
+  privateEntries?: Record<string, unknown>;
   /** When the optimised tree is not the model's own (a projector trained beside it, or only
    *  some of its weights): the model weights a trained tree stands for. Checkpoints then keep
    *  the trained tree as well, flat, so a resume gets it back exactly. */
@@ -127,7 +129,7 @@ async function writePipeline(dir: string, f: PipelineFiles<SavedModel>, params: 
     components.scheduler = ['diffusers', scheduler.className];
   }
   await writingTo(join(dir, 'model_index.json'), () => writeModelIndex(dir, pipelineClass, components,
-    f.student ? { [STUDENT_KEY]: { ...f.student } } : {}));
+    { ...f.privateEntries, ...(f.student ? { [STUDENT_KEY]: { ...f.student } } : {}) }));
 }
 
 /** Writes the final pipeline (EMA weights) that `diffuse sample` loads. */

@@ -23,7 +23,7 @@ import * as ops from '../engine/ops.js';
 import { RngKey } from '../engine/random/philox.js';
 import type { Tensor } from '../engine/tensor.js';
 import type { Tree } from '../engine/tree.js';
-import { batchAt, datasetSize, type ImageDataset } from '../data/dataset.js';
+import { batchAt, datasetSize, subset, type ImageDataset } from '../data/dataset.js';
 import {
   AUTOENCODER_KL_PRESETS, type AutoencoderKL, autoencoderKLClass, type AutoencoderKLConfig,
 } from '../models/autoencoder-kl.js';
@@ -109,7 +109,7 @@ export async function trainVae(o: VaeTrainOptions, data: ImageDataset, heldOut: 
     return vaeLoss(net, params as unknown as ParamsOf<AutoencoderKL>, b.x, b.noise, o);
   }, adamw({ lr: learningRate(o), weightDecay: 0 }), { clipGradNorm: o.gradClip, runtime: { name: 'vae_train_step' } });
   const files: PipelineFiles<VaeModel> = { model, pipelineClass: VAE_PIPELINE_CLASS };
-  const shown = firstImages(heldOut, 16);
+  const shown = spreadImages(heldOut, 16);
   const r = await runTraining({
     options: o, files, trainer, exported: 'params',
     run: { size: o.size, latentChannels: model.config.latent_channels, klWeight: o.klWeight,
@@ -131,27 +131,34 @@ export async function trainVae(o: VaeTrainOptions, data: ImageDataset, heldOut: 
   return { ...r, model: final, scalingFactor, heldOutMse };
 }
 
-function firstImages(d: ImageDataset, n: number): HostArray<'float32'> {
-  const [, c, h, w] = d.images.shape as [number, number, number, number];
-  const k = Math.min(n, datasetSize(d));
-  return new HostArray(d.images.data.slice(0, k * c * h * w), [k, c, h, w]);
+/** `n` images spread evenly over `d` (MNIST's held-out split is ordered by digit). */
+function spreadImages(d: ImageDataset, n: number): HostArray<'float32'> {
+  const size = datasetSize(d);
+  const k = Math.min(n, size);
+  return subset(d, Array.from({ length: k }, (_, i) => Math.floor((i * size) / k))).images;
 }
 
-/** Originals and reconstructions interleaved by rows of 8, for a grid of 8 columns. */
+/** Originals and reconstructions interleaved by rows of 8, then a row of decoded draws from
+ *  the prior N(0, I) (digits only when the KL weight made the latent a VAE's), for a grid of
+ *  8 columns. */
 async function reconstructionGrid(vae: LoadedVae, images: HostArray<'float32'>): Promise<HostArray> {
   const coder = latentCoder(vae);
   try {
-    const recon = await coder.decode(await coder.encodeMean(images));
+    const codes = await coder.encodeMean(images);
+    const recon = await coder.decode(codes);
+    const prior = await coder.decode(new HostArray(RngKey.fromSeed(1234).normal(8 * codes.size / codes.shape[0]!),
+      [8, ...codes.shape.slice(1)]));
     const [n, c, h, w] = images.shape as [number, number, number, number];
     const per = c * h * w;
     const rows = Math.ceil(n / 8);
-    const out = new Float32Array(2 * rows * 8 * per).fill(-1);
+    const out = new Float32Array((2 * rows + 1) * 8 * per).fill(-1);
     for (let i = 0; i < n; i++) {
       const [row, col] = [Math.floor(i / 8), i % 8];
       out.set(images.data.subarray(i * per, (i + 1) * per), ((2 * row) * 8 + col) * per);
       out.set(recon.data.subarray(i * per, (i + 1) * per), ((2 * row + 1) * 8 + col) * per);
     }
-    return new HostArray(out, [2 * rows * 8, c, h, w]);
+    out.set(prior.data, 2 * rows * 8 * per);
+    return new HostArray(out, [(2 * rows + 1) * 8, c, h, w]);
   } finally {
     await coder.dispose();
   }
