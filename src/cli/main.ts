@@ -10,6 +10,7 @@ import { registerAb } from './ab.js';
 import { EXIT, exitCodeOf } from './errors.js';
 import { registerClassify } from './classify.js';
 import { registerConvert } from './convert.js';
+import { registerD2nwg } from './d2nwg.js';
 import { registerDdm, registerWorker } from './ddm.js';
 import { registerDiffuseVae } from './diffusevae.js';
 import { registerDistill } from './distill.js';
@@ -51,6 +52,7 @@ export function buildProgram(): Command {
   registerTrainClassifier(program);
   registerTrainVae(program);
   registerDiffuseVae(program);
+  registerD2nwg(program);
   registerTrainExperts(program);
   registerEval(program);
   registerDistill(program);

@@ -98,7 +98,8 @@ export function registerSample(program: Command): void {
         `(${k ? `${k} classes` : 'unconditional'}): ${o.n} images, ${sampler}, ${steps} steps` +
         `${guidance !== 1 ? `, guidance ${guidance}` : ''}` +
         `${o.accel ? `, ${describeAccel(o.accel)}` : ''}` +
-        `${pipeline.ensemble ? `, ${pipeline.ensemble.experts.length} experts routed ${o.ensemble ?? pipeline.ensemble.routing}` : ''}, seed ${o.seed} ` +
+        `${pipeline.ensemble ? `, ${pipeline.ensemble.experts.length} experts routed ${o.ensemble ?? pipeline.ensemble.routing}` : ''}` +
+        `${pipeline.vae ? `, in the latent space of its VAE (${pipeline.model.sampleShape.join('x')} latents)` : ''}, seed ${o.seed} ` +
         `(${o.generator})`);
       const guide = o.guide ? await loadGuide(o.guide) : undefined;
       if (guide) console.log(`classifier guidance: ${guide.description}`);
