@@ -17,6 +17,7 @@ import { registerDistill } from './distill.js';
 import { registerEncode } from './encode.js';
 import { registerEval } from './eval.js';
 import { registerFinetune } from './finetune.js';
+import { registerMolrg } from './molrg.js';
 import { registerMultiTask } from './multi-task.js';
 import { registerTrainExperts } from './experts.js';
 import { registerProbe } from './probe.js';
@@ -47,6 +48,7 @@ export function buildProgram(): Command {
   registerTrain(program);
   registerFinetune(program);
   registerToy(program);
+  registerMolrg(program);
   registerSample(program);
   registerExport(program);
   registerTrainClassifier(program);
