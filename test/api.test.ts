@@ -68,6 +68,8 @@ const promised: Record<string, [Record<string, unknown>, Record<string, string>]
     trainVideo: 'function', loadVideoPipeline: 'function', sampleVideos: 'function',
     sampleLongVideoThreads: 'function', compareLongVideos: 'function', frameJumps: 'function',
     exportDenoiser: 'function', exportModelFolder: 'function', convertWeights: 'function',
+    trainVae: 'function', loadVae: 'function', latentCoder: 'function', pipelineImageShape: 'function',
+    trainDiffuseVae: 'function', sampleDiffuseVae: 'function', runD2nwg: 'function', runMolrgSweep: 'function',
   }],
   './distributed': [distributed, {
     embeddedBackend: 'function', redisBackend: 'function', startRedisWorker: 'function',

@@ -5,7 +5,8 @@
  * options; `runAb` compares them at equal compute; `trainJoint` the multi-task model; `trainDdm`
  * decentralized experts as jobs on a back-end of diffuse/distributed), evaluate samplers by
  * MNIST-FID and class accuracy (`prepareMnistFid`, `evaluateRuns`), the 2-D toy demo, and the
- * classifier the metrics use. `graphDenoiser` is the bridge from a traced model to the
+ * classifier the metrics use; latent models (`trainVae`, `loadVae`, a pipeline's `vae`,
+ * DiffuseVAE) and the other seed systems (D2NWG, MoLRG). `graphDenoiser` is the bridge from a traced model to the
  * samplers of diffuse/diffusion.
  *
  * Checkpoint files (checkpoint.ts: `train` writes and resumes them) and the MNIST-FID building
@@ -63,6 +64,25 @@ export {
   compareLongVideos, frameJumps, identityAgreement, LONG_VIDEO_MODES, segmentDigits, videoConsistency,
   type CompareRow, type FrameJumps, type LongVideoMode, type VideoConsistency,
 } from './video-eval.js';
+
+// ---- latent models: the VAE, latent pipelines, DiffuseVAE ----
+export {
+  RECONSTRUCTION_LOSSES, trainVae, VAE_PIPELINE_CLASS, VAE_PRESET_NAMES, vaeLoss, type VaeTrainOptions,
+  type VaeTrainResult,
+} from './vae.js';
+export {
+  latentCoder, latentScalingFactor, loadVae, reconstructionMse, type LatentCoder, type LoadedVae,
+} from './latent.js';
+export { LATENT_PIPELINE_CLASS } from './train.js';
+export { pipelineImageShape } from './sample.js';
+export {
+  loadDiffuseVae, sampleDiffuseVae, slerpLatents, trainDiffuseVae, type DiffuseVaePipeline,
+  type DiffuseVaeSampleOptions, type DiffuseVaeTrainOptions,
+} from './diffusevae.js';
+
+// ---- other seed systems: weights generation (D2NWG), low-rank mixtures (MoLRG) ----
+export { runD2nwg, runD2nwgMnist, type D2nwgOptions } from './d2nwg.js';
+export { runMolrgSweep, type MolrgRow, type MolrgSweepOptions } from './molrg.js';
 
 // ---- evaluation: MNIST-FID (the shipped classifier's features, not Inception-FID) ----
 export {
