@@ -11,6 +11,7 @@ import { EXIT, exitCodeOf } from './errors.js';
 import { registerClassify } from './classify.js';
 import { registerConvert } from './convert.js';
 import { registerD2nwg } from './d2nwg.js';
+import { registerDiffDis } from './diffdis.js';
 import { registerDdm, registerWorker } from './ddm.js';
 import { registerDiffuseVae } from './diffusevae.js';
 import { registerDistill } from './distill.js';
@@ -63,6 +64,7 @@ export function buildProgram(): Command {
   registerEncode(program);
   registerAb(program);
   registerMultiTask(program);
+  registerDiffDis(program);
   registerDdm(program);
   registerWorker(program);
   registerVideo(program);

@@ -32,6 +32,9 @@ import { CONVERT_OPTIONS } from './convert.js';
 import { SERVE_OPTIONS } from './serve.js';
 import { EXPORT_OPTIONS } from './export.js';
 import { TRAIN_VAE_OPTIONS } from './train-vae.js';
+import { D2NWG_OPTIONS } from './d2nwg.js';
+import { DIFFDIS_EVAL_OPTIONS, DIFFDIS_TRAIN_OPTIONS } from './diffdis.js';
+import { MOLRG_OPTIONS } from './molrg.js';
 import { DIFFUSEVAE_EVAL_OPTIONS, DIFFUSEVAE_SAMPLE_OPTIONS, DIFFUSEVAE_TRAIN_OPTIONS } from './diffusevae.js';
 import { withTempDir } from '../../test/support/temp-dir.js';
 
@@ -45,7 +48,8 @@ const COMMANDS: Record<string, Schema> = {
   worker: WORKER_OPTIONS, video: VIDEO_OPTIONS, 'video-eval': VIDEO_EVAL_OPTIONS,
   convert: CONVERT_OPTIONS, serve: SERVE_OPTIONS, export: EXPORT_OPTIONS, 'train-vae': TRAIN_VAE_OPTIONS,
   'diffusevae train': DIFFUSEVAE_TRAIN_OPTIONS, 'diffusevae sample': DIFFUSEVAE_SAMPLE_OPTIONS,
-  'diffusevae eval': DIFFUSEVAE_EVAL_OPTIONS,
+  'diffusevae eval': DIFFUSEVAE_EVAL_OPTIONS, d2nwg: D2NWG_OPTIONS, molrg: MOLRG_OPTIONS,
+  'diffdis train': DIFFDIS_TRAIN_OPTIONS, 'diffdis eval': DIFFDIS_EVAL_OPTIONS,
 };
 
 /** The message a thunk fails with, which must be a UsageError. */

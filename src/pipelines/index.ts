@@ -83,6 +83,7 @@ export {
 // ---- other seed systems: weights generation (D2NWG), low-rank mixtures (MoLRG) ----
 export { runD2nwg, runD2nwgMnist, type D2nwgOptions } from './d2nwg.js';
 export { runMolrgSweep, type MolrgRow, type MolrgSweepOptions } from './molrg.js';
+export { classifyDiffDis, evaluateDiffDis, trainDiffDis } from './diffdis.js';
 
 // ---- evaluation: MNIST-FID (the shipped classifier's features, not Inception-FID) ----
 export {
