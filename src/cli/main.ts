@@ -18,6 +18,7 @@ import { registerDistill } from './distill.js';
 import { registerEncode } from './encode.js';
 import { registerEval } from './eval.js';
 import { registerFinetune } from './finetune.js';
+import { registerLdfacenet } from './ldfacenet.js';
 import { registerMolrg } from './molrg.js';
 import { registerMultiTask } from './multi-task.js';
 import { registerTrainExperts } from './experts.js';
@@ -56,6 +57,7 @@ export function buildProgram(): Command {
   registerTrainVae(program);
   registerDiffuseVae(program);
   registerD2nwg(program);
+  registerLdfacenet(program);
   registerTrainExperts(program);
   registerEval(program);
   registerDistill(program);
