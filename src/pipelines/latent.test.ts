@@ -15,7 +15,9 @@ import { AUTOENCODER_KL_DEFAULTS, AutoencoderKL, type AutoencoderKLConfig } from
 import type { ParamsOf } from '../nn/module.js';
 import { withTempDir } from '../../test/support/temp-dir.js';
 import { twoClassImages } from '../../test/support/tiny-images.js';
+import { packageRoot } from '../util/package-root.js';
 import { latentCoder, loadVae } from './latent.js';
+import { classAccuracy, featureExtractor, loadMetricClassifier } from './metrics.js';
 import { classifyImages } from './classify.js';
 import { loadPipeline, sampleImages } from './sample.js';
 import { train, type TrainOptions } from './train.js';
@@ -118,3 +120,19 @@ test('a latent pipeline: trained on VAE latents, saved with vae/, sampled into d
     await assert.rejects(classifyImages(p, images.images, undefined),
       /is part of a latent pipeline \(it has a vae\/\): the Diffusion Classifier works on pixel-space models/);
   }));
+
+test('the shipped latent pipeline (float16 weights) draws the digits asked for', async () => {
+  const p = await loadPipeline(join(packageRoot(), 'models', 'mnist-latent'));
+  assert.deepEqual(p.model.sampleShape, [4, 8, 8]);
+  assert.ok(Math.abs(p.vae!.model.config.scaling_factor - 0.4247) < 1e-4);
+  const classes = Array.from({ length: 20 }, (_, i) => i % 10);
+  const r = await sampleImages(p, { sampler: 'dpm++2m', steps: 10, n: 20, seed: 3, guidance: 1.5, classes });
+  assert.deepEqual(r.images.shape, [20, 1, 32, 32]);
+  const judge = featureExtractor(await loadMetricClassifier());
+  try {
+    const accuracy = classAccuracy(await judge.outputs(r.images), classes);
+    assert.ok(accuracy >= 0.9, `class accuracy ${accuracy}`);
+  } finally {
+    await judge.dispose();
+  }
+});
