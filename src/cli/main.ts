@@ -18,6 +18,7 @@ import { registerDistill } from './distill.js';
 import { registerEncode } from './encode.js';
 import { registerEval } from './eval.js';
 import { registerFinetune } from './finetune.js';
+import { registerInvDiff } from './invdiff.js';
 import { registerLdfacenet } from './ldfacenet.js';
 import { registerMolrg } from './molrg.js';
 import { registerMultiTask } from './multi-task.js';
@@ -58,6 +59,7 @@ export function buildProgram(): Command {
   registerDiffuseVae(program);
   registerD2nwg(program);
   registerLdfacenet(program);
+  registerInvDiff(program);
   registerTrainExperts(program);
   registerEval(program);
   registerDistill(program);

@@ -36,6 +36,7 @@ import { D2NWG_OPTIONS } from './d2nwg.js';
 import { DIFFDIS_EVAL_OPTIONS, DIFFDIS_TRAIN_OPTIONS } from './diffdis.js';
 import { MOLRG_OPTIONS } from './molrg.js';
 import { LDFACENET_OPTIONS } from './ldfacenet.js';
+import { INVDIFF_OPTIONS } from './invdiff.js';
 import { DIFFUSEVAE_EVAL_OPTIONS, DIFFUSEVAE_SAMPLE_OPTIONS, DIFFUSEVAE_TRAIN_OPTIONS } from './diffusevae.js';
 import { withTempDir } from '../../test/support/temp-dir.js';
 
@@ -51,7 +52,7 @@ const COMMANDS: Record<string, Schema> = {
   'diffusevae train': DIFFUSEVAE_TRAIN_OPTIONS, 'diffusevae sample': DIFFUSEVAE_SAMPLE_OPTIONS,
   'diffusevae eval': DIFFUSEVAE_EVAL_OPTIONS, d2nwg: D2NWG_OPTIONS, molrg: MOLRG_OPTIONS,
   'diffdis train': DIFFDIS_TRAIN_OPTIONS, 'diffdis eval': DIFFDIS_EVAL_OPTIONS,
-  ldfacenet: LDFACENET_OPTIONS,
+  ldfacenet: LDFACENET_OPTIONS, invdiff: INVDIFF_OPTIONS,
 };
 
 /** The message a thunk fails with, which must be a UsageError. */
