@@ -19,12 +19,12 @@ import { compile } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
 import type { Tree } from '../engine/tree.js';
 import type { Batch } from '../diffusion/denoiser.js';
-import { parseScheduler, type SchedulerSpec } from '../diffusion/diffusers/spec.js';
+import type { SchedulerSpec } from '../diffusion/diffusers/spec.js';
 import { sample } from '../diffusion/sampling.js';
 import { trainingPoints, trainingScheduler } from '../diffusion/training.js';
 import { batchAt, type ImageDataset } from '../data/dataset.js';
 import { mnistSplits } from '../data/mnist.js';
-import { loadModel, readSchedulerConfig } from '../io/diffusers.js';
+import { loadModel } from '../io/diffusers.js';
 import {
   classifyByDenoising, classTable, DIFFDIS_DEFAULTS, diffdisClass, diffdisInitialize,
   diffdisLoss, DiffDisModel, imageDenoiser, taskCoefficients, taskRows, type DiffDisBatch,
@@ -38,7 +38,7 @@ import { compileTrainStep } from '../nn/train.js';
 import type { PipelineFiles, SavedModel } from './checkpoint.js';
 import { prepareMnistFid, scoreImages } from './eval.js';
 import { createImageModel, presetNames } from './image-models.js';
-import { agreement } from './multi-task.js';
+import { agreement, flowSchedulerAt } from './multi-task.js';
 import { learningRate, trainingImageShape, type TrainOptions } from './train.js';
 import { runTraining, type TrainEvents, type TrainResult } from './training-loop.js';
 
@@ -171,15 +171,8 @@ export async function loadDiffDisPipeline(dir: string): Promise<DiffDisPipeline>
   const root = existsSync(join(dir, 'model', 'transformer')) ? join(dir, 'model') : dir;
   const component = existsSync(join(root, 'transformer')) ? join(root, 'transformer') : root;
   const { model, params, folder } = await loadModel(component, diffdisClass);
-  const subfolder = existsSync(join(root, 'scheduler')) ? 'scheduler'
-    : existsSync(join(root, 'scheduler_config.json')) ? '' : null;
-  const scheduler = subfolder === null ? trainingScheduler('flow')
-    : parseScheduler((await readSchedulerConfig(root, { subfolder })).config);
-  if (scheduler.family !== 'flow') {
-    throw new Error(`${dir}: a DiffDis model is sampled by flow matching; its scheduler is ` +
-      `${scheduler.className}`);
-  }
-  return { model, params: params as unknown as Tree<HostArray>, scheduler, folder };
+  return { model, params: params as unknown as Tree<HostArray>, scheduler: await flowSchedulerAt(root, 'a DiffDis model'),
+    folder };
 }
 
 /** The model with its weights baked in, as both tasks' network, and its class table [K * E]. */

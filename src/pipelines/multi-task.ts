@@ -167,16 +167,22 @@ export interface JointPipeline {
 export async function loadJointPipeline(dir: string): Promise<JointPipeline> {
   const component = existsSync(join(dir, 'transformer')) ? join(dir, 'transformer') : dir;
   const { model, params, folder } = await loadModel(component, jointDiTClass);
-  // scheduler/ of a pipeline folder, or scheduler_config.json beside a bare model's config
+  return { model, params: params as unknown as Tree<HostArray>, scheduler: await flowSchedulerAt(dir, 'a joint model'),
+    folder };
+}
+
+/** The flow-matching scheduler of the model folder `dir` (`what` names the model in errors):
+ *  scheduler/ of a pipeline folder, scheduler_config.json beside a bare model's config, or
+ *  the training default; another process is refused. */
+export async function flowSchedulerAt(dir: string, what: string): Promise<SchedulerSpec> {
   const subfolder = existsSync(join(dir, 'scheduler')) ? 'scheduler'
     : existsSync(join(dir, 'scheduler_config.json')) ? '' : null;
   const scheduler = subfolder === null ? trainingScheduler('flow')
     : parseScheduler((await readSchedulerConfig(dir, { subfolder })).config);
   if (scheduler.family !== 'flow') {
-    throw new Error(`${dir}: a joint model is sampled by flow matching; its scheduler is ` +
-      `${scheduler.className}`);
+    throw new Error(`${dir}: ${what} is sampled by flow matching; its scheduler is ${scheduler.className}`);
   }
-  return { model, params: params as unknown as Tree<HostArray>, scheduler, folder };
+  return scheduler;
 }
 
 /** The model with its weights baked in, compiled as the joint sampler's denoiser. */
