@@ -38,7 +38,7 @@ import { compileTrainStep } from '../nn/train.js';
 import type { PipelineFiles, SavedModel } from './checkpoint.js';
 import { prepareMnistFid, scoreImages } from './eval.js';
 import { createImageModel, presetNames } from './image-models.js';
-import { agreement, flowSchedulerAt } from './multi-task.js';
+import { agreement, flowSchedulerAt, jointDenoiser } from './multi-task.js';
 import { learningRate, trainingImageShape, type TrainOptions } from './train.js';
 import { runTraining, type TrainEvents, type TrainResult } from './training-loop.js';
 
@@ -183,20 +183,8 @@ async function diffdisNet(p: DiffDisPipeline):
     { name: 'diffdis_class_table' });
   const table = (await tableFn(weights.class_embed.weight)).data as Float32Array;
   await tableFn.dispose();
-  const consts = ops.constantTree(p.params) as unknown as ParamsOf<DiffDisModel>;
-  const f = compile((x: Tensor, y: Tensor, t: Tensor) => p.model.forward(consts, x, y, t),
-    { name: 'diffdis_denoiser' });
-  const f32 = (b: Batch) => (b instanceof HostArray && b.dtype === 'float32' ? b
-    : new HostArray<'float32'>(Float32Array.from(b.data), b.shape, 'float32'));
-  return {
-    table,
-    async predict(image, label, t) {
-      const times = new HostArray<'float32'>(Float32Array.from(t), [t.length], 'float32');
-      const out = await f(f32(image), f32(label), times);
-      return { image: out.image as HostArray<'float32'>, label: out.label as HostArray<'float32'> };
-    },
-    dispose: () => f.dispose(),
-  };
+  // A DiffDis model is a JointDiTModel with a class table: the joint sampler's denoiser.
+  return { ...jointDenoiser(p, { name: 'diffdis_denoiser' }), table };
 }
 
 export interface RunOptions {
