@@ -51,10 +51,7 @@ export function registerMolrg(program: Command): void {
       'dimensions d and N / d, score its samples by their distance to the true subspaces, ' +
       'and write a CSV and heat maps of success over (d, N / d)'), MOLRG_OPTIONS)
     .action(async (_: unknown, cmd: Command) => {
-      const values = commandOptions(MOLRG_OPTIONS, cmd).values;
-      // custom() lists come back typed as optional even with a default
-      const o = { ...values, dims: values.dims ?? [...MOLRG_DEFAULTS.dims],
-        ratios: values.ratios ?? [...MOLRG_DEFAULTS.ratios] };
+      const o = commandOptions(MOLRG_OPTIONS, cmd).values;
       const largest = Math.max(...o.dims);
       if (o.components * largest > o.ambient) {
         throw new UsageError(`--ambient: expected at least components x largest d = ` +

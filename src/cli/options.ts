@@ -228,7 +228,7 @@ export function configFile(help: string): OptionSpec<string, false> {
  * and throws with the reason. In a config file it takes a string, a number, or an array
  * (joined with commas, so `"class": [1, 3]` means `--class 1,3`).
  */
-export function custom<T, const O extends Doc<T> & { expected: string }>(
+export function custom<T, const O extends Doc<T | Readonly<T>> & { expected: string }>(
   parse: (text: string) => T, o: O): OptionSpec<T, Has<O>> {
   const fromText = (t: string): T => {
     try {
