@@ -45,6 +45,8 @@ export interface LoadedVae {
 /** Compiled encoder and decoder of a VAE, run over any number of rows in zero-padded batches
  *  (rows are independent: GroupNorm and the mid-block attention are per image). */
 export interface LatentCoder {
+  /** The VAE it runs. */
+  readonly vae: LoadedVae;
   /** Images [N, C, H, W] in [-1, 1] -> posterior mean and std, each [N, L, H/f, W/f]
    *  (unscaled VAE latents). */
   encode(images: HostArray<'float32'>): Promise<{ mean: HostArray<'float32'>; std: HostArray<'float32'> }>;
@@ -107,6 +109,7 @@ export function latentCoder(vae: LoadedVae, opts: { batchSize?: number; runtime?
   const latentOf = (x: HostArray) => [cfg.latent_channels, x.shape[2]! / f, x.shape[3]! / f];
   const imageOf = (z: HostArray) => [cfg.out_channels, z.shape[2]! * f, z.shape[3]! * f];
   return {
+    vae,
     async encode(images) {
       checkImages(images);
       return batched(images, () => latentOf(images), (xb) => enc(xb), ['mean', 'std'] as const);
@@ -131,38 +134,28 @@ export function latentCoder(vae: LoadedVae, opts: { batchSize?: number; runtime?
 
 /** 1 / the standard deviation of posterior samples z = mean + std * noise over `data` (LDM
  *  D.1 rescales by the std of the first batch's latents; all of them here). */
-export async function latentScalingFactor(vae: LoadedVae, data: ImageDataset, key: RngKey): Promise<number> {
-  const coder = latentCoder(vae);
-  try {
-    const { mean, std } = await coder.encode(data.images);
-    const noise = key.normal(mean.size);
-    let sum = 0;
-    let sq = 0;
-    for (let i = 0; i < mean.size; i++) {
-      const z = mean.data[i]! + std.data[i]! * noise[i]!;
-      sum += z;
-      sq += z * z;
-    }
-    const m = sum / mean.size;
-    const sd = Math.sqrt(Math.max(sq / mean.size - m * m, 0));
-    if (!(sd > 0)) throw new Error(`VAE ${vae.folder}: its latents have no spread (std ${sd}); the run diverged or collapsed`);
-    return 1 / sd;
-  } finally {
-    await coder.dispose();
+export async function latentScalingFactor(coder: LatentCoder, data: ImageDataset, key: RngKey): Promise<number> {
+  const { mean, std } = await coder.encode(data.images);
+  const noise = key.normal(mean.size);
+  let sum = 0;
+  let sq = 0;
+  for (let i = 0; i < mean.size; i++) {
+    const z = mean.data[i]! + std.data[i]! * noise[i]!;
+    sum += z;
+    sq += z * z;
   }
+  const m = sum / mean.size;
+  const sd = Math.sqrt(Math.max(sq / mean.size - m * m, 0));
+  if (!(sd > 0)) throw new Error(`VAE ${coder.vae.folder}: its latents have no spread (std ${sd}); the run diverged or collapsed`);
+  return 1 / sd;
 }
 
 /** Mean squared error per pixel of the posterior-mean reconstructions of `data`. */
-export async function reconstructionMse(vae: LoadedVae, data: ImageDataset): Promise<number> {
-  const coder = latentCoder(vae);
-  try {
-    const recon = await coder.decode(await coder.encodeMean(data.images));
-    let se = 0;
-    for (let i = 0; i < recon.size; i++) se += (recon.data[i]! - data.images.data[i]!) ** 2;
-    return se / recon.size;
-  } finally {
-    await coder.dispose();
-  }
+export async function reconstructionMse(coder: LatentCoder, data: ImageDataset): Promise<number> {
+  const recon = await coder.decode(await coder.encodeMean(data.images));
+  let se = 0;
+  for (let i = 0; i < recon.size; i++) se += (recon.data[i]! - data.images.data[i]!) ** 2;
+  return se / recon.size;
 }
 
 /**

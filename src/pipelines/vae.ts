@@ -119,16 +119,20 @@ export async function trainVae(o: VaeTrainOptions, data: ImageDataset, heldOut: 
     batch: (step) => ({ x: batchAt(data, key.fold(0), step, o.batchSize).images,
       noise: new HostArray(key.fold(1).fold(step).normal(latentShape.reduce((a, b) => a * b)), latentShape),
     }) as VaeBatch & Tree<HostArray>,
-    // Held-out digits (rows 1 and 3) over their reconstructions (rows 2 and 4).
+    // Held-out digits (rows 1 and 3) over their reconstructions (rows 2 and 4), prior draws (row 5).
     grid: async (params) => ({ images: await reconstructionGrid({ model: net, params, folder: o.out }, shown), cols: 8 }),
   }, resume, ev);
   if (r.interrupted) return { ...r, model };
   const trained: LoadedVae = { model: net, params: r.state.params, folder: join(o.out, 'model') };
-  const scalingFactor = await latentScalingFactor(trained, data, key.fold(3));
-  const final = vaeModel({ ...model.config, scaling_factor: scalingFactor });
-  await exportPipeline(join(o.out, 'model'), { ...files, model: final }, r.state.params);
-  const heldOutMse = await reconstructionMse(trained, heldOut);
-  return { ...r, model: final, scalingFactor, heldOutMse };
+  const coder = latentCoder(trained);
+  try {
+    const scalingFactor = await latentScalingFactor(coder, data, key.fold(3));
+    const final = vaeModel({ ...model.config, scaling_factor: scalingFactor });
+    await exportPipeline(join(o.out, 'model'), { ...files, model: final }, r.state.params);
+    return { ...r, model: final, scalingFactor, heldOutMse: await reconstructionMse(coder, heldOut) };
+  } finally {
+    await coder.dispose();
+  }
 }
 
 /** `n` images spread evenly over `d` (MNIST's held-out split is ordered by digit). */
