@@ -10,7 +10,7 @@ import { imageGrid, writePng } from '../io/png.js';
 import { DIFFUSEVAE_FORMS, type DiffuseVaeForm } from '../methods/diffusevae.js';
 import { mnistSplits } from '../pipelines/data.js';
 import {
-  loadDiffuseVae, sampleDiffuseVae, slerpLatents, trainDiffuseVae,
+  loadDiffuseVae, priorDraws, sampleDiffuseVae, slerpLatents, trainDiffuseVae,
 } from '../pipelines/diffusevae.js';
 import { prepareMnistFid, scoreImages } from '../pipelines/eval.js';
 import { presetNames } from '../pipelines/image-models.js';
@@ -90,10 +90,9 @@ export function registerDiffuseVae(program: Command): void {
       const n = o.interpolate || o.n;
       let z: HostArray<'float32'> | undefined;
       if (o.interpolate) {
-        const ends = await sampleDiffuseVae(p, { n: 2, steps: 1, sampler: o.sampler, seed: o.seed });
-        const per = ends.z.size / 2;
-        const zs = ends.z.data as Float32Array;
-        z = slerpLatents(zs.subarray(0, per), zs.subarray(per), o.interpolate, ends.z.shape.slice(1));
+        const ends = priorDraws(p, 2, o.seed);
+        const per = ends.size / 2;
+        z = slerpLatents(ends.data.subarray(0, per), ends.data.subarray(per), o.interpolate, ends.shape.slice(1));
       }
       const bar = progress('sampling', o.steps, []);
       const s = await sampleDiffuseVae(p, { n, steps: o.steps, sampler: o.sampler, seed: o.seed,

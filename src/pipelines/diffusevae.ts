@@ -11,6 +11,7 @@
  * Folder: model_index.json (DiffuseVAEPipeline, `_diffusevae: { form }`), unet/ (in_channels
  * 2C: [x_t, x̂]), vae/, scheduler/.
  */
+import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { HostArray } from '../engine/host.js';
 import * as ops from '../engine/ops.js';
@@ -23,7 +24,9 @@ import { parseScheduler, type SchedulerSpec } from '../diffusion/diffusers/spec.
 import { sample } from '../diffusion/sampling.js';
 import { noisySample, trainingPoints, trainingScheduler } from '../diffusion/training.js';
 import { batchAt, datasetSize, type ImageDataset } from '../data/dataset.js';
-import { DiffusersFolderError, loadModel, readModelIndex, readSchedulerConfig } from '../io/diffusers.js';
+import {
+  DiffusersFolderError, loadModel, MODEL_INDEX_NAME, readModelIndex, readSchedulerConfig,
+} from '../io/diffusers.js';
 import { conditionedInput, DIFFUSEVAE_FORMS, type DiffuseVaeForm } from '../methods/diffusevae.js';
 import type { UNet2DConfig } from '../models/unet2d.js';
 import { UNET2D_CLASS } from '../models/unet2d.js';
@@ -127,8 +130,9 @@ export async function trainDiffuseVae(o: DiffuseVaeTrainOptions, data: ImageData
 
 /** Loads a folder `diffuse diffusevae train` wrote (or its run folder). */
 export async function loadDiffuseVae(dir: string): Promise<DiffuseVaePipeline> {
-  const index = await readModelIndex(dir).catch(() => readModelIndex(join(dir, 'model')));
-  const root = index.path.slice(0, -'/model_index.json'.length);
+  // The pipeline itself, or a run folder holding it in model/.
+  const root = existsSync(join(dir, MODEL_INDEX_NAME)) || !existsSync(join(dir, 'model')) ? dir : join(dir, 'model');
+  const index = await readModelIndex(root);
   if (index.pipelineClass !== DIFFUSEVAE_PIPELINE_CLASS) {
     throw new DiffusersFolderError(index.path, `is a ${index.pipelineClass}, expected a ${DIFFUSEVAE_PIPELINE_CLASS} ` +
       '(what diffuse diffusevae train writes)');
@@ -180,15 +184,27 @@ export interface DiffuseVaeSampleOptions {
   onStep?: (step: number, total: number) => void;
 }
 
+/** [L, h, w] of the VAE latents behind the pipeline's images. */
+function latentShapeOf(p: DiffuseVaePipeline): [number, number, number] {
+  const f = p.vae.model.downFactor;
+  return [p.vae.model.config.latent_channels, p.model.sampleShape[1] / f, p.model.sampleShape[2] / f];
+}
+
+/** n draws z ~ N(0, I) from the VAE's prior, [n, L, h, w]: those sampleDiffuseVae uses for
+ *  this seed when given no z. */
+export function priorDraws(p: DiffuseVaePipeline, n: number, seed: number): HostArray<'float32'> {
+  const shape = [n, ...latentShapeOf(p)];
+  return new HostArray<'float32'>(RngKey.fromSeed(seed).fold(0).normal(shape.reduce((a, b) => a * b)), shape, 'float32');
+}
+
 /** n samples: the VAE's decodings x̂ = D(z) and their refinements, each [n, C, H, W]. */
 export async function sampleDiffuseVae(p: DiffuseVaePipeline, o: DiffuseVaeSampleOptions):
   Promise<{ vae: HostArray<'float32'>; images: HostArray<'float32'>; z: HostArray<'float32'> }> {
   const cfg = p.vae.model.config;
-  const f = p.vae.model.downFactor;
   const [c, h, w] = [cfg.out_channels, p.model.sampleShape[1], p.model.sampleShape[2]];
   const key = RngKey.fromSeed(o.seed);
-  const zShape = [o.n, cfg.latent_channels, h / f, w / f];
-  const z = o.z ?? new HostArray(key.fold(0).normal(zShape.reduce((a, b) => a * b)), zShape);
+  const z = o.z ?? priorDraws(p, o.n, o.seed);
+  const zShape = [o.n, ...latentShapeOf(p)];
   if (z.shape.join() !== zShape.join()) {
     throw new RangeError(`DiffuseVAE: z must be [${zShape.join(', ')}], got [${z.shape.join(', ')}]`);
   }
