@@ -17,7 +17,7 @@ import { dilate } from './transforms.js';
 
 /**
  * Bold share per class: classes [0, ceil(K/2)) get `aligned`, the others 1 - aligned. The
- * brief's biased MNIST is `splitBoldShares(10, 0.95)` (0-4 bold, 5-9 thin, 5% exceptions);
+ * experiment's biased MNIST is `splitBoldShares(10, 0.95)` (0-4 bold, 5-9 thin, 5% exceptions);
  * `splitBoldShares(10, 0.5)` is the unbiased set.
  */
 export function splitBoldShares(classes: number, aligned: number): number[] {

@@ -42,22 +42,15 @@
  * | z_t: the target's noised latent     | SDEdit's start at t0 (pipelines/ldfacenet.ts)     |
  *
  * TODO: the paper's exact G_seg (a distance between segmentation maps, or a masked pixel loss)
- * and its lambda schedules could not be read from the sources found; the form above is the
- * brief's.
+ * and its lambda schedules could not be read from the sources found; the form above is this
+ * project's stand-in.
  */
 import { HostArray } from '../engine/host.js';
 import * as ops from '../engine/ops.js';
 import type { Tensor } from '../engine/tensor.js';
 import type { Tree } from '../engine/tree.js';
-import type { DiffuseClassifier } from '../models/classifier.js';
+import { CLEAN_LOG_SNR, type DiffuseClassifier } from '../models/classifier.js';
 import type { ParamsOf } from '../nn/module.js';
-
-/**
- * The log-SNR a noise-conditioned classifier is given for a clean image: that of DDPM's first
- * timestep (alpha-bar 0.9999), as pipelines/metrics.ts's featureExtractor gives it, so the
- * energy sees the features the metrics score.
- */
-const CLEAN_LOG_SNR = Math.log(0.9999 / 0.0001);
 
 /** Identity features f(x) [N, F] of images x [N, C, H, W] in [-1, 1], in ops. */
 export function identityFeatures(net: DiffuseClassifier, p: ParamsOf<DiffuseClassifier>,

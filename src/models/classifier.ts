@@ -160,6 +160,13 @@ export class ConvBlock extends Module {
 // Model
 // ---------------------------------------------------------------------------------------------
 
+/**
+ * The noise level a noise-conditioned classifier is given for clean images: log-SNR 9.21, that
+ * of DDPM's first timestep (linear betas from 1e-4: alpha-bar 0.9999), the cleanest level the
+ * noise-aware training draws.
+ */
+export const CLEAN_LOG_SNR = Math.log(0.9999 / 0.0001);
+
 export class DiffuseClassifier extends Module {
   readonly noise_embedding?: NoiseEmbedding;
   readonly class_embedding?: Embedding;

@@ -34,7 +34,7 @@ import type { ImageDataset } from '../data/dataset.js';
 import { loadModel, toPythonJson } from '../io/diffusers.js';
 import { SafetensorsFile, writeSafetensors } from '../io/safetensors.js';
 import {
-  classifierClass, DiffuseClassifier, type ClassifierConfig,
+  classifierClass, CLEAN_LOG_SNR, DiffuseClassifier, type ClassifierConfig,
 } from '../models/classifier.js';
 import { stateDict, type ParamsOf } from '../nn/module.js';
 
@@ -47,12 +47,6 @@ const defaultClassifierDir = (): string => join(packageRoot(), 'models', 'mnist-
 /** Where reference statistics are cached unless told otherwise: `.cache/diffuse/`. */
 const defaultCacheDir = (): string => join(packageRoot(), '.cache', 'diffuse');
 
-/**
- * The noise level a noise-conditioned classifier is given for clean images: log-SNR 9.21, that
- * of DDPM's first timestep (linear betas from 1e-4: alpha-bar 0.9999), the cleanest level the
- * noise-aware training draws.
- */
-const CLEAN_LOG_SNR = Math.log(0.9999 / 0.0001);
 
 // ---------------------------------------------------------------------------------------------
 // The classifier and its features
