@@ -114,6 +114,10 @@ test('a latent pipeline: trained on VAE latents, saved with vae/, sampled into d
     assert.ok(latents.data.some((v) => Math.abs(v) > 1), 'latents are not clamped to [-1, 1]');
     const coder = latentCoder(p.vae);
     const decoded = await coder.decodeLatents(latents);
+    // encodeLatents scales as decodeLatents unscales: both round trips decode the same images.
+    const viaLatents = await coder.decodeLatents(await coder.encodeLatents(data.images));
+    const viaMeans = await coder.decode(await coder.encodeMean(data.images));
+    viaLatents.data.forEach((v, i) => assert.ok(Math.abs(v - viaMeans.data[i]!) < 1e-5, `pixel ${i}: ${v} vs ${viaMeans.data[i]}`));
     await coder.dispose();
     assert.deepEqual(Array.from(decoded.data), Array.from(images.images.data));
     // Methods that read pixels refuse a latent pipeline.

@@ -51,6 +51,8 @@ export interface LatentCoder {
    *  (unscaled VAE latents). */
   encode(images: HostArray<'float32'>): Promise<{ mean: HostArray<'float32'>; std: HostArray<'float32'> }>;
   encodeMean(images: HostArray<'float32'>): Promise<HostArray<'float32'>>;
+  /** Images -> what the diffusion model samples: the posterior means, scaled (toLatent). */
+  encodeLatents(images: HostArray<'float32'>): Promise<HostArray<'float32'>>;
   /** Unscaled VAE latents [N, L, h, w] -> images [N, C, h f, w f], clamped to [-1, 1]. */
   decode(z: HostArray<'float32'>): Promise<HostArray<'float32'>>;
   /** What the diffusion model samples (scaled latents) -> images, clamped to [-1, 1]. */
@@ -67,6 +69,7 @@ export function latentCoder(vae: LoadedVae, opts: { batchSize?: number; runtime?
     const q = net.encode(p, x);
     return { mean: q.mean, std: q.std };
   }, { ...runtime, name: 'vae_encode' });
+  const encLatent = compile((x: Tensor) => net.toLatent(net.encode(p, x).mean), { ...runtime, name: 'vae_encode_latents' });
   const dec = compile((z: Tensor) => ops.clamp(net.decode(p, z), -1, 1), { ...runtime, name: 'vae_decode' });
   const decLatent = compile((l: Tensor) => ops.clamp(net.decode(p, net.fromLatent(l)), -1, 1),
     { ...runtime, name: 'vae_decode_latents' });
@@ -117,6 +120,10 @@ export function latentCoder(vae: LoadedVae, opts: { batchSize?: number; runtime?
     async encodeMean(images) {
       return (await this.encode(images)).mean;
     },
+    async encodeLatents(images) {
+      checkImages(images);
+      return (await batched(images, () => latentOf(images), async (xb) => ({ l: await encLatent(xb) }), ['l'] as const)).l;
+    },
     async decode(z) {
       checkLatents(z);
       return (await batched(z, () => imageOf(z), async (zb) => ({ x: await dec(zb) }), ['x'] as const)).x;
@@ -127,7 +134,7 @@ export function latentCoder(vae: LoadedVae, opts: { batchSize?: number; runtime?
         ['x'] as const)).x;
     },
     dispose: async () => {
-      await Promise.all([enc.dispose(), dec.dispose(), decLatent.dispose()]);
+      await Promise.all([enc.dispose(), encLatent.dispose(), dec.dispose(), decLatent.dispose()]);
     },
   };
 }

@@ -24,7 +24,6 @@
 import { HostArray } from '../engine/host.js';
 import * as ops from '../engine/ops.js';
 import { RngKey } from '../engine/random/philox.js';
-import { compile } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
 import { subset } from '../data/dataset.js';
 import type { NoiseSource } from '../diffusion/denoiser.js';
@@ -92,15 +91,12 @@ async function latentsOf(p: Pipeline, images: HostArray<'float32'>, provider?: P
   const net = p.vae.model;
   const runtime = provider ? { provider } : {};
   const coder = latentCoder(p.vae, { runtime });
-  const scale = compile((z: Tensor) => net.toLatent(z),
-    { ...runtime, name: 'ldfacenet_to_latent' });
   try {
-    const z = await coder.encodeMean(images);
-    const x = (await scale(z)) as HostArray<'float32'>;
+    const x = await coder.encodeLatents(images);
     const vp = ops.constantTree(p.vae.params) as unknown as ParamsOf<AutoencoderKL>;
     return { x, decode: (l) => net.decode(vp, net.fromLatent(l)) };
   } finally {
-    await Promise.all([coder.dispose(), scale.dispose()]);
+    await coder.dispose();
   }
 }
 
