@@ -573,8 +573,10 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
   const start = performance.now();
   let disposeLater: AcceleratedDenoiser | undefined;
   let disposeGuide: Releasable | undefined;
-  const coder: LatentCoder | undefined = p.vae &&
-    latentCoder(p.vae, { batchSize: o.batchSize ?? 64, ...(o.provider ? { runtime: { provider: o.provider } } : {}) });
+  // A latent pipeline's samples are decoded, unless its latents were asked for.
+  const decoder: LatentCoder | undefined = p.vae && !o.latents ?
+    latentCoder(p.vae, { batchSize: o.batchSize ?? 64, ...(o.provider ? { runtime: { provider: o.provider } } : {}) })
+    : undefined;
   try {
     const plan = planMemory(p, o, largestIntermediate(graph.traceAt([1, c, h, w],
       labels !== undefined)), per * 4);
@@ -640,10 +642,10 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
           `last step: the scheduler config (${p.scheduler.className}) produces them; nothing ` +
           `written`);
       }
-      const images = coder && !o.latents ? await coder.decodeLatents(new HostArray(Float32Array.from(x.data), shape))
-        : coder ? new HostArray<'float32'>(Float32Array.from(x.data), shape, 'float32')
-          : new HostArray(Float32Array.from(x.data, (v) => Math.min(1, Math.max(-1, v))), shape, 'float32');
-      await onBatch(images, first);
+      // Pixels are clamped to [-1, 1] as diffusers' pipelines clamp them; latents are not.
+      const images = p.vae ? new HostArray<'float32'>(Float32Array.from(x.data), shape, 'float32')
+        : new HostArray<'float32'>(Float32Array.from(x.data, (v) => Math.min(1, Math.max(-1, v))), shape, 'float32');
+      await onBatch(decoder ? await decoder.decodeLatents(images) : images, first);
     }
     return { seconds: (performance.now() - start) / 1000,
       modelCalls: accel ? accel.stats.rowCalls
@@ -655,7 +657,7 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
     await ensemble?.dispose();
     await disposeLater?.dispose();
     await disposeGuide?.dispose();
-    await coder?.dispose();
+    await decoder?.dispose();
   }
 }
 
