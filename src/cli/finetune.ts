@@ -12,7 +12,7 @@ import { loadTrainingData } from '../pipelines/data.js';
 import { classCount, loadPipeline, requirePixelSpace } from '../pipelines/sample.js';
 import { METHOD_DEFAULTS, train, type TrainOptions } from '../pipelines/train.js';
 import { UsageError } from './errors.js';
-import { addOptions, commandOptions, int, num, oneOf, path } from './options.js';
+import { addOptions, commandOptions, custom, int, num, oneOf, path } from './options.js';
 import { TRAIN_OPTIONS } from './train.js';
 import { runInTerminal } from './training-run.js';
 
@@ -43,6 +43,11 @@ export const FINETUNE_OPTIONS = {
     'first half of the DiT blocks\' branches), diffscaler (biases, per-channel scales of ' +
     'every weight and a rank --rank update)', default: 'difffit' }),
   rank: int({ min: 0, help: 'diffscaler: rank of the low-rank update per weight', default: 1 }),
+  gammaBlocks: int({ min: 0, help: 'difffit: how many DiT blocks, from the first, get the ' +
+    'scales (default: half; the paper\'s ablation of their placement)' }),
+  alsoTrain: custom((t) => new RegExp(t), { arg: '<regex>', expected: 'a regular expression ' +
+    'over parameter paths, e.g. "pos_embed\\.proj|proj_out_2"', help: 'also train every ' +
+    'weight whose dotted path matches (an ablation beyond the method\'s own set)' }),
   ...SHARED,
   lr: num({ range: '(0, 10]', help: 'peak learning rate ' +
     '(AdamW); default by method: full 2e-4 (diffuse train\'s default), bitfit, difffit and ' +
@@ -58,11 +63,15 @@ export function registerFinetune(program: Command): void {
   FINETUNE_OPTIONS)
     .action(async (_: unknown, cmd: Command) => {
       const r = commandOptions(FINETUNE_OPTIONS, cmd);
-      const { config: _c, from, method, rank, data: spec, resume, ...f } = r.values;
+      const { config: _c, from, method, rank, gammaBlocks, alsoTrain, data: spec, resume, ...f } =
+        r.values;
       if (from === undefined) throw new UsageError('--from: a trained pipeline folder is required');
       const start = await loadPipeline(from);
       requirePixelSpace(start, 'diffuse finetune');
-      const adapt = peft(method, { rank });
+      if (gammaBlocks !== undefined && method !== 'difffit') {
+        throw new UsageError(`--gamma-blocks: only difffit has scales, not ${method}`);
+      }
+      const adapt = peft(method, { rank, gammaBlocks, alsoTrain });
       const share = trainableShare(adapt.init(start.params, RngKey.fromSeed(f.seed)),
         start.params);
       console.log(`${adapt.name}: training ${share.trainable.toLocaleString('en-US')} of ` +

@@ -70,6 +70,28 @@ test('what each method trains on the tiny DiT, counted by hand', () => {
     .init(ditWeights, RngKey.fromSeed(3))).scale).length, 4);
 });
 
+test('alsoTrain adds matching weights to a method\'s set, and a pattern matching none is refused',
+  () => {
+    const extra = /pos_embed\.proj\.weight|proj_out_2\.weight/;
+    const fit = asPeft(peft('difffit', { alsoTrain: extra }).init(ditWeights, RngKey.fromSeed(3)));
+    const plain = asPeft(peft('difffit').init(ditWeights, RngKey.fromSeed(3)));
+    assert.deepEqual(Object.keys(fit.free).filter((p) => !(p in plain.free)),
+      ['pos_embed.proj.weight', 'proj_out_2.weight']);
+    // 16 x 1 x 2 x 2 and 4 x 16 more values than DiffFit's own; the gammas are kept.
+    assert.equal(trainableCount(fit as unknown as Tree<HostArray>),
+      trainableCount(plain as unknown as Tree<HostArray>) + 64 + 64);
+    assert.deepEqual(Object.keys(fit.scale), Object.keys(plain.scale));
+    // Diffscaler's scale and low-rank terms step aside for a weight trained in place.
+    const ds = asPeft(peft('diffscaler', { alsoTrain: /proj_out_2\.weight/ })
+      .init(ditWeights, RngKey.fromSeed(3)));
+    const dsPlain = asPeft(peft('diffscaler').init(ditWeights, RngKey.fromSeed(3)));
+    assert.ok('proj_out_2.weight' in dsPlain.lowRank && 'proj_out_2.weight' in dsPlain.scale);
+    assert.ok('proj_out_2.weight' in ds.free);
+    assert.ok(!('proj_out_2.weight' in ds.scale) && !('proj_out_2.weight' in ds.lowRank));
+    assert.throws(() => peft('bitfit', { alsoTrain: /no_such_layer/ })
+      .init(ditWeights, RngKey.fromSeed(3)), /alsoTrain \/no_such_layer\/ matches no parameter/);
+  });
+
 test('on the U-Net: DiffFit trains biases, GroupNorm scales and the class table, no gammas', () => {
   const fit = asPeft(peft('difffit').init(unetWeights, RngKey.fromSeed(3)));
   const f = flat(unetWeights);

@@ -66,6 +66,9 @@ export interface PeftOptions {
   gammaBlocks?: number;
   /** Diffscaler: rank of the added low-rank subspace per weight (default 1; 0: none). */
   rank?: number;
+  /** Also train, in place, every leaf whose dotted path matches (an ablation beyond the
+   *  paper's set, e.g. the patch embedding and output projection a method would freeze). */
+  alsoTrain?: RegExp;
 }
 
 /** The optimised tree of every method. */
@@ -109,6 +112,21 @@ function gateScales(base: Flat<HostArray>, blocks: number | undefined): RowScale
 }
 
 function planOf(method: PeftMethod, base: Flat<HostArray>, o: PeftOptions): Plan {
+  const plan = methodPlan(method, base, o);
+  const extra = o.alsoTrain;
+  if (!extra) return plan;
+  if (!base.paths.some((p) => extra.test(p))) {
+    throw new RangeError(`peft: alsoTrain ${extra} matches no parameter path (paths look ` +
+      `like ${base.paths[0]})`);
+  }
+  const added = base.paths.filter((p) => extra.test(p) && !plan.free.includes(p));
+  // Trained in place, so the low-rank and row-scale terms must not also claim them.
+  return { ...plan, free: [...plan.free, ...added],
+    lowRank: plan.lowRank.filter((p) => !added.includes(p)),
+    scales: plan.scales.filter((s) => !added.includes(s.weight)) };
+}
+
+function methodPlan(method: PeftMethod, base: Flat<HostArray>, o: PeftOptions): Plan {
   const { paths, leaves } = base;
   const pick = (f: (p: string, a: HostArray) => boolean) =>
     paths.filter((p, i) => f(p, leaves[i]!));
@@ -190,9 +208,10 @@ export function peft(method: PeftMethod, opts: PeftOptions = {}): Reparameterisa
     opts.gammaBlocks >= 0)) {
     throw new RangeError(`peft: gammaBlocks must be an integer >= 0, got ${opts.gammaBlocks}`);
   }
-  const name = method === 'diffscaler' ? `diffscaler:rank=${rank}`
+  const name = (method === 'diffscaler' ? `diffscaler:rank=${rank}`
     : method === 'difffit' && opts.gammaBlocks !== undefined
-      ? `difffit:gamma-blocks=${opts.gammaBlocks}` : method;
+      ? `difffit:gamma-blocks=${opts.gammaBlocks}` : method) +
+    (opts.alsoTrain ? `+${opts.alsoTrain.source}` : '');
   let plan: Plan | undefined;
   const planned = (where: string): Plan => {
     if (!plan) throw new Error(`${name}: ${where} before init (init fixes the frozen weights)`);
