@@ -14,6 +14,7 @@ import { registerD2nwg } from './d2nwg.js';
 import { registerDiffDis } from './diffdis.js';
 import { registerDdm, registerWorker } from './ddm.js';
 import { registerDiffuseVae } from './diffusevae.js';
+import { registerDivControl } from './divcontrol.js';
 import { registerDistill } from './distill.js';
 import { registerEncode } from './encode.js';
 import { registerEval } from './eval.js';
@@ -57,6 +58,7 @@ export function buildProgram(): Command {
   registerTrainClassifier(program);
   registerTrainVae(program);
   registerDiffuseVae(program);
+  registerDivControl(program);
   registerD2nwg(program);
   registerLdfacenet(program);
   registerInvDiff(program);
