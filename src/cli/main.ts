@@ -16,6 +16,7 @@ import { registerDdm, registerWorker } from './ddm.js';
 import { registerDiffuseVae } from './diffusevae.js';
 import { registerDivControl } from './divcontrol.js';
 import { registerDistill } from './distill.js';
+import { registerEchoDistill } from './echodistill.js';
 import { registerEncode } from './encode.js';
 import { registerEval } from './eval.js';
 import { registerFinetune } from './finetune.js';
@@ -65,6 +66,7 @@ export function buildProgram(): Command {
   registerTrainExperts(program);
   registerEval(program);
   registerDistill(program);
+  registerEchoDistill(program);
   registerClassify(program);
   registerProbe(program);
   registerEncode(program);
