@@ -70,7 +70,9 @@ const promised: Record<string, [Record<string, unknown>, Record<string, string>]
     exportDenoiser: 'function', exportModelFolder: 'function', convertWeights: 'function',
     trainVae: 'function', loadVae: 'function', latentCoder: 'function', pipelineImageShape: 'function',
     trainDiffuseVae: 'function', sampleDiffuseVae: 'function', runD2nwg: 'function', runMolrgSweep: 'function',
-    trainDiffDis: 'function', classifyDiffDis: 'function',
+    trainDiffDis: 'function', classifyDiffDis: 'function', runInvDiff: 'function',
+    runLdfacenet: 'function', trainDivControl: 'function', adaptDivControl: 'function',
+    evaluateDivControl: 'function', trainEchoDistill: 'function', evaluateEchoDistill: 'function',
   }],
   './distributed': [distributed, {
     embeddedBackend: 'function', redisBackend: 'function', startRedisWorker: 'function',

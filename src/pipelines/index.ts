@@ -80,10 +80,21 @@ export {
   type DiffuseVaeSampleOptions, type DiffuseVaeTrainOptions,
 } from './diffusevae.js';
 
-// ---- other seed systems: weights generation (D2NWG), low-rank mixtures (MoLRG) ----
+// ---- other seed systems: weights generation (D2NWG), low-rank mixtures (MoLRG), DiffDis,
+// InvDiff, LDFaceNet, DivControl, EchoDistill ----
 export { runD2nwg, runD2nwgMnist, type D2nwgOptions } from './d2nwg.js';
 export { runMolrgSweep, type MolrgRow, type MolrgSweepOptions } from './molrg.js';
 export { classifyDiffDis, evaluateDiffDis, trainDiffDis } from './diffdis.js';
+export { runInvDiff, type InvDiffOptions } from './invdiff.js';
+export { runLdfacenet, swapDigits, type LdfacenetOptions } from './ldfacenet.js';
+export {
+  adaptDivControl, controlDenoiser, loadDivControl, trainDivControl, type DivControlAdaptOptions,
+  type DivControlPipeline, type DivControlTrainOptions,
+} from './divcontrol.js';
+export { evaluateDivControl, type DivControlEvalOptions } from './divcontrol-eval.js';
+export {
+  evaluateEchoDistill, trainEchoDistill, type EchoDistillOptions, type EchoEvalOptions,
+} from './echodistill.js';
 
 // ---- evaluation: MNIST-FID (the shipped classifier's features, not Inception-FID) ----
 export {
