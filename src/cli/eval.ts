@@ -11,16 +11,25 @@ import {
 import { GUIDE_SPELLING, loadGuide, parseGuide } from '../pipelines/guide.js';
 import { studentSampling } from '../pipelines/student.js';
 import { addOptions, commandOptions, custom, int, num, oneOf, path } from './options.js';
+import { DIGIT_SPEC_SPELLING, digitSpecName, parseDigitSpec } from '../data/digit-spec.js';
 import { progress, type Progress } from './progress.js';
 import { GUIDANCE_RANGE } from './sample.js';
+
+/** `--reference`: a digit spec (data/digit-spec.ts), kept in its canonical spelling. */
+function parseReference(text: string): string {
+  const s = parseDigitSpec(text);
+  if (!s) throw new RangeError(`'${text}' is not a digit set`);
+  return digitSpecName(s);
+}
 
 export const EVAL_OPTIONS = {
   model: path({ arg: '<dir>', help: 'pipeline or model folder to sample (as diffuse sample ' +
     'reads it)' }),
   n: int({ min: 1, help: 'images per run', default: 1000 }),
-  reference: oneOf(['mnist', 'mnist-bold'], { arg: '<digits>', help: 'the training digits ' +
-    'MNIST-FID compares with (mnist-bold: a model fine-tuned to the bold domain)',
-  default: 'mnist' }),
+  reference: custom(parseReference, { arg: '<digits>', expected: DIGIT_SPEC_SPELLING,
+    help: 'the training digits MNIST-FID compares with (mnist-bold: a model fine-tuned to the ' +
+    'bold domain; mnist:5-9: a model adapted to those classes, which are then the only ones ' +
+    'sampled)', default: 'mnist' }),
   sampler: oneOf(SAMPLER_NAMES, { help: 'sampler', default: 'ddim' }),
   steps: int({ min: 1, help: 'sampling steps', default: 50 }),
   guidance: num({ range: GUIDANCE_RANGE, arg: '<w>', help: 'classifier-free guidance weight ' +
@@ -93,7 +102,7 @@ export function registerEval(program: Command): void {
         const guide = o.guide ? await loadGuide(o.guide) : undefined;
         if (guide) console.log(`classifier guidance: ${guide.description}`);
         const source = pipelineSource(pipeline, { n: o.n, seed: o.seed, guidance: o.guidance,
-          ...(guide ? { guide } : {}),
+          ...(guide ? { guide } : {}), ...(m.digits ? { classes: m.digits } : {}),
           batchSize: o.batchSize, memoryLimit, onStep: (run, step, total) => {
             bar ??= progress(`sampling ${runName(run)}:${run.steps}`, total);
             bar.update(step + 1); // step is 0-based

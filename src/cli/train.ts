@@ -20,7 +20,7 @@ export const TRAIN_OPTIONS = {
   config: configFile('read options from a JSON file; its keys are the long options ' +
     '("batch-size": 32), checked as the flags are; flags given here win over it'),
   data: path({ arg: '<mnist|mnist-bold|moving-mnist|DIR>', help: 'mnist, mnist-bold (the same digits ' +
-    'dilated by a pixel), a folder of PNGs (labels from sub-folder names), or moving-mnist: ' +
+    'dilated by a pixel), either narrowed to some classes (mnist:0-4, mnist:5,7,9), a folder of PNGs (labels from sub-folder names), or moving-mnist: ' +
     'video clips of bouncing digits, made afresh for every step, for the video U-Net', default: 'mnist' }),
   model: oneOf(MODEL_FAMILIES, { arg: '<family>', help: 'model family', default: 'unet' }),
   size: oneOf([...new Set(MODEL_FAMILIES.flatMap(presetNames))], { arg: '<preset>',

@@ -139,5 +139,26 @@ describe('diffuse eval', () => {
     const [row] = await evaluateRuns(m, [{ sampler: 'ddim', steps: 2 }], async () => s);
     assert.ok(row!.accuracy !== null && row!.accuracy >= 0 && row!.accuracy <= 1);
     assert.ok(row!.fid > m.floor, 'an untrained model is worse than held-out digits');
+    // A reference of some digits samples only those, cycled.
+    const some = await pipelineSource(p, { n: 6, seed: 1, classes: [5, 7] })({ sampler: 'ddim', steps: 1 });
+    assert.deepEqual(some.labels, [5, 7, 5, 7, 5, 7]);
+    assert.throws(() => pipelineSource(p, { n: 6, seed: 1, classes: [3, 10] }),
+      /classes 3,10: the model has 10 classes/);
   });
+
+  test('a reference of some digits: its own statistics and floor, and the classes to sample',
+    async () => {
+      const some = await prepareMnistFid({ n, reference: 'mnist:7,5-6', cacheDir: join(dir, 'cache') });
+      try {
+        assert.deepEqual(some.digits, [5, 6, 7]);
+        assert.match(some.train.path, /mnist_5-7-train/);
+        assert.ok(some.train.stats.n > 2000 && some.train.stats.n < 3500, `${some.train.stats.n} images`);
+        assert.notDeepEqual(some.train.stats.mu, m.train.stats.mu);
+        assert.ok(some.floor > 0 && some.floor < 5, `floor ${some.floor}`);
+      } finally {
+        await some.dispose();
+      }
+      assert.equal(m.digits, undefined, 'the whole set samples every class');
+      await assert.rejects(prepareMnistFid({ n, reference: 'fashion' }), /reference 'fashion': expected mnist/);
+    });
 });

@@ -12,14 +12,14 @@ import { HostArray } from '../engine/host.js';
 import { RngKey } from '../engine/random/philox.js';
 import { SAMPLER_NAMES } from '../diffusion/sampling.js';
 import { subset } from '../data/dataset.js';
-import { mnistSplits } from '../data/mnist.js';
-import { boldDataset } from '../data/transforms.js';
+import { DIGIT_SPEC_SPELLING, digitSpecName, parseDigitSpec } from '../data/digit-spec.js';
 import { linePlot, type LineSeries } from '../io/plot.js';
 import { writeFileAtomic, writePng, type Image } from '../io/png.js';
 import {
   classAccuracy, featureExtractor, frechetDistance, gaussianStats, loadMetricClassifier,
   referenceStats, type FeatureExtractor, type ReferenceStats,
 } from './metrics.js';
+import { digitSplits } from './data.js';
 import type { LoadedGuide } from './guide.js';
 import {
   classCount, NonFiniteError, parseAccel, sampleImages, type Acceleration, type Pipeline,
@@ -37,10 +37,11 @@ export interface MnistFidOptions {
   /** Number of images each score will use: the floor is measured with as many (at most 1,000,
    *  the size of the held-out split). */
   n: number;
-  /** The digits scores are measured against (default 'mnist'): 'mnist-bold' takes the same
-   *  splits dilated by a pixel (`diffuse train --data mnist-bold`), for models fine-tuned to
-   *  that domain; its statistics are cached under their own name. */
-  reference?: 'mnist' | 'mnist-bold';
+  /** The digits scores are measured against (default 'mnist'; data/digit-spec.ts): 'mnist-bold'
+   *  takes the same splits dilated by a pixel (`diffuse train --data mnist-bold`), for models
+   *  fine-tuned to that domain; 'mnist:5-9' only those classes, for a model adapted to them.
+   *  Each is cached under its own name. */
+  reference?: string;
 }
 
 export interface MnistFid {
@@ -51,6 +52,8 @@ export interface MnistFid {
   floorN: number;
   /** The classifier's own accuracy on those held-out digits. */
   heldOutAccuracy: number;
+  /** The classes the reference keeps, when it keeps only some: the ones to sample. */
+  digits?: readonly number[];
   dispose(): Promise<void>;
 }
 
@@ -58,11 +61,10 @@ export interface MnistFid {
 export async function prepareMnistFid(o: MnistFidOptions): Promise<MnistFid> {
   const extractor = featureExtractor(await loadMetricClassifier(o.classifier));
   try {
-    const splits = mnistSplits();
-    const bold = o.reference === 'mnist-bold';
-    const [train, heldOut] = bold ? [boldDataset(splits.train), boldDataset(splits.heldOut)]
-      : [splits.train, splits.heldOut];
-    const ref = await referenceStats(extractor, train, bold ? 'mnist-bold-train' : 'mnist-train',
+    const spec = parseDigitSpec(o.reference ?? 'mnist');
+    if (!spec) throw new RangeError(`reference '${o.reference}': expected ${DIGIT_SPEC_SPELLING}`);
+    const { train, heldOut } = digitSplits(spec);
+    const ref = await referenceStats(extractor, train, `${digitSpecName(spec)}-train`,
       o.cacheDir === undefined ? {} : { cacheDir: o.cacheDir });
     // The held-out split is ordered by digit: a random subset keeps the classes balanced.
     const floorN = Math.max(2, Math.min(o.n, heldOut.labels!.length));
@@ -73,6 +75,7 @@ export async function prepareMnistFid(o: MnistFidOptions): Promise<MnistFid> {
       extractor, train: ref, floorN,
       floor: frechetDistance(ref.stats, gaussianStats(out.features, out.n, out.dim)),
       heldOutAccuracy: classAccuracy(out, held.labels!),
+      ...(spec.digits ? { digits: spec.digits } : {}),
       dispose: () => extractor.dispose(),
     };
   } catch (e) {
@@ -153,13 +156,18 @@ export function parseRuns(spec: string, anySampler = false): Run[] {
 export type ImageSource = (run: Run) =>
   Promise<{ images: HostArray; seconds: number; labels?: readonly number[] }>;
 
-/** Samples a pipeline (sample.ts): conditional models get the classes 0..K-1 cycled. */
+/** Samples a pipeline (sample.ts): conditional models get the classes 0..K-1 cycled, or the
+ *  given `classes` (a reference of some digits only). */
 export function pipelineSource(p: Pipeline, o: { n: number; seed: number; guidance?: number;
-  batchSize?: number; memoryLimit?: number; guide?: LoadedGuide;
+  batchSize?: number; memoryLimit?: number; guide?: LoadedGuide; classes?: readonly number[];
   onStep?: (run: Run, step: number, total: number) => void }): ImageSource {
   // A guide's targets are classes too, for an unconditional model as for a conditional one.
-  const k = classCount(p.model) || (o.guide?.classes ?? 0);
-  const classes = Array.from({ length: k }, (_, i) => i);
+  const all = classCount(p.model) || (o.guide?.classes ?? 0);
+  if (o.classes && all && o.classes.some((c) => c >= all)) {
+    throw new RangeError(`classes ${o.classes.join(',')}: the model has ${all} classes`);
+  }
+  const classes = all ? [...(o.classes ?? Array.from({ length: all }, (_, i) => i))] : [];
+  const k = classes.length;
   return async (run) => {
     const r = await sampleImages(p, { sampler: run.sampler, steps: run.steps, n: o.n, seed: o.seed,
       ...(k ? { classes } : {}), ...(classCount(p.model) ? { guidance: o.guidance ?? 1 } : {}),
