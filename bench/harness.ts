@@ -77,20 +77,23 @@ export async function time(fn: () => Promise<unknown>, opts: { warmup?: number; 
 
 export class Report {
   readonly rows: Row[] = [];
-  constructor(private readonly json: boolean) {}
+  /** `silent`: collect rows without printing them (a round of a repeated comparison). */
+  constructor(private readonly json: boolean, private readonly opts: { silent?: boolean } = {}) {}
 
   add(row: Row): void {
     this.rows.push(row);
+    if (this.opts.silent) return;
     if (this.json) {
       console.log(JSON.stringify(row));
       return;
     }
-    const v = row.value >= 100 ? row.value.toFixed(0) : row.value.toPrecision(3);
+    const v = row.value >= 100 ? row.value.toFixed(0)
+      : row.value !== 0 && Math.abs(row.value) < 1e-3 ? row.value.toExponential(2) : row.value.toPrecision(3);
     const ratio = row.ratio === undefined ? '' : `  ${row.ratio.toFixed(2)}x ${row.ratioTo}`;
     console.log(`${row.name.padEnd(48)} ${v.padStart(9)} ${row.unit.padEnd(8)}${ratio}`);
   }
 
   section(title: string): void {
-    if (!this.json) console.log(`\n## ${title}`);
+    if (!this.json && !this.opts.silent) console.log(`\n## ${title}`);
   }
 }

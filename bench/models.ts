@@ -128,8 +128,8 @@ export function trainStepFor(m: BenchModel, n: number, opts: RuntimeOptions = {}
   return { trainer, batch };
 }
 
-/** The peer timed on this machine by bench/peer/run.sh (its JSON line). */
-export interface PeerTimes {
+/** One model's times, in the peer's units and names (bench/peer/diffusers_peer.py's JSON). */
+export interface ModelTimes {
   fwd_bs1_ms: number;
   fwd_bs16_ms: number;
   fwd_bs64_ms: number;
@@ -137,10 +137,11 @@ export interface PeerTimes {
   ddim50_x64_s: number;
 }
 
-/** The forward, training and sampling rows for one model; with `peer`, each time is also
- *  compared with the peer timed on this machine (BASELINE.md's machine had AVX-512). */
+/** The forward, training and sampling rows for one model, and its times; with `peer`, each
+ *  time is also compared with the peer timed on this machine (BASELINE.md's machine had
+ *  AVX-512). */
 export async function modelSuite(report: Report, peak: number, m: BenchModel,
-  opts: { reps?: number; ddim?: boolean; peer?: PeerTimes } = {}): Promise<void> {
+  opts: { reps?: number; peer?: ModelTimes } = {}): Promise<ModelTimes> {
   report.section(`${m.title}: ratio = PyTorch tuned time / Diffuse time`);
   const base = PYTORCH_TUNED[m.key];
   const peer = opts.peer;
@@ -149,10 +150,12 @@ export async function modelSuite(report: Report, peak: number, m: BenchModel,
     if (peerMs !== undefined) report.add({ name: `${name}, peer here ${(peerMs / 1000).toFixed(3)} s`, value: oursMs, unit: 'ms', ratio: peerMs / oursMs, ratioTo: PEER });
   };
   const reps = opts.reps ?? 7;
+  const times: Partial<ModelTimes> = {};
   const fwd = inferenceFn(m);
   for (const [n, ref] of [[1, base.fwd1], [16, base.fwd16], [64, base.fwd64]] as const) {
     const args = forwardInputs(m, n);
     const t = await time(() => fwd(...args), { warmup: 3, reps: n === 1 ? 30 : reps, minMs: 2000 });
+    times[`fwd_bs${n}_ms`] = t.medianMs;
     const flops = countFlops(fwd.trace(...args));
     report.add({ name: `forward bs${n}`, value: t.medianMs, unit: 'ms', ratio: ref / t.medianMs, ratioTo: TO });
     vsPeer(`forward bs${n}`, t.medianMs, peer?.[`fwd_bs${n}_ms`]);
@@ -167,6 +170,7 @@ export async function modelSuite(report: Report, peak: number, m: BenchModel,
     state = (await trainer.step(state, batch())).state;
   };
   const tt = await time(step, { warmup: 3, reps: Math.max(5, reps - 2), minMs: 4000 });
+  times.train_step_bs64_s = tt.medianMs / 1000;
   report.add({ name: 'train step bs64', value: tt.medianMs, unit: 'ms', ratio: base.train64 / tt.medianMs, ratioTo: TO });
   vsPeer('train step bs64', tt.medianMs, peer && peer.train_step_bs64_s * 1000);
   const imgs = (64 * 1000) / tt.medianMs;
@@ -178,14 +182,14 @@ export async function modelSuite(report: Report, peak: number, m: BenchModel,
     ratio: trate / peak, ratioTo: 'of matmul peak' });
   await trainer.dispose();
 
-  if (opts.ddim ?? true) {
-    const ms = await ddimTime(m, fwd, 50, 64);
-    report.add({ name: 'DDIM-50 x64 (50 fwd bs64 + host update)', value: ms / 1000, unit: 's',
-      ratio: base.ddim / ms, ratioTo: TO });
-    report.add({ name: 'DDIM per step', value: ms / 50, unit: 'ms', ratio: base.ddim / ms, ratioTo: TO });
-    vsPeer('DDIM-50 x64', ms, peer && peer.ddim50_x64_s * 1000);
-  }
+  const ms = await ddimTime(m, fwd, 50, 64);
+  times.ddim50_x64_s = ms / 1000;
+  report.add({ name: 'DDIM-50 x64 (50 fwd bs64 + host update)', value: ms / 1000, unit: 's',
+    ratio: base.ddim / ms, ratioTo: TO });
+  report.add({ name: 'DDIM per step', value: ms / 50, unit: 'ms', ratio: base.ddim / ms, ratioTo: TO });
+  vsPeer('DDIM-50 x64', ms, peer && peer.ddim50_x64_s * 1000);
   await fwd.dispose();
+  return times as ModelTimes;
 }
 
 /** diffusers' DDIMPipeline (linear betas, eta 0, clip_sample as its default) through `sample`. */
@@ -203,9 +207,3 @@ export async function ddimTime(m: BenchModel, fwd: ReturnType<typeof inferenceFn
   return (await time(run, { warmup: 0, reps: 1 })).medianMs;
 }
 
-export const unetSuite = (report: Report, peak: number, peer?: PeerTimes) =>
-  modelSuite(report, peak, unetBenchModel(), { peer });
-export async function ditSuite(report: Report, peak: number): Promise<void> {
-  await modelSuite(report, peak, ditBenchModel('pixel'));
-  await modelSuite(report, peak, ditBenchModel('latent'));
-}

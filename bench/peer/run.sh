@@ -1,8 +1,8 @@
 #!/bin/sh
-# The peer benchmark (diffusers_unet.py) with BASELINE.md's "tuned" environment: glibc keeps
+# The peer benchmark (diffusers_peer.py) with BASELINE.md's "tuned" environment: glibc keeps
 # freed memory instead of returning it to the kernel after each op (a first-touch page fault
 # costs ~8 us per 4 KiB page on these VMs), and OpenBLAS does not start its own threads.
-# Usage: DIFFUSERS_SRC=/path/to/diffusers-v0.31.0/src [HUB_SRC=...] bench/peer/run.sh [reps]
+# Usage: DIFFUSERS_SRC=/path/to/diffusers-v0.31.0/src [HUB_SRC=...] bench/peer/run.sh [--model M] [--reps N] [--phase P]
 set -eu
 here=$(dirname "$0")
 export MALLOC_MMAP_THRESHOLD_=33554432   # glibc's largest allowed value (32 MiB)
@@ -11,4 +11,4 @@ export MALLOC_TRIM_THRESHOLD_=68719476736
 export MALLOC_TOP_PAD_=1073741824
 export OPENBLAS_NUM_THREADS=1
 export PYTHONPATH="${DIFFUSERS_SRC:?set DIFFUSERS_SRC to diffusers v0.31.0 src}${HUB_SRC:+:$HUB_SRC}${PYTHONPATH:+:$PYTHONPATH}"
-exec /usr/bin/python3 "$here/diffusers_unet.py" "$@"
+exec /usr/bin/python3 "$here/diffusers_peer.py" "$@"
