@@ -35,6 +35,10 @@ export interface RuntimeOptions {
   /** Emit ORT's blocked NCHWc convs for weights that are graph inputs (training graphs) on
    *  the CPU at level 'all' (default true unless DIFFUSE_BLOCKED_CONVS=0; see nchwc.ts). */
   blockedConvs?: boolean;
+  /** ORT's memory pattern: one block for all intermediates, planned from the first run
+   *  (default true). Training steps turn it off (nn/train.ts): the block held a second copy of
+   *  their activations' peak, while the arena's reuse ran as fast (docs/engine.md). */
+  memoryPattern?: boolean;
   /** Graph name, shown in errors and exported files. */
   name?: string;
   /** Write ORT's per-op profile (JSON, `diffuse-profile-<name>_<date>.json`) to the working
@@ -88,6 +92,7 @@ export function sessionOptions(opts: RuntimeOptions): ort.InferenceSession.Sessi
     executionMode: 'sequential',
     graphOptimizationLevel: opts.optimization ?? 'all',
     enableCpuMemArena: true,
+    enableMemPattern: opts.memoryPattern ?? true,
     enableProfiling: opts.profile ?? false,
     ...(opts.profile ? { profileFilePrefix: `diffuse-profile-${opts.name ?? 'graph'}` } : {}),
     logSeverityLevel: 3,

@@ -69,7 +69,7 @@ export function compileTrainStep<B extends Tree<HostArray>>(
   };
   // Typed loosely: the mapped host signature of these generic trees is too deep for tsc.
   const compiled = compile(graph as (...args: never[]) => unknown, {
-    ...opts.runtime, argNames: ['params', 'opt', 'ema', 'step', 'batch'], name: 'train_step',
+    memoryPattern: false, ...opts.runtime, argNames: ['params', 'opt', 'ema', 'step', 'batch'], name: 'train_step',
   });
   return {
     compiled,
