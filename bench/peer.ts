@@ -11,7 +11,7 @@
  * training step and of DDIM-50 sampling at batch 64, each side in fresh processes.
  */
 import { execFile } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync, realpathSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { packageRoot } from '../src/util/package-root.js';
@@ -47,6 +47,12 @@ export async function peerMissing(): Promise<string | undefined> {
     await promisify(execFile)('/usr/bin/python3', ['-c', 'import torch']);
   } catch {
     return '/usr/bin/python3 cannot import torch (Debian: apt-get install python3-torch)';
+  }
+  // Debian's torch calls the system BLAS; the reference one made its U-Net forward 3.5x slower.
+  const blas = '/usr/lib/x86_64-linux-gnu/libblas.so.3';
+  if (existsSync(blas) && !/openblas|blis|mkl/.test(realpathSync(blas))) {
+    return `${blas} is the reference BLAS, which would time a crippled peer (Debian: apt-get ` +
+      'install libopenblas0-pthread)';
   }
   return undefined;
 }
@@ -100,7 +106,7 @@ export async function alternateWithPeer(report: Report, peak: number, key: Bench
   const m = benchModel(key);
   for (let r = 0; r < rounds; r++) {
     if (!json) console.log(`# ${key}: round ${r + 1} of ${rounds}: the peer, then Diffuse`);
-    theirs.push(await runPeer(key, ['--reps', '5']));
+    theirs.push(await runPeer(key, ['--reps', '3']));
     ours.push(await modelSuite(new Report(json, { silent: true }), peak, m));
   }
   report.section(`${m.title}: Diffuse against the peer on this machine, ${rounds} alternating ` +

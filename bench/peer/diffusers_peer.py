@@ -18,6 +18,7 @@ Needs python3-torch (Debian: 1.13) and diffusers v0.31.0 on PYTHONPATH. Prints o
 import argparse
 import json
 import resource
+import sys
 import time
 
 import torch
@@ -68,6 +69,11 @@ def timed(fn, n, warmup=2):
     return median(out)
 
 
+def log(what):
+    # Progress on stderr: a DDIM-50 x 64 takes a minute or more on 2 cores.
+    print(f'[peer {args.model}] {what}', file=sys.stderr, flush=True)
+
+
 def peak_rss_mb():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
@@ -113,11 +119,14 @@ else:
     model.eval()
     with torch.no_grad():
         for b in (1, 16, 64):
+            log(f'forward at batch {b}')
             x, t, y = inputs(b)
             result[f'fwd_bs{b}_ms'] = 1e3 * timed(lambda: call(x, t, y), args.reps if b > 1 else 4 * args.reps)
     model.train()
+    log('training steps')
     result['train_step_bs64_s'] = timed(train_step, args.reps)
     result['train_img_per_s'] = 64 / result['train_step_bs64_s']
     model.eval()
+    log('DDIM-50 x 64')
     result['ddim50_x64_s'] = timed(ddim50, max(1, args.reps // 2), warmup=0)
 print(json.dumps(result))

@@ -2,6 +2,8 @@
 # The peer benchmark (diffusers_peer.py) with BASELINE.md's "tuned" environment: glibc keeps
 # freed memory instead of returning it to the kernel after each op (a first-touch page fault
 # costs ~8 us per 4 KiB page on these VMs), and OpenBLAS does not start its own threads.
+# Needs python3-torch and libopenblas0-pthread (Debian), diffusers v0.31.0 and huggingface_hub v0.26
+# sources, and a safetensors package (a stand-in that imports is enough) on PYTHONPATH.
 # Usage: DIFFUSERS_SRC=/path/to/diffusers-v0.31.0/src [HUB_SRC=...] bench/peer/run.sh [--model M] [--reps N] [--phase P]
 set -eu
 here=$(dirname "$0")
