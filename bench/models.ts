@@ -192,9 +192,10 @@ export async function modelSuite(report: Report, peak: number, m: BenchModel,
   return times as ModelTimes;
 }
 
-/** diffusers' DDIMPipeline (linear betas, eta 0, clip_sample as its default) through `sample`. */
-export async function ddimTime(m: BenchModel, fwd: ReturnType<typeof inferenceFn>, steps: number,
-  n: number): Promise<number> {
+/** diffusers' DDIMPipeline (linear betas, eta 0, clip_sample as its default) through `sample`,
+ *  from fixed noise: a function drawing the final images. */
+export function ddimRun(m: BenchModel, fwd: ReturnType<typeof inferenceFn>, steps: number,
+  n: number): () => Promise<HostArray> {
   const spec = parseScheduler({ _class_name: 'DDIMScheduler' });
   const [x0, , labels] = forwardInputs(m, n, 21);
   const denoiser: Denoiser = {
@@ -202,8 +203,14 @@ export async function ddimTime(m: BenchModel, fwd: ReturnType<typeof inferenceFn
     predict: async (x: Batch, t: Float64Array) =>
       (await fwd(x as HostArray, ints(t), labels)) as HostArray<'float32'>,
   };
-  const run = () => sample(denoiser, x0 as HostArray<'float32'>, spec, { sampler: 'ddim', steps });
+  return async () => (await sample(denoiser, x0 as HostArray<'float32'>, spec, { sampler: 'ddim', steps })) as HostArray;
+}
+
+/** Milliseconds of one DDIM run (ddimRun) after a warm-up call at its batch. */
+export async function ddimTime(m: BenchModel, fwd: ReturnType<typeof inferenceFn>, steps: number,
+  n: number): Promise<number> {
+  const run = ddimRun(m, fwd, steps, n);
+  const [x0, , labels] = forwardInputs(m, n, 21);
   await fwd(x0, ints(new Array<number>(n).fill(999)), labels); // session already warm
   return (await time(run, { warmup: 0, reps: 1 })).medianMs;
 }
-

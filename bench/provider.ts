@@ -17,12 +17,9 @@ import { HostArray } from '../src/engine/host.js';
 import { RngKey } from '../src/engine/random/philox.js';
 import { sessionOptions, type Provider, type RuntimeOptions } from '../src/engine/runtime.js';
 import { flatten, mapTree, type Tree } from '../src/engine/tree.js';
-import type { Batch, Denoiser } from '../src/diffusion/denoiser.js';
-import { parseScheduler } from '../src/diffusion/diffusers/spec.js';
-import { sample } from '../src/diffusion/sampling.js';
 import { time, type Report } from './harness.js';
 import {
-  ddimTime, ditBenchModel, forwardInputs, inferenceFn, trainStepFor, unetBenchModel,
+  ddimRun, ddimTime, ditBenchModel, forwardInputs, inferenceFn, trainStepFor, unetBenchModel,
   type BenchModel,
 } from './models.js';
 
@@ -44,8 +41,6 @@ const TOLERANCE = { forward: 1e-2, loss: 1e-3, gradNorm: 1e-3, params: 5e-3, ddi
 
 const VS_CPU = "faster than this machine's CPU";
 const isHost = (x: unknown): x is HostArray => x instanceof HostArray;
-const ints = (v: ArrayLike<number>): HostArray =>
-  new HostArray(BigInt64Array.from(Array.from(v, (x) => BigInt(x))), [v.length], 'int64');
 
 /** ||a - b|| / ||b|| (L2) over all leaves of two trees of the same form; 0 when both are 0. */
 function relError(a: Tree<HostArray>, b: Tree<HostArray>): number {
@@ -78,19 +73,6 @@ function exercised(m: BenchModel): BenchModel {
     a.dtype === 'float32' && (a.data as Float32Array).every((v) => v === 0)
       ? new HostArray(key.fold(k++).normal(a.size).map((v) => 0.02 * v), a.shape) : a);
   return { ...m, params };
-}
-
-/** The final images of diffusers' DDIM (as ddimTime runs it) from ddimTime's noise. */
-async function ddimImages(m: BenchModel, fwd: ReturnType<typeof inferenceFn>, steps: number,
-  n: number): Promise<HostArray> {
-  const spec = parseScheduler({ _class_name: 'DDIMScheduler' });
-  const [x0, , labels] = forwardInputs(m, n, 21);
-  const denoiser: Denoiser = {
-    prediction: spec.prediction,
-    predict: async (x: Batch, t: Float64Array) =>
-      (await fwd(x as HostArray, ints(t), labels)) as HostArray<'float32'>,
-  };
-  return (await sample(denoiser, x0 as HostArray<'float32'>, spec, { sampler: 'ddim', steps })) as HostArray;
 }
 
 /** Agreement and timings of one model on `target` against `reference`; false if a check failed. */
@@ -128,8 +110,8 @@ async function modelCheck(report: Report, model: BenchModel, target: RuntimeOpti
       TOLERANCE.gradNorm);
     check('params after 1 step', relError(stepT.state.params, stepR.state.params), TOLERANCE.params);
 
-    check('DDIM-10 bs16 images', relError(await ddimImages(m, fwdT, 10, 16),
-      await ddimImages(m, fwdR, 10, 16)), TOLERANCE.ddim);
+    check('DDIM-10 bs16 images', relError(await ddimRun(m, fwdT, 10, 16)(),
+      await ddimRun(m, fwdR, 10, 16)()), TOLERANCE.ddim);
 
     // Timings: value = the target's time, ratio = the CPU's time / the target's.
     const compare = (name: string, targetMs: number, cpuMs: number, unit: 'ms' | 's' = 'ms') => {
