@@ -17,7 +17,7 @@ import { promisify } from 'node:util';
 import { packageRoot } from '../src/util/package-root.js';
 import { Report, type Row } from './harness.js';
 import { modelSuite, type ModelTimes } from './models.js';
-import { benchModel, peakRss, type BenchModelKey, type RssPhase } from './rss.js';
+import { benchModel, peakRss, type BenchModelKey } from './rss.js';
 
 export interface PeerLine extends Partial<ModelTimes> {
   model?: BenchModelKey;
@@ -77,6 +77,11 @@ const METRICS: [keyof ModelTimes, string, number][] = [
   ['ddim50_x64_s', 'DDIM-50 x64', 1000],
 ];
 
+/** The peer's times when its line has all of them (a file may hold memory figures only). */
+export function peerTimes(p: PeerLine | undefined): ModelTimes | undefined {
+  return p && METRICS.every(([k]) => typeof p[k] === 'number') ? p as ModelTimes : undefined;
+}
+
 /** Rows comparing rounds of Diffuse's times with the peer's (paired by round): Diffuse's median
  *  in ms, the ratio of medians, and the range of per-round ratios in the name. */
 export function comparisonRows(ours: ModelTimes[], theirs: PeerLine[]): Row[] {
@@ -112,19 +117,16 @@ export async function alternateWithPeer(report: Report, peak: number, key: Bench
   report.section(`${m.title}: Diffuse against the peer on this machine, ${rounds} alternating ` +
     'runs (value: Diffuse\'s median; ratio: the peer\'s median time / Diffuse\'s; range: per-round ratios)');
   for (const row of comparisonRows(ours, theirs)) report.add(row);
-  const peerRss: Partial<Record<RssPhase, number>> = {};
-  for (const phase of ['train', 'sample'] as const) {
-    peerRss[phase] = (await runPeer(key, ['--phase', phase]))[`${phase}_peak_rss_mb`];
-  }
-  await memoryRows(report, key, peerRss);
+  let memory: PeerLine = {};
+  for (const phase of ['train', 'sample'] as const) memory = { ...memory, ...await runPeer(key, ['--phase', phase]) };
+  await memoryRows(report, key, memory);
 }
 
 /** Peak RSS of a training step and of DDIM-50 at batch 64, beside the peer's when known. */
-export async function memoryRows(report: Report, key: BenchModelKey,
-  peer: Partial<Record<RssPhase, number>> = {}): Promise<void> {
+export async function memoryRows(report: Report, key: BenchModelKey, peer: PeerLine = {}): Promise<void> {
   for (const phase of ['train', 'sample'] as const) {
     const mb = await peakRss(key, phase);
-    const theirs = peer[phase];
+    const theirs = peer[`${phase}_peak_rss_mb`];
     report.add({ name: `peak RSS, ${phase === 'train' ? 'training steps' : 'DDIM-50'} bs64` +
       `${theirs === undefined ? '' : ` (peer ${theirs.toFixed(0)} MiB)`}`, value: mb, unit: 'MiB',
     ...(theirs === undefined ? {} : { ratio: theirs / mb, ratioTo: 'less than the peer (its / ours)' }) });

@@ -11,7 +11,8 @@ import { promisify } from 'node:util';
 import { ditBenchModel, ddimTime, inferenceFn, trainStepFor, unetBenchModel, type BenchModel } from './models.js';
 
 export type RssPhase = 'train' | 'sample';
-export type BenchModelKey = 'unet' | 'dit-pixel' | 'dit-latent';
+export const BENCH_MODEL_KEYS = ['unet', 'dit-pixel', 'dit-latent'] as const;
+export type BenchModelKey = (typeof BENCH_MODEL_KEYS)[number];
 
 export function benchModel(key: BenchModelKey): BenchModel {
   if (key === 'unet') return unetBenchModel();
@@ -30,7 +31,7 @@ async function main(argv: string[]): Promise<void> {
   const arg = (name: string) => argv[argv.indexOf(name) + 1];
   const key = arg('--model') as BenchModelKey;
   const phase = arg('--phase') as RssPhase;
-  if (!['unet', 'dit-pixel', 'dit-latent'].includes(key) || !['train', 'sample'].includes(phase)) {
+  if (!BENCH_MODEL_KEYS.includes(key) || !['train', 'sample'].includes(phase)) {
     throw new Error('usage: rss.js --model unet|dit-pixel|dit-latent --phase train|sample');
   }
   const m = benchModel(key);

@@ -16,7 +16,7 @@ import { accelSuite } from './accel.js';
 import { convBench, matmulPeak, trainStepBench } from './engine.js';
 import { load, Report } from './harness.js';
 import { modelSuite } from './models.js';
-import { alternateWithPeer, memoryRows, peerMissing, readPeerFile, type PeerLine } from './peer.js';
+import { alternateWithPeer, memoryRows, peerMissing, peerTimes, readPeerFile, type PeerLine } from './peer.js';
 import { providerSuite } from './provider.js';
 import { benchModel, type BenchModelKey } from './rss.js';
 import { videoSuite } from './video.js';
@@ -69,11 +69,9 @@ const peak = await matmulPeak(report);
 async function model(key: BenchModelKey): Promise<void> {
   if (runPeer) return alternateWithPeer(report, peak, key, rounds, json);
   const peer = peers.get(key);
-  const full = peer && ['fwd_bs1_ms', 'fwd_bs16_ms', 'fwd_bs64_ms', 'train_step_bs64_s', 'ddim50_x64_s']
-    .every((k) => typeof peer[k as keyof PeerLine] === 'number');
-  await modelSuite(report, peak, benchModel(key), full ? { peer: peer as never } : {});
-  await memoryRows(report, key, { ...(peer?.train_peak_rss_mb ? { train: peer.train_peak_rss_mb } : {}),
-    ...(peer?.sample_peak_rss_mb ? { sample: peer.sample_peak_rss_mb } : {}) });
+  const times = peerTimes(peer);
+  await modelSuite(report, peak, benchModel(key), times ? { peer: times } : {});
+  await memoryRows(report, key, peer);
 }
 const suites: Record<string, () => Promise<void>> = provider ? {
   provider: async () => {

@@ -5,7 +5,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
-import { comparisonRows, readPeerFile } from '../bench/peer.js';
+import { comparisonRows, peerTimes, readPeerFile } from '../bench/peer.js';
 
 const times = (s: number) => ({ fwd_bs1_ms: 10 * s, fwd_bs16_ms: 100 * s, fwd_bs64_ms: 400 * s,
   train_step_bs64_s: 2 * s, ddim50_x64_s: 30 * s });
@@ -36,6 +36,9 @@ test('readPeerFile: lines by model, a line without one is the U-Net, later keys 
     assert.equal(m.get('unet')!.train_step_bs64_s, 2);
     assert.equal(m.get('unet')!.train_peak_rss_mb, 900);
     assert.equal(m.get('dit-pixel')!.ddim50_x64_s, 60);
+    assert.equal(peerTimes(m.get('unet'))!.fwd_bs64_ms, 400);
+    assert.equal(peerTimes({ model: 'unet', train_peak_rss_mb: 900 }), undefined, 'memory only: no times');
+    assert.equal(peerTimes(undefined), undefined);
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
