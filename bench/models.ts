@@ -14,6 +14,9 @@
  *   the whole step is one compileTrainStep run. The host drawing is inside the timing.
  * - DDIM-50 x 64: diffusers' DDIMScheduler (linear betas, eta 0) through src/diffusion's
  *   adapter: 50 forwards at batch 64 plus the host-side update of each step.
+ * - DDIM-50 at batch 1, interactive use: for the class-conditional DiTs with classifier-free
+ *   guidance (scale CFG_SCALE, the null class as the unconditional label), whose conditional
+ *   and unconditional halves go through one batched call of 2; the U-Net is unconditional.
  */
 import { countFlops } from '../src/engine/flops.js';
 import { HostArray } from '../src/engine/host.js';
@@ -24,6 +27,7 @@ import type { Tensor } from '../src/engine/tensor.js';
 import { mapTree, type Tree } from '../src/engine/tree.js';
 import type { Batch, Denoiser } from '../src/diffusion/denoiser.js';
 import { parseScheduler } from '../src/diffusion/diffusers/spec.js';
+import { classifierFreeGuidance } from '../src/diffusion/guidance.js';
 import { sample } from '../src/diffusion/sampling.js';
 import {
   noisySample, trainingPoints, trainingScheduler, trainingTarget,
@@ -52,6 +56,8 @@ export interface BenchModel {
   /** [C, H, W] of one sample. */
   sample: [number, number, number];
   params: Tree<HostArray>;
+  /** The label that means "no class" (classifier-free guidance); absent: unconditional. */
+  nullClass?: number;
   /** The denoiser: params, x [N, C, H, W], t int64 [N], labels int64 [N] -> eps. */
   apply(p: Tree<Tensor>, x: Tensor, t: Tensor, labels: Tensor): Tensor;
 }
@@ -73,6 +79,7 @@ export function ditBenchModel(which: 'pixel' | 'latent', seed = 0): BenchModel {
     key: which === 'pixel' ? 'dit-pixel' : 'dit-latent',
     title: which === 'pixel' ? 'DiT pixel 32x32x1 (DiT-S/2-mnist)' : 'DiT latent 16x16x4 (DiT-S/2-latent)',
     sample: [config.in_channels, config.sample_size, config.sample_size], params,
+    nullClass: config.num_embeds_ada_norm,
     apply: (p, x, t, labels) => model.forward(p as never, x, t, labels),
   };
 }
@@ -135,7 +142,12 @@ export interface ModelTimes {
   fwd_bs64_ms: number;
   train_step_bs64_s: number;
   ddim50_x64_s: number;
+  /** DDIM-50 of one image; with CFG (a batched call of 2) for class-conditional models. */
+  ddim50_bs1_s: number;
 }
+
+/** The guidance scale of the batch-1 sampling row (DiT's paper samples with 4). */
+export const CFG_SCALE = 4;
 
 /** The forward, training and sampling rows for one model, and its times; with `peer`, each
  *  time is also compared with the peer timed on this machine (BASELINE.md's machine had
@@ -188,29 +200,44 @@ export async function modelSuite(report: Report, peak: number, m: BenchModel,
     ratio: base.ddim / ms, ratioTo: TO });
   report.add({ name: 'DDIM per step', value: ms / 50, unit: 'ms', ratio: base.ddim / ms, ratioTo: TO });
   vsPeer('DDIM-50 x64', ms, peer && peer.ddim50_x64_s * 1000);
+  const guided = m.nullClass !== undefined;
+  const one = [];
+  for (let i = 0; i < 3; i++) one.push(await ddimTime(m, fwd, 50, 1, guided));
+  const ms1 = [...one].sort((a, b) => a - b)[1]!;
+  times.ddim50_bs1_s = ms1 / 1000;
+  const label = `DDIM-50 bs1${guided ? ` with CFG ${CFG_SCALE} (one batched call of 2)` : ''}`;
+  report.add({ name: `${label}, median of 3`, value: ms1, unit: 'ms' });
+  vsPeer(label, ms1, peer && peer.ddim50_bs1_s * 1000);
   await fwd.dispose();
   return times as ModelTimes;
 }
 
 /** diffusers' DDIMPipeline (linear betas, eta 0, clip_sample as its default) through `sample`,
- *  from fixed noise: a function drawing the final images. */
+ *  from fixed noise: a function drawing the final images. `guided`: classifier-free guidance
+ *  at CFG_SCALE against the model's null class. */
 export function ddimRun(m: BenchModel, fwd: ReturnType<typeof inferenceFn>, steps: number,
-  n: number): () => Promise<HostArray> {
+  n: number, guided = false): () => Promise<HostArray> {
   const spec = parseScheduler({ _class_name: 'DDIMScheduler' });
   const [x0, , labels] = forwardInputs(m, n, 21);
+  if (guided && m.nullClass === undefined) throw new Error(`ddimRun: ${m.key} has no null class to guide against`);
   const denoiser: Denoiser = {
     prediction: spec.prediction,
-    predict: async (x: Batch, t: Float64Array) =>
-      (await fwd(x as HostArray, ints(t), labels)) as HostArray<'float32'>,
+    predict: async (x: Batch, t: Float64Array, condition?: unknown) =>
+      (await fwd(x as HostArray, ints(t), condition ? ints(condition as number[]) : labels)) as HostArray<'float32'>,
   };
-  return async () => (await sample(denoiser, x0 as HostArray<'float32'>, spec, { sampler: 'ddim', steps })) as HostArray;
+  const guide = guided ? classifierFreeGuidance(denoiser,
+    { scale: CFG_SCALE, uncondition: new Array<number>(n).fill(m.nullClass!) }) : denoiser;
+  const condition = guided ? Array.from(labels.data as BigInt64Array, Number) : undefined;
+  return async () => (await sample(guide, x0 as HostArray<'float32'>, spec,
+    { sampler: 'ddim', steps, condition })) as HostArray;
 }
 
 /** Milliseconds of one DDIM run (ddimRun) after a warm-up call at its batch. */
 export async function ddimTime(m: BenchModel, fwd: ReturnType<typeof inferenceFn>, steps: number,
-  n: number): Promise<number> {
-  const run = ddimRun(m, fwd, steps, n);
-  const [x0, , labels] = forwardInputs(m, n, 21);
-  await fwd(x0, ints(new Array<number>(n).fill(999)), labels); // session already warm
+  n: number, guided = false): Promise<number> {
+  const run = ddimRun(m, fwd, steps, n, guided);
+  const rows = guided ? 2 * n : n;
+  const [x0, , labels] = forwardInputs(m, rows, 21);
+  await fwd(x0, ints(new Array<number>(rows).fill(999)), labels); // session already warm
   return (await time(run, { warmup: 0, reps: 1 })).medianMs;
 }

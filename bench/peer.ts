@@ -74,7 +74,7 @@ const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.len
 const METRICS: [keyof ModelTimes, string, number][] = [
   ['fwd_bs1_ms', 'forward bs1', 1], ['fwd_bs16_ms', 'forward bs16', 1],
   ['fwd_bs64_ms', 'forward bs64', 1], ['train_step_bs64_s', 'train step bs64', 1000],
-  ['ddim50_x64_s', 'DDIM-50 x64', 1000],
+  ['ddim50_x64_s', 'DDIM-50 x64', 1000], ['ddim50_bs1_s', 'DDIM-50 bs1 (DiTs: with CFG)', 1000],
 ];
 
 /** The peer's times when its line has all of them (a file may hold memory figures only). */
@@ -129,7 +129,7 @@ export async function memoryRows(report: Report, key: BenchModelKey, peer: PeerL
     const theirs = peer[`${phase}_peak_rss_mb`];
     report.add({ name: `peak RSS, ${phase === 'train' ? 'training steps' : 'DDIM-50'} bs64` +
       `${theirs === undefined ? '' : ` (peer ${theirs.toFixed(0)} MiB)`}`, value: mb, unit: 'MiB',
-    ...(theirs === undefined ? {} : { ratio: theirs / mb, ratioTo: 'less than the peer (its / ours)' }) });
+    ...(theirs === undefined ? {} : { ratio: theirs / mb, ratioTo: 'the peer\'s / ours (above 1: Diffuse holds less)' }) });
   }
 }
 

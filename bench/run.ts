@@ -1,5 +1,5 @@
 /**
- * @file `npm run bench [-- --json] [-- --only NAME] [-- --quiet] [-- --peer [FILE]] [-- --rounds N]
+ * @file `npm run bench [-- --json] [-- --only NAME[,NAME]] [-- --quiet] [-- --peer [FILE]] [-- --rounds N]
  * [-- --provider NAME]`: every benchmark suite (conv, train, unet, dit, accel, video), printed
  * as a table or as one JSON object per line (name, value, unit, ratio, ratioTo). Ends with the
  * load other processes put on the machine meanwhile; --quiet waits for idle moments and drops
@@ -24,7 +24,8 @@ import { videoSuite } from './video.js';
 const args = process.argv.slice(2);
 const json = args.includes('--json');
 const value = (flag: string) => (args.includes(flag) ? args[args.indexOf(flag) + 1] : undefined);
-const only = value('--only');
+/** --only NAME[,NAME...]: the suites to run. */
+const only = value('--only')?.split(',');
 const report = new Report(json);
 load.quiet = args.includes('--quiet');
 const peerArg = value('--peer');
@@ -40,6 +41,9 @@ function refuse(message: string): never {
 if (peerFile !== undefined && !existsSync(peerFile)) {
   refuse(`--peer ${peerFile}: no such file (the JSON lines of bench/peer/run.sh)`);
 }
+const SUITES = ['conv', 'train', 'unet', 'dit', 'accel', 'video'] as const;
+const unknown = (only ?? []).filter((n) => !(SUITES as readonly string[]).includes(n));
+if (unknown.length) refuse(`--only: no suite ${unknown.join(', ')} (the suites: ${SUITES.join(', ')})`);
 if (!Number.isInteger(rounds) || rounds < 1) refuse(`--rounds: a positive integer, not ${value('--rounds')}`);
 if (provider !== undefined && !['cpu', 'cuda', 'webgpu'].includes(provider)) {
   refuse(`--provider: cpu, cuda or webgpu, not ${provider}`);
@@ -73,7 +77,7 @@ async function model(key: BenchModelKey): Promise<void> {
   await modelSuite(report, peak, benchModel(key), times ? { peer: times } : {});
   await memoryRows(report, key, peer);
 }
-const suites: Record<string, () => Promise<void>> = provider ? {
+const suites: Partial<Record<(typeof SUITES)[number] | 'provider', () => Promise<void>>> = provider ? {
   provider: async () => {
     try {
       if (!(await providerSuite(report, provider))) process.exitCode = 1;
@@ -95,7 +99,7 @@ const suites: Record<string, () => Promise<void>> = provider ? {
   video: () => videoSuite(report),
 };
 for (const [name, run] of Object.entries(suites)) {
-  if (!only || only === name || provider) await run();
+  if (!only || only.includes(name) || provider) await run();
 }
 const share = load.wallMs ? load.foreignMs / load.wallMs : 0;
 report.add({ name: 'load: other processes during timed runs', value: share, unit: 'cores' });

@@ -8,13 +8,13 @@ import { test } from 'node:test';
 import { comparisonRows, peerTimes, readPeerFile } from '../bench/peer.js';
 
 const times = (s: number) => ({ fwd_bs1_ms: 10 * s, fwd_bs16_ms: 100 * s, fwd_bs64_ms: 400 * s,
-  train_step_bs64_s: 2 * s, ddim50_x64_s: 30 * s });
+  train_step_bs64_s: 2 * s, ddim50_x64_s: 30 * s, ddim50_bs1_s: 1 * s });
 
 test('comparisonRows: medians in ms, the ratio of medians, the per-round range', () => {
   const ours = [times(1), times(1.2), times(0.9)];
   const theirs = [times(2), times(2), times(3)];
   const rows = comparisonRows(ours, theirs);
-  assert.equal(rows.length, 5);
+  assert.equal(rows.length, 6);
   const train = rows[3]!;
   assert.equal(train.value, 2000); // median of 2.0, 2.4, 1.8 s
   assert.equal(train.ratio, 2); // 4 s / 2 s

@@ -1,7 +1,9 @@
 """The peer of `npm run bench -- --only unet|dit`, measured on this machine: diffusers' models
 with ../shared/BASELINE.md's configs on PyTorch's CPU backend, timed as BASELINE.md times them
 (forward under no_grad at batch 1/16/64; a whole training step at batch 64 - noise, random t,
-add_noise, forward, MSE on eps, backward, AdamW; DDIM-50 sampling of 64 images).
+add_noise, forward, MSE on eps, backward, AdamW; DDIM-50 sampling of 64 images; DDIM-50 of one
+image, for the class-conditional DiTs with classifier-free guidance at scale 4 in one batched
+call of 2, as diffusers' DiTPipeline does it).
 
     diffusers_peer.py [--model unet|dit-pixel|dit-latent] [--reps N] [--phase time|train|sample]
 
@@ -105,6 +107,22 @@ def ddim50():
             x = scheduler.step(call(x, t.repeat(64), y), t, x).prev_sample
 
 
+def ddim50_one():
+    scheduler.set_timesteps(50)
+    x, _, y = inputs(1)
+    guided = args.model != 'unet'
+    null = torch.full_like(y, 1000)  # the DiTs' null class (num_embeds_ada_norm)
+    with torch.no_grad():
+        for t in scheduler.timesteps:
+            if guided:
+                both = call(torch.cat([x, x]), t.repeat(2), torch.cat([y, null]))
+                cond, uncond = both.chunk(2)
+                eps = uncond + 4.0 * (cond - uncond)
+            else:
+                eps = call(x, t.repeat(1), y)
+            x = scheduler.step(eps, t, x).prev_sample
+
+
 result = {'model': args.model, 'params': params, 'torch': torch.__version__,
           'threads': torch.get_num_threads()}
 if args.phase == 'train':
@@ -129,4 +147,6 @@ else:
     model.eval()
     log('DDIM-50 x 64')
     result['ddim50_x64_s'] = timed(ddim50, max(1, args.reps // 2), warmup=0)
+    log('DDIM-50 of one image' + ('' if args.model == 'unet' else ' with CFG'))
+    result['ddim50_bs1_s'] = timed(ddim50_one, 3, warmup=1)
 print(json.dumps(result))

@@ -5,6 +5,8 @@
  */
 import assert from 'node:assert/strict';
 import { describe, test } from 'node:test';
+import onnxProto from 'onnx-proto';
+import { grad } from './autodiff.js';
 import { HostArray } from './host.js';
 import { compile } from './runtime.js';
 import type { Tensor } from './tensor.js';
@@ -48,6 +50,8 @@ const cases: Case[] = [
   { name: 'abs', fn: ops.abs, inputs: [pos([4], 11)], ref: (x) => ref.unary(x, Math.abs) },
   { name: 'gelu', fn: (x) => ops.gelu(x), inputs: [r([2, 5], 12)], ref: (x) => ref.gelu(x, 'none') },
   { name: 'gelu tanh', fn: (x) => ops.gelu(x, 'tanh'), inputs: [r([2, 5], 13)],
+    ref: (x) => ref.gelu(x, 'tanh') },
+  { name: 'gelu tanh, tails', fn: (x) => ops.gelu(x, 'tanh'), inputs: [r([3, 4], 17, 4)],
     ref: (x) => ref.gelu(x, 'tanh') },
   { name: 'silu', fn: ops.silu, inputs: [r([2, 5], 14)], ref: (x) => ref.unary(x, (v) => v / (1 + Math.exp(-v))) },
   { name: 'sign', fn: ops.sign, inputs: [r([5], 15)], ref: (x) => ref.unary(x, Math.sign), grad: false },
@@ -181,4 +185,15 @@ describe('primitives: VJP against finite differences', () => {
       await checkGrad(c.name, c.fn, c.inputs, c.grad || {});
     });
   }
+});
+
+test('gelu tanh is one FastGelu node forward, and its gradient reads no Tanh', () => {
+  const x = randn([4, 8], 31);
+  const opTypes = (bytes: Uint8Array) =>
+    onnxProto.onnx.ModelProto.decode(bytes).graph!.node!.map((n) => n.opType);
+  const fwd = opTypes(compile((t: Tensor) => ops.gelu(t, 'tanh')).onnx(x));
+  assert.deepEqual(fwd, ['FastGelu']);
+  const bwd = opTypes(compile(grad((t: Tensor) => ops.sum(ops.gelu(t, 'tanh')))).onnx(x));
+  assert.equal(bwd.filter((o) => o === 'FastGelu').length, 1, bwd.join(' '));
+  assert.ok(!bwd.includes('Tanh') && bwd.includes('Sigmoid'), bwd.join(' '));
 });

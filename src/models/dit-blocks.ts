@@ -193,10 +193,7 @@ export class AdaLnZeroBlock<F extends Module> extends Module {
   }
 }
 
-/** GELU with the tanh approximation, 0.5 x (1 + tanh(sqrt(2/pi) x (1 + 0.044715 x^2))), in the
- *  form ORT's FastGeluFusion recognises, so it runs as one FastGelu kernel instead of nine
- *  elementwise ops (ops.gelu's form is not matched). */
-/** DiT's tanh GELU (kept as a name for the model code; the fused form lives in ops.gelu). */
+/** DiT's tanh GELU (a name for the model code): ops.gelu's one-pass FastGelu primitive. */
 export function geluTanh(x: Tensor): Tensor {
   return ops.gelu(x, 'tanh');
 }

@@ -98,7 +98,8 @@ function pickMask(chosen: Tensor, tie: Tensor): Tensor {
 }
 
 export const elementwisePrims: Pick<PrimTable, UnaryPrim | BinaryPrim | ComparePrim
-  | 'logicalAnd' | 'logicalOr' | 'logicalNot' | 'where' | 'cast' | 'stopGradient' | 'silu'> = {
+  | 'logicalAnd' | 'logicalOr' | 'logicalNot' | 'where' | 'cast' | 'stopGradient' | 'silu'
+  | 'geluTanh'> = {
   neg: { ...unary<'neg'>('Neg', null, false), vjp: ([g]) => [ops.neg(g!)] },
   exp: unary('Exp', (_x, y) => y),
   log: unary('Log', (x) => ops.reciprocal(x)),
@@ -123,6 +124,24 @@ export const elementwisePrims: Pick<PrimTable, UnaryPrim | BinaryPrim | CompareP
       if (gs) throw new Error('silu: its sigmoid output is not differentiable');
       const [y, s] = n.outputs as [Tensor, Tensor];
       return [ops.mul(g!, ops.add(s, ops.mul(y, ops.sub(1, s))))];
+    },
+  },
+  // y = x s with s = sigmoid(z), z = x (2k + 2kc x^2) (0.5 (1 + tanh(u)) = sigmoid(2u)), so
+  // dy/dx = s + y (1 - s) (2k + 6kc x^2). The backward recomputes s from x in twelve passes;
+  // the composite's autodiff took seventeen, after nine forward passes whose four saved
+  // intermediates held 4x the activation until the backward read them.
+  geluTanh: {
+    arity: 1,
+    infer: ([a]) => (requireFloat('geluTanh', a!), [{ shape: a!.shape, dtype: a!.dtype }]),
+    lower: (cx, ins, outs) => cx.emit('FastGelu', ins, outs, {}, 'com.microsoft'),
+    vjp: ([g], n) => {
+      const x = n.inputs[0]!;
+      const y = n.outputs[0]!;
+      const [k, c] = [Math.sqrt(2 / Math.PI), 0.044715];
+      const x2 = ops.mul(x, x);
+      const s = ops.sigmoid(ops.mul(x, ops.add(ops.mul(x2, 2 * k * c), 2 * k)));
+      const slope = ops.add(ops.mul(x2, 6 * k * c), 2 * k);
+      return [ops.mul(g!, ops.add(ops.mul(ops.mul(y, ops.sub(1, s)), slope), s))];
     },
   },
   abs: unary('Abs', (x) => ops.sign(x), false),

@@ -28,6 +28,9 @@ export interface PrimParams {
   abs: NoParams; sign: NoParams; floor: NoParams;
   /** x sigmoid(x); outputs y and sigmoid(x). A primitive for its VJP (elementwise.ts). */
   silu: NoParams;
+  /** GELU's tanh approximation, as ORT's one-pass FastGelu kernel (com.microsoft); a primitive
+   *  because ORT fuses the composite only where no gradient reads its intermediates. */
+  geluTanh: NoParams;
   // elementwise binary with numpy broadcasting
   add: NoParams; sub: NoParams; mul: NoParams; div: NoParams; pow: NoParams;
   maximum: NoParams; minimum: NoParams;
