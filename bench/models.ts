@@ -201,9 +201,7 @@ export async function modelSuite(report: Report, peak: number, m: BenchModel,
   report.add({ name: 'DDIM per step', value: ms / 50, unit: 'ms', ratio: base.ddim / ms, ratioTo: TO });
   vsPeer('DDIM-50 x64', ms, peer && peer.ddim50_x64_s * 1000);
   const guided = m.nullClass !== undefined;
-  const one = [];
-  for (let i = 0; i < 3; i++) one.push(await ddimTime(m, fwd, 50, 1, guided));
-  const ms1 = [...one].sort((a, b) => a - b)[1]!;
+  const ms1 = await ddimTime(m, fwd, 50, 1, { guided, reps: 3 });
   times.ddim50_bs1_s = ms1 / 1000;
   const label = `DDIM-50 bs1${guided ? ` with CFG ${CFG_SCALE} (one batched call of 2)` : ''}`;
   report.add({ name: `${label}, median of 3`, value: ms1, unit: 'ms' });
@@ -232,12 +230,12 @@ export function ddimRun(m: BenchModel, fwd: ReturnType<typeof inferenceFn>, step
     { sampler: 'ddim', steps, condition })) as HostArray;
 }
 
-/** Milliseconds of one DDIM run (ddimRun) after a warm-up call at its batch. */
+/** Median milliseconds of `reps` DDIM runs (ddimRun) after a warm-up call at its batch. */
 export async function ddimTime(m: BenchModel, fwd: ReturnType<typeof inferenceFn>, steps: number,
-  n: number, guided = false): Promise<number> {
+  n: number, { guided = false, reps = 1 } = {}): Promise<number> {
   const run = ddimRun(m, fwd, steps, n, guided);
   const rows = guided ? 2 * n : n;
   const [x0, , labels] = forwardInputs(m, rows, 21);
   await fwd(x0, ints(new Array<number>(rows).fill(999)), labels); // session already warm
-  return (await time(run, { warmup: 0, reps: 1 })).medianMs;
+  return (await time(run, { warmup: 0, reps })).medianMs;
 }

@@ -107,17 +107,21 @@ def ddim50():
             x = scheduler.step(call(x, t.repeat(64), y), t, x).prev_sample
 
 
+CFG_SCALE = 4.0  # bench/models.ts CFG_SCALE
+NULL_CLASS = 1000  # the DiTs' null class (num_embeds_ada_norm)
+
+
 def ddim50_one():
     scheduler.set_timesteps(50)
     x, _, y = inputs(1)
     guided = args.model != 'unet'
-    null = torch.full_like(y, 1000)  # the DiTs' null class (num_embeds_ada_norm)
+    null = torch.full_like(y, NULL_CLASS)
     with torch.no_grad():
         for t in scheduler.timesteps:
             if guided:
                 both = call(torch.cat([x, x]), t.repeat(2), torch.cat([y, null]))
                 cond, uncond = both.chunk(2)
-                eps = uncond + 4.0 * (cond - uncond)
+                eps = uncond + CFG_SCALE * (cond - uncond)
             else:
                 eps = call(x, t.repeat(1), y)
             x = scheduler.step(eps, t, x).prev_sample
