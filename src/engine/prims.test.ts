@@ -136,6 +136,17 @@ const cases: Case[] = [
   { name: 'convTranspose2d grouped dilated', fn: (x, w) => ops.convTranspose2d(x, w, { groups: 2, dilation: 2 }),
     inputs: [r([1, 4, 3, 3], 78), r([4, 1, 2, 2], 79)],
     ref: (x, w) => ref.convTranspose2d(x, w, undefined, [1, 1], [0, 0, 0, 0], [2, 2], 2, [0, 0]) },
+  // attention: [B, H, T, D] and [B, H, D, T] with narrow heads (the primitive), wide heads
+  // (the composite)
+  { name: 'attention', fn: (q, k, v) => ops.attention(q, k, v, { scale: 0.7 }),
+    inputs: [r([2, 2, 5, 4], 96), r([2, 2, 6, 4], 97), r([2, 2, 6, 3], 98)],
+    ref: (q, k, v) => ref.attention(q, k, v, 0.7, 'tokens') },
+  { name: 'attention channels', fn: (q, k, v) => ops.attention(q, k, v, { layout: 'channels' }),
+    inputs: [r([2, 3, 4, 5], 99), r([2, 3, 4, 5], 100), r([2, 3, 2, 5], 101)],
+    ref: (q, k, v) => ref.attention(q, k, v, 0.5, 'channels') },
+  { name: 'attention wide heads', fn: (q, k, v) => ops.attention(q, k, v, { layout: 'channels' }),
+    inputs: [r([1, 2, 17, 3], 102, 0.5), r([1, 2, 17, 4], 103, 0.5), r([1, 2, 17, 4], 104)],
+    ref: (q, k, v) => ref.attention(q, k, v, 1 / Math.sqrt(17), 'channels') },
   // movement
   { name: 'reshape', fn: (x) => ops.reshape(x, [4, -1]), inputs: [r([2, 3, 4], 80)], ref: (x) => ref.reshape(x, [4, 6]) },
   { name: 'transpose', fn: (x) => ops.transpose(x, [2, 0, 1]), inputs: [r([2, 3, 4], 81)],
@@ -196,4 +207,48 @@ test('gelu tanh is one FastGelu node forward, and its gradient reads no Tanh', (
   const bwd = opTypes(compile(grad((t: Tensor) => ops.sum(ops.gelu(t, 'tanh')))).onnx(x));
   assert.equal(bwd.filter((o) => o === 'FastGelu').length, 1, bwd.join(' '));
   assert.ok(!bwd.includes('Tanh') && bwd.includes('Sigmoid'), bwd.join(' '));
+});
+
+describe('attention in batch chunks', () => {
+  const opTypes = (bytes: Uint8Array) =>
+    onnxProto.onnx.ModelProto.decode(bytes).graph!.node!.map((n) => n.opType);
+  const swap = (t: Tensor) => ops.transpose(t, [0, 1, 3, 2]);
+  /** The composite the primitive replaces, differentiated by autodiff. */
+  const composite = (q: Tensor, k: Tensor, v: Tensor) =>
+    ops.matmul(ops.softmax(ops.matmul(ops.mul(q, 0.5), swap(k)), -1), v);
+  // 2 MB of scores per image: two images per 4 MB chunk, two chunks.
+  const [q, k, v, w] = [1, 2, 3, 4].map((s) => randn([4, 2, 512, 4], 110 + s));
+
+  test('runs each chunk alone forward and recomputes its probabilities backward', () => {
+    const fwd = opTypes(compile((a: Tensor, b: Tensor, c: Tensor) => ops.attention(a, b, c)).onnx(q!, k!, v!));
+    assert.equal(fwd.filter((o) => o === 'Softmax').length, 2, fwd.join(' '));
+    const loss = (a: Tensor, b: Tensor, c: Tensor, d: Tensor) => ops.sum(ops.mul(ops.attention(a, b, c), d));
+    const bwd = opTypes(compile(grad(loss, { argnums: [0, 1, 2] })).onnx(q!, k!, v!, w!));
+    assert.equal(bwd.filter((o) => o === 'Softmax').length, 4, bwd.join(' '));
+  });
+
+  test('matches the composite and its gradients', async () => {
+    const both = compile((a: Tensor, b: Tensor, c: Tensor, d: Tensor): Tensor[] => {
+      const loss = (f: typeof composite) => (x: Tensor, y: Tensor, z: Tensor) => ops.sum(ops.mul(f(x, y, z), d));
+      const g = grad(loss((x, y, z) => ops.attention(x, y, z)), { argnums: [0, 1, 2] })(a, b, c) as Tensor[];
+      const gRef = grad(loss(composite), { argnums: [0, 1, 2] })(a, b, c) as Tensor[];
+      return [composite(a, b, c), ops.attention(a, b, c), ops.attention(a, b, c, { layout: 'tokens', scale: 0.5 }),
+        ...g, ...gRef];
+    });
+    const outs = (await both(q!, k!, v!, w!)) as unknown as HostArray[];
+    const [oRef, o, oScaled] = outs;
+    assert.ok(ref.maxAbsDiff(o!, oRef!) < 1e-5, `output ${ref.maxAbsDiff(o!, oRef!)}`);
+    assert.ok(ref.maxAbsDiff(oScaled!, oRef!) < 1e-5);
+    for (let i = 0; i < 3; i++) {
+      const err = ref.maxAbsDiff(outs[3 + i]!, outs[6 + i]!);
+      assert.ok(err < 1e-5, `gradient ${i}: max abs error ${err}`);
+    }
+    await both.dispose();
+  });
+
+  test('refuses operands that disagree, naming the forms it takes', () => {
+    const bad = randn([4, 2, 512, 5], 120);
+    assert.throws(() => compile((a: Tensor, b: Tensor, c: Tensor) => ops.attention(a, b, c)).onnx(q!, bad, v!),
+      /attention: q, k and v must be \[B, H, T, D\].*\[4, 2, 512, 5\]/);
+  });
 });

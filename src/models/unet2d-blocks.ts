@@ -183,10 +183,9 @@ export class SpatialAttention extends Module {
     }
     const qkv = ops.add(ops.matmul(w, y), ops.reshape(b, [3 * heads * d, 1])); // [N, 3I, T]
     const [q, k, v] = ops.split(ops.reshape(qkv, [n, 3 * heads, d, t]), 3, 1); // [N, H, D, T]
-    const swap = (z: Tensor): Tensor => ops.transpose(z, [0, 1, 3, 2]);
-    const scores = ops.matmul(swap(q!), k!); // [N, H, T, T]
-    const o = ops.matmul(ops.softmax(scores, -1), swap(v!)); // [N, H, T, D]
-    const merged = ops.reshape(swap(o), [n, heads * d, t]); // [N, I, T]
+    // The scale is in the q projection; the heads stay channel-first, [N, H, D, T].
+    const o = ops.attention(q!, k!, v!, { scale: 1, layout: 'channels' });
+    const merged = ops.reshape(o, [n, heads * d, t]); // [N, I, T]
     const out = ops.add(ops.matmul(p.to_out[0]!.weight, merged),
       ops.reshape(p.to_out[0]!.bias!, [c, 1])); // [N, C, T]
     const res = ops.add(ops.reshape(out, x.shape), x); // [N, C, H, W]

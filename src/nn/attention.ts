@@ -8,11 +8,12 @@ import { Linear } from './layers.js';
 import { Module, type ParamsOf } from './module.js';
 
 /** softmax(q k^T / sqrt(d)) v over [B, H, T, D] tensors; an optional additive bias
- *  (e.g. a mask of -inf) broadcasts against the [B, H, Tq, Tk] scores. */
+ *  (e.g. a mask of -inf) broadcasts against the [B, H, Tq, Tk] scores. Without a bias this is
+ *  ops.attention (narrow heads run as one cache-chunked primitive). */
 export function scaledDotProductAttention(q: Tensor, k: Tensor, v: Tensor, bias?: Tensor): Tensor {
+  if (!bias) return ops.attention(q, k, v);
   const d = q.shape[q.rank - 1] as number;
-  let scores = ops.matmul(ops.mul(q, 1 / Math.sqrt(d)), ops.transpose(k, [0, 1, 3, 2])); // [B, H, Tq, Tk]
-  if (bias) scores = ops.add(scores, bias);
+  const scores = ops.add(ops.matmul(ops.mul(q, 1 / Math.sqrt(d)), ops.transpose(k, [0, 1, 3, 2])), bias);
   return ops.matmul(ops.softmax(scores, -1), v); // [B, H, Tq, D]
 }
 

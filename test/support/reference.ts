@@ -505,6 +505,16 @@ export function matmul(a: HostArray, b: HostArray): HostArray {
   return fromValues(out, outShape);
 }
 
+/** softmax(scale q k^T) v over [B, H, T, D] tensors ('tokens') or [B, H, D, T] ('channels'). */
+export function attention(q: HostArray, k: HostArray, v: HostArray, scale: number,
+  layout: 'tokens' | 'channels'): HostArray {
+  const swap = (x: HostArray) => transpose(x, [0, 1, 3, 2]);
+  const [qt, kt, vt] = layout === 'tokens' ? [q, k, v] : [swap(q), swap(k), swap(v)];
+  const s = matmul(qt, swap(kt));
+  const o = matmul(softmax(unary(s, (x) => x * scale), -1), vt);
+  return layout === 'tokens' ? o : swap(o);
+}
+
 function checkRank4(x: HostArray, what: string): [number, number, number, number] {
   if (x.shape.length !== 4) {
     throw new RangeError(`${what}: expected rank 4, got ${fmtShape(x.shape)}`);

@@ -1,4 +1,5 @@
 /** @file The primitive table: every primitive's record, checked complete by its type. */
+import { attentionPrim } from './attention.js';
 import { elementwisePrims } from './elementwise.js';
 import { linalgPrims } from './linalg.js';
 import { movementPrims } from './movement.js';
@@ -12,6 +13,7 @@ export const PRIMS: PrimTable = {
   ...normPrims,
   ...linalgPrims,
   ...movementPrims,
+  attention: attentionPrim,
 };
 
 export type { Prim, PrimParams, PrimDef, Aval, LowerCtx } from './types.js';

@@ -57,6 +57,9 @@ export interface PrimParams {
   conv2d: Conv2dParams;
   /** inputs x [N,C,H,W], w [C,O/g,kh,kw], optional bias [O] */
   convTranspose2d: ConvTranspose2dParams;
+  /** softmax(scale q k^T) v in batch chunks whose scores stay in cache, with a backward that
+   *  recomputes them (attention.ts); q, k, v in the given layout. */
+  attention: { scale: number; layout: 'tokens' | 'channels' };
   // movement
   reshape: { shape: readonly Dim[] };
   transpose: { perm: readonly number[] };
