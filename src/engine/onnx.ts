@@ -51,7 +51,7 @@ class Lowering implements LowerCtx {
   readonly domains = new Set<string>();
   /** Ids of the tensors computed from graph inputs. */
   readonly dynamic = new Set<number>();
-  constructor(readonly nchwcBlock: number) {}
+  constructor(readonly nchwcBlock: number, readonly cpuCacheChunks: boolean) {}
 
   dependsOnInput(t: Tensor): boolean {
     return this.dynamic.has(t.id);
@@ -128,6 +128,9 @@ export interface LowerOptions {
   /** ORT's NCHWc block size (nchwc.ts) to emit blocked convs for non-constant weights; 0 or
    *  absent: standard ops only, as in exported files that other runtimes must read. */
   nchwcBlock?: number;
+  /** Split large ops along the batch into chunks that fit a CPU's cache (the attention
+   *  primitive's forward); absent: one chunk, the portable form for GPUs and exported files. */
+  cpuCacheChunks?: boolean;
 }
 
 /**
@@ -171,7 +174,7 @@ function dropUnreadStatistics(nodes: onnxProto.onnx.INodeProto[], graphOutputs: 
 
 /** The ONNX model of a traced graph, serialised. */
 export function toOnnx(graph: Graph, opts: LowerOptions = {}): Uint8Array {
-  const cx = new Lowering(opts.nchwcBlock ?? 0);
+  const cx = new Lowering(opts.nchwcBlock ?? 0, opts.cpuCacheChunks ?? false);
   const names = new Map<number, string>();
   graph.inputs.forEach((t, i) => {
     names.set(t.id, graph.inputNames[i]!);

@@ -227,6 +227,15 @@ describe('attention in batch chunks', () => {
     assert.equal(bwd.filter((o) => o === 'Softmax').length, 4, bwd.join(' '));
   });
 
+  test('runs as one chunk outside the CPU provider', () => {
+    const f = (a: Tensor, b: Tensor, c: Tensor) => ops.attention(a, b, c);
+    for (const provider of ['cuda', 'webgpu'] as const) {
+      const ops1 = opTypes(compile(f, { provider }).onnx(q!, k!, v!));
+      assert.equal(ops1.filter((o) => o === 'Softmax').length, 1, `${provider}: ${ops1.join(' ')}`);
+      assert.ok(!ops1.includes('Split'), ops1.join(' '));
+    }
+  });
+
   test('matches the composite and its gradients', async () => {
     const both = compile((a: Tensor, b: Tensor, c: Tensor, d: Tensor): Tensor[] => {
       const loss = (f: typeof composite) => (x: Tensor, y: Tensor, z: Tensor) => ops.sum(ops.mul(f(x, y, z), d));

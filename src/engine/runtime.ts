@@ -182,6 +182,8 @@ function signature(flats: readonly Flat[]): string {
     `${l.dtype}[${l.shape.join(',')}]`).join(';')}`).join('|');
 }
 
+const onCpu = (opts: RuntimeOptions): boolean => (opts.provider ?? 'cpu') === 'cpu';
+
 /** Blocked convs (nchwc.ts) are ORT-CPU kernels, and part of optimisation level 'all'. */
 function usesBlockedConvs(opts: RuntimeOptions): boolean {
   const wanted = opts.blockedConvs ?? process.env.DIFFUSE_BLOCKED_CONVS !== '0';
@@ -287,7 +289,8 @@ export function compile<F extends TensorFn>(fn: F, opts: RuntimeOptions = {}): C
     } catch (e) {
       throw atCall(e, what, describeCall(flats, opts.argNames));
     }
-    const session = await createSession(toOnnx(graph, { name: opts.name, nchwcBlock: await blockFor(opts) }), opts);
+    const session = await createSession(toOnnx(graph, { name: opts.name, nchwcBlock: await blockFor(opts),
+      cpuCacheChunks: onCpu(opts) }), opts);
     return { session, inputNames: graph.inputNames, outputNames: graph.outputNames,
       outputDef: graph.outputDef,
       outputSpecs: graph.outputs.map((o) => ({ shape: o.shape.map(Number), dtype: o.dtype })) };
@@ -323,7 +326,7 @@ export function compile<F extends TensorFn>(fn: F, opts: RuntimeOptions = {}): C
     into: (outputs: HostTree, ...args: HostTree[]) => run(args, outputs),
     trace: (...specs: Tree<TensorSpec>[]) => traceFor(specs),
     onnx: (...specs: Tree<TensorSpec>[]) => toOnnx(traceFor(specs),
-      { name: opts.name, nchwcBlock: usesBlockedConvs(opts) ? nchwcBlockSizeIfKnown() : 0 }),
+      { name: opts.name, nchwcBlock: usesBlockedConvs(opts) ? nchwcBlockSizeIfKnown() : 0, cpuCacheChunks: onCpu(opts) }),
     stats,
     dispose: async () => {
       const all = [...sessions.values()];

@@ -71,14 +71,15 @@ export const attentionPrim: PrimDef<'attention'> = {
       : [q!.shape[0]!, q!.shape[1]!, v!.shape[2]!, q!.shape[3]!];
     return [{ shape, dtype: q!.dtype }];
   },
-  // Per chunk: scores, softmax and the product with v, then one Concat along the batch.
+  // Per chunk: scores, softmax and the product with v, then one Concat along the batch; one
+  // chunk outside ORT's CPU provider (GPUs, exported files).
   lower: (cx, ins, outs, p, node) => {
     const [q, k] = node.inputs as [Tensor, Tensor];
     const tokens = p.layout === 'tokens';
     const b = q.shape[0]!;
     const [h, tq, tk] = [q.shape[1] as number, q.shape[tokens ? 2 : 3] as number,
       k.shape[tokens ? 2 : 3] as number];
-    const chunk = attentionChunk(b, h, tq, tk);
+    const chunk = cx.cpuCacheChunks ? attentionChunk(b, h, tq, tk) : b;
     const n = typeof b === 'number' ? b / (chunk as number) : 1;
     const pieces = ins.map((name) => {
       if (n === 1) return [name];

@@ -93,6 +93,8 @@ export interface LowerCtx {
     attrs?: Record<string, AttrValue>, domain?: string): void;
   /** ORT's NCHWc block size when blocked convs may be emitted (CPU sessions), else 0. */
   readonly nchwcBlock: number;
+  /** Whether the graph runs on ORT's CPU provider, where cache-sized batch chunks pay. */
+  readonly cpuCacheChunks: boolean;
   /** Whether a tensor's value depends on a graph input (false: ORT folds it to a constant). */
   dependsOnInput(t: Tensor): boolean;
   fresh(hint: string): string;
