@@ -1,6 +1,6 @@
 /** @file Matrix products and convolutions, including the conv weight gradient. */
 import { bind1 } from '../bind.js';
-import type { Conv2dParams } from '../prims/types.js';
+import type { AttentionLayout, Conv2dParams } from '../prims/types.js';
 import { fmtShape, ShapeError, staticDim, type Dim } from '../shape.js';
 import type { Tensor } from '../tensor.js';
 import { add, mul } from './elementwise.js';
@@ -18,7 +18,7 @@ export function matmul(a: Tensor, b: Tensor): Tensor {
  *  flops per head, to save two passes of 4 T^2 bytes through memory, which pays for narrow
  *  heads only (measured: U-Net, D = 8, training 1.02-1.04x and forward 1.11x; pixel DiT,
  *  D = 32, training 0.97x and forward 1.01x). */
-export const RECOMPUTED_HEAD_MAX = 16;
+const RECOMPUTED_HEAD_MAX = 16;
 
 /**
  * softmax(scale q k^T) v per batch and head. q, k, v are [B, H, T, D] (layout 'tokens', the
@@ -28,7 +28,7 @@ export const RECOMPUTED_HEAD_MAX = 16;
  * ones to the composite, whose backward reads the saved probabilities.
  */
 export function attention(q: Tensor, k: Tensor, v: Tensor,
-  opts: { scale?: number; layout?: 'tokens' | 'channels' } = {}): Tensor {
+  opts: { scale?: number; layout?: AttentionLayout } = {}): Tensor {
   const layout = opts.layout ?? 'tokens';
   const d = q.shape[layout === 'tokens' ? 3 : 2];
   // A q of the wrong rank gets its error from the primitive's shape rule.

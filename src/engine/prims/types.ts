@@ -20,6 +20,10 @@ export interface ConvTranspose2dParams extends Conv2dParams {
   outputPadding: readonly [number, number];
 }
 
+/** Layout of attention's q, k, v and output: 'tokens' is [B, H, T, D] (the usual);
+ *  'channels' is [B, H, D, T], heads read straight from a channel-first projection. */
+export type AttentionLayout = 'tokens' | 'channels';
+
 /** Every primitive and its parameters. Each lowers to one ONNX op (opset in onnx.ts). */
 export interface PrimParams {
   // elementwise unary (float)
@@ -59,7 +63,7 @@ export interface PrimParams {
   convTranspose2d: ConvTranspose2dParams;
   /** softmax(scale q k^T) v in batch chunks whose scores stay in cache, with a backward that
    *  recomputes them (attention.ts); q, k, v in the given layout. */
-  attention: { scale: number; layout: 'tokens' | 'channels' };
+  attention: { scale: number; layout: AttentionLayout };
   // movement
   reshape: { shape: readonly Dim[] };
   transpose: { perm: readonly number[] };
