@@ -8,10 +8,12 @@ import { test } from 'node:test';
 import { HostArray } from '../engine/host.js';
 import * as ops from '../engine/ops.js';
 import { RngKey } from '../engine/random/philox.js';
+import { grad } from '../engine/autodiff.js';
 import { compile } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
 import type { Tree } from '../engine/tree.js';
 import { SafetensorsFile } from '../io/safetensors.js';
+import { MultiHeadAttention } from '../nn/attention.js';
 import type { ParamsOf } from '../nn/module.js';
 import { adamw } from '../nn/optim.js';
 import { loadStateDict } from '../nn/state.js';
@@ -24,6 +26,7 @@ import {
   DIT_DEFAULTS, ditClass, ditCond, ditInitialize, ditPreset, dropClassLabels, sincosPosEmbed2d,
   splitLearnedSigma, DiTTransformer2DModel, type DiTConfig,
 } from './dit.js';
+import { selfAttention } from './dit-blocks.js';
 
 const dir = join(goldenDir, 'dit');
 type P = ParamsOf<DiTTransformer2DModel>;
@@ -48,6 +51,54 @@ const TINY: Partial<DiTConfig> = {
 };
 const tinyConfig = (over: Partial<DiTConfig> = {}): DiTConfig =>
   ({ ...DIT_DEFAULTS, ...TINY, ...over });
+
+test('selfAttention equals attention with every bias, in value and gradients, though it drops the keys\' bias and moves the values\'', async () => {
+  for (const dh of [8, 32]) { // the attention primitive and the composite
+    const [heads, n, t] = [2, 2, 5];
+    const dim = heads * dh;
+    const attn = new MultiHeadAttention(dim, { heads, bias: true });
+    type AP = ParamsOf<MultiHeadAttention>;
+    const params = attn.init(RngKey.fromSeed(dh)) as unknown as Tree<HostArray>;
+    const x = randn([n, t, dim], 5);
+    const r = randn([n, t, dim], 6);
+    /** q, k, v and the output each as x W^T + b, heads split by transposes (diffusers' form). */
+    const textbook = (p: AP, xs: Tensor): Tensor => {
+      const heads4 = (y: Tensor) => ops.transpose(ops.reshape(y, [n, t, heads, dh]), [0, 2, 1, 3]);
+      const [q, k, v] = [p.to_q, p.to_k, p.to_v].map((l) => heads4(ops.linear(xs, l.weight, l.bias)));
+      const s = ops.mul(ops.matmul(q!, ops.transpose(k!, [0, 1, 3, 2])), 1 / Math.sqrt(dh));
+      const o = ops.reshape(ops.transpose(ops.matmul(ops.softmax(s, -1), v!), [0, 2, 1, 3]), [n, t, dim]);
+      return ops.linear(o, p.to_out[0]!.weight, p.to_out[0]!.bias);
+    };
+    type Result = { out: HostArray; grads: unknown };
+    const run = async (f: (p: AP, xs: Tensor) => Tensor): Promise<Result> => {
+      const step = compile((p: Tree<Tensor>, xs: Tensor, rs: Tensor) => {
+        const loss = (q: Tree<Tensor>, xx: Tensor) => ops.sum(ops.mul(f(q as unknown as AP, xx), rs));
+        return [f(p as unknown as AP, xs), grad(loss, { argnums: [0, 1] })(p, xs)] as unknown as Tensor[];
+      }) as unknown as (...a: unknown[]) => Promise<[HostArray, unknown]>;
+      const [out, grads] = await step(params, x, r);
+      return { out, grads };
+    };
+    const ours = await run((p, xs) => selfAttention(attn, p, xs));
+    const ref = await run(textbook);
+    assert.ok(maxAbsDiff(ours.out, ref.out) < 1e-5, `dh ${dh}: outputs differ by ${maxAbsDiff(ours.out, ref.out)}`);
+    const [gp, gx] = ours.grads as [Record<string, Tree<HostArray>>, HostArray];
+    const [rp, rx] = ref.grads as [Record<string, Tree<HostArray>>, HostArray];
+    assert.ok(maxAbsDiff(gx, rx) < 1e-5, `dh ${dh}: input gradients differ`);
+    for (const name of ['to_q', 'to_k', 'to_v'] as const) {
+      for (const leaf of ['weight', 'bias'] as const) {
+        const a = (gp[name] as Record<string, HostArray>)[leaf]!;
+        const b = (rp[name] as Record<string, HostArray>)[leaf]!;
+        assert.ok(maxAbsDiff(a, b) < 1e-5, `dh ${dh}: ${name}.${leaf} gradients differ by ${maxAbsDiff(a, b)}`);
+      }
+    }
+    // Softmax drops the keys' bias: its gradient is zero, exactly here and up to rounding there.
+    const gkb = ((gp.to_k as Record<string, HostArray>).bias!).data;
+    assert.ok(gkb.every((v) => v === 0));
+    const gob = ((gp.to_out as HostArray[][])[0] as unknown as Record<string, HostArray>).bias!;
+    const rob = ((rp.to_out as HostArray[][])[0] as unknown as Record<string, HostArray>).bias!;
+    assert.ok(maxAbsDiff(gob, rob) < 1e-5);
+  }
+});
 
 test('config: golden config.json reads as the DiT-S/2-mnist preset and round-trips', async () => {
   const text = await readFile(join(dir, 'config.json'), 'utf8');
