@@ -24,7 +24,7 @@ export interface ConvTranspose2dParams extends Conv2dParams {
  *  'channels' is [B, H, D, T], heads read straight from a channel-first projection. */
 export type AttentionLayout = 'tokens' | 'channels';
 
-/** Every primitive and its parameters. Each lowers to one ONNX op (opset in onnx.ts). */
+/** Every primitive and its parameters. Most lower to one ONNX op, some (attention, blocked convs) to several (opset in onnx.ts). */
 export interface PrimParams {
   // elementwise unary (float)
   neg: NoParams; exp: NoParams; log: NoParams; sqrt: NoParams; reciprocal: NoParams;
