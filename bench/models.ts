@@ -25,7 +25,9 @@ import { RngKey } from '../src/engine/random/philox.js';
 import { compile, type RuntimeOptions } from '../src/engine/runtime.js';
 import type { Tensor } from '../src/engine/tensor.js';
 import { mapTree, type Tree } from '../src/engine/tree.js';
-import type { Batch, Denoiser } from '../src/diffusion/denoiser.js';
+import { inBatches, type Batch, type Denoiser } from '../src/diffusion/denoiser.js';
+import { largestPerRow, rowsWithinCache } from '../src/engine/memory.js';
+import { lastLevelCacheBytes } from '../src/util/cpu-cache.js';
 import { parseScheduler } from '../src/diffusion/diffusers/spec.js';
 import { classifierFreeGuidance } from '../src/diffusion/guidance.js';
 import { sample } from '../src/diffusion/sampling.js';
@@ -194,9 +196,12 @@ export async function modelSuite(report: Report, peak: number, m: BenchModel,
     ratio: trate / peak, ratioTo: 'of matmul peak' });
   await trainer.dispose();
 
-  const ms = await ddimTime(m, fwd, 50, 64);
+  const rowsPerCall = cpuRowsPerCall(m, fwd);
+  const ms = await ddimTime(m, fwd, 50, 64, { rowsPerCall });
   times.ddim50_x64_s = ms / 1000;
-  report.add({ name: 'DDIM-50 x64 (50 fwd bs64 + host update)', value: ms / 1000, unit: 's',
+  const calls = Number.isFinite(rowsPerCall) && rowsPerCall < 64 ? `${Math.ceil(64 / rowsPerCall)} calls of ` +
+    `${Math.ceil(64 / Math.ceil(64 / rowsPerCall))} rows, the cache's` : 'one call of 64 rows';
+  report.add({ name: `DDIM-50 x64 (50 steps of ${calls} + host update)`, value: ms / 1000, unit: 's',
     ratio: base.ddim / ms, ratioTo: TO });
   report.add({ name: 'DDIM per step', value: ms / 50, unit: 'ms', ratio: base.ddim / ms, ratioTo: TO });
   vsPeer('DDIM-50 x64', ms, peer && peer.ddim50_x64_s * 1000);
@@ -214,7 +219,7 @@ export async function modelSuite(report: Report, peak: number, m: BenchModel,
  *  from fixed noise: a function drawing the final images. `guided`: classifier-free guidance
  *  at CFG_SCALE against the model's null class. */
 export function ddimRun(m: BenchModel, fwd: ReturnType<typeof inferenceFn>, steps: number,
-  n: number, guided = false): () => Promise<HostArray> {
+  n: number, guided = false, rowsPerCall = Infinity): () => Promise<HostArray> {
   const spec = parseScheduler({ _class_name: 'DDIMScheduler' });
   const [x0, , labels] = forwardInputs(m, n, 21);
   if (guided && m.nullClass === undefined) throw new Error(`ddimRun: ${m.key} has no null class to guide against`);
@@ -223,19 +228,36 @@ export function ddimRun(m: BenchModel, fwd: ReturnType<typeof inferenceFn>, step
     predict: async (x: Batch, t: Float64Array, condition?: unknown) =>
       (await fwd(x as HostArray, ints(t), condition ? ints(condition as number[]) : labels)) as HostArray<'float32'>,
   };
-  const guide = guided ? classifierFreeGuidance(denoiser,
-    { scale: CFG_SCALE, uncondition: new Array<number>(n).fill(m.nullClass!) }) : denoiser;
+  const calls = Number.isFinite(rowsPerCall) ? inBatches(denoiser, rowsPerCall) : denoiser;
+  const guide = guided ? classifierFreeGuidance(calls,
+    { scale: CFG_SCALE, uncondition: new Array<number>(n).fill(m.nullClass!) }) : calls;
   const condition = guided ? Array.from(labels.data as BigInt64Array, Number) : undefined;
   return async () => (await sample(guide, x0 as HostArray<'float32'>, spec,
     { sampler: 'ddim', steps, condition })) as HostArray;
 }
 
-/** Median milliseconds of `reps` DDIM runs (ddimRun) after a warm-up call at its batch. */
+/** The rows per model call `diffuse sample` makes on this CPU (pipelines/sample.ts): the
+ *  model's largest intermediate within the last-level cache; unbounded where its size is unknown. */
+export function cpuRowsPerCall(m: BenchModel, fwd: ReturnType<typeof inferenceFn>): number {
+  const cache = lastLevelCacheBytes();
+  if (cache === undefined) return Infinity;
+  const at = (n: number) => {
+    const ints = { shape: [n], dtype: 'int64' as const };
+    return fwd.trace({ shape: [n, ...m.sample] }, ints, ints);
+  };
+  return rowsWithinCache(largestPerRow(at(1), at(2)).bytes, cache);
+}
+
+/** Median milliseconds of `reps` DDIM runs (ddimRun) after a warm-up call at each batch it
+ *  makes (model calls of at most `rowsPerCall` rows, as evenly split as inBatches splits). */
 export async function ddimTime(m: BenchModel, fwd: ReturnType<typeof inferenceFn>, steps: number,
-  n: number, { guided = false, reps = 1 } = {}): Promise<number> {
-  const run = ddimRun(m, fwd, steps, n, guided);
-  const rows = guided ? 2 * n : n;
-  const [x0, , labels] = forwardInputs(m, rows, 21);
-  await fwd(x0, ints(new Array<number>(rows).fill(999)), labels); // session already warm
+  n: number, { guided = false, reps = 1, rowsPerCall = Infinity } = {}): Promise<number> {
+  const run = ddimRun(m, fwd, steps, n, guided, rowsPerCall);
+  const total = guided ? 2 * n : n;
+  const size = Math.ceil(total / Math.ceil(total / Math.min(total, rowsPerCall)));
+  for (const rows of new Set([size, total % size || size])) {
+    const [x0, , labels] = forwardInputs(m, rows, 21);
+    await fwd(x0, ints(new Array<number>(rows).fill(999)), labels); // sessions already warm
+  }
   return (await time(run, { warmup: 0, reps })).medianMs;
 }

@@ -8,7 +8,7 @@
 import { execFile } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { ditBenchModel, ddimTime, inferenceFn, trainStepFor, unetBenchModel, type BenchModel } from './models.js';
+import { cpuRowsPerCall, ditBenchModel, ddimTime, inferenceFn, trainStepFor, unetBenchModel, type BenchModel } from './models.js';
 
 export type RssPhase = 'train' | 'sample';
 export const BENCH_MODEL_KEYS = ['unet', 'dit-pixel', 'dit-latent'] as const;
@@ -42,7 +42,7 @@ async function main(argv: string[]): Promise<void> {
     await trainer.dispose();
   } else {
     const fwd = inferenceFn(m);
-    await ddimTime(m, fwd, 50, 64);
+    await ddimTime(m, fwd, 50, 64, { rowsPerCall: cpuRowsPerCall(m, fwd) });
     await fwd.dispose();
   }
   // maxRSS is in KiB, as the peer's ru_maxrss on Linux.

@@ -78,6 +78,33 @@ export function withData(like: Batch, data: FloatArray): Batch {
 }
 
 /**
+ * The same denoiser making calls of at most `rows` rows, as few as that allows, each of
+ * ceil(n / calls) rows but the last (64 rows at most 21 go as 16 + 16 + 16 + 16, not
+ * 21 + 21 + 21 + 1: one compiled shape where one fits, and no call of one row). The
+ * condition, when given, is one class label per row.
+ */
+export function inBatches(base: Denoiser, rows: number): Denoiser {
+  if (!Number.isInteger(rows) || rows < 1) throw new RangeError(`inBatches: rows must be an integer >= 1, got ${rows}`);
+  return {
+    prediction: base.prediction,
+    async predict(x: Batch, t: Float64Array, condition?: unknown): Promise<Batch> {
+      const n = x.shape[0]!;
+      if (n <= rows) return base.predict(x, t, condition);
+      const size = Math.ceil(n / Math.ceil(n / rows));
+      const per = x.data.length / n;
+      const out = new Float32Array(x.data.length);
+      for (let i = 0; i < n; i += size) {
+        const j = Math.min(n, i + size);
+        const xb = { data: x.data.subarray(i * per, j * per), shape: [j - i, ...x.shape.slice(1)] };
+        const cb = condition === undefined ? undefined : conditionLabels(condition).slice(i, j);
+        out.set((await base.predict(xb, t.subarray(i, j), cb)).data, i * per);
+      }
+      return withData(x, out);
+    },
+  };
+}
+
+/**
  * The class labels a denoiser's condition carries, one per row: an Int32Array, a number[] or
  * an int64 HostArray (what graph-backed denoisers take).
  */

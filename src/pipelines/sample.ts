@@ -24,14 +24,14 @@ import { existsSync, statSync } from 'node:fs';
 import { totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { HostArray } from '../engine/host.js';
-import { largestIntermediate, type LargestTensor } from '../engine/memory.js';
+import { largestIntermediate, largestPerRow, rowsWithinCache, type LargestTensor } from '../engine/memory.js';
 import * as ops from '../engine/ops.js';
 import { RngKey } from '../engine/random/philox.js';
 import { TorchGenerator } from '../engine/random/torch.js';
 import type { Provider } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
 import { flatten, type Tree } from '../engine/tree.js';
-import { withData, type Batch, type Denoiser, type NoiseSource } from '../diffusion/denoiser.js';
+import { inBatches, type Batch, type Denoiser, type NoiseSource } from '../diffusion/denoiser.js';
 import { parseScheduler, type SchedulerSpec } from '../diffusion/diffusers/spec.js';
 import { classifierFreeGuidance, withGuidance } from '../diffusion/guidance.js';
 import type { Releasable } from '../diffusion/gradient-guidance.js';
@@ -49,6 +49,7 @@ import { ditMoEClass } from '../models/dit-moe.js';
 import { UNET2D_CLASS } from '../models/unet2d.js';
 import type { Module, ParamsOf } from '../nn/module.js';
 import type { Prediction } from '../diffusion/predictions.js';
+import { lastLevelCacheBytes } from '../util/cpu-cache.js';
 import { ensureWritableFile, ensureWritableFolder, explainFsError } from '../util/fs-errors.js';
 import {
   acceleratedDenoiser, describeAccel, type Acceleration, type AcceleratedDenoiser,
@@ -359,7 +360,8 @@ export interface SampleStats {
   seconds: number;
   /** Model calls (each at most `rowsPerCall` rows). */
   modelCalls: number;
-  /** Rows per model call: batchSize, or less where memoryLimit demanded it. */
+  /** Rows per model call: batchSize, or less where memoryLimit demanded it or (on the CPU)
+   *  where the model's largest intermediate would overflow the last-level cache. */
   rowsPerCall: number;
   /** An ensemble's expert evaluations in rows (padding included): its cost in model rows. */
   expertRows?: number;
@@ -432,27 +434,6 @@ function labelsFor(m: ImageModel, o: SampleOptions): number[] | undefined {
   return Array.from({ length: o.n }, (_, i) => list[i % list.length]!);
 }
 
-/** Splits model calls into batches of at most `rows` rows (conditions: one label per row). */
-function inBatches(base: Denoiser, rows: number): Denoiser {
-  return {
-    prediction: base.prediction,
-    async predict(x: Batch, t: Float64Array, condition?: unknown): Promise<Batch> {
-      const n = x.shape[0]!;
-      if (n <= rows) return base.predict(x, t, condition);
-      const per = x.data.length / n;
-      const out = new Float32Array(x.data.length);
-      for (let i = 0; i < n; i += rows) {
-        const j = Math.min(n, i + rows);
-        const xb = { data: x.data.subarray(i * per, j * per),
-          shape: [j - i, ...x.shape.slice(1)] };
-        const cb = condition === undefined ? undefined : (condition as number[]).slice(i, j);
-        out.set((await base.predict(xb, t.subarray(i, j), cb)).data, i * per);
-      }
-      return withData(x, out);
-    },
-  };
-}
-
 /** The first row of `data` [rows, per] with a NaN or infinity, or -1. */
 function firstNonFiniteRow(data: ArrayLike<number>, per: number): number {
   for (let i = 0; i < data.length; i++) if (!Number.isFinite(data[i]!)) return Math.floor(i / per);
@@ -483,15 +464,20 @@ const fmtBytes = (b: number): string => b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(
   : b >= 10 * 2 ** 20 ? `${Math.round(b / 2 ** 20)} MiB` : `${(b / 2 ** 20).toFixed(1)} MiB`;
 
 interface Plan {
+  /** Rows per model call: within the memory limit, and on the CPU within its cache. */
   rowsPerCall: number;
+  /** Rows per call within the memory limit alone (accelerated denoisers batch themselves). */
+  memoryRows: number;
   imagesPerBatch: number;
   warnings: string[];
 }
 
 /** How many rows each model call and each sampled batch may hold within the memory limit:
- *  model calls get half of it (down to one row), the batch's latents the rest. */
-function planMemory(p: Pipeline, o: SampleOptions, largest: LargestTensor, rowBytes: number):
-  Plan {
+ *  model calls get half of it (down to one row), the batch's latents the rest. On the CPU,
+ *  calls are further cut so that their largest intermediate fits in the last-level cache
+ *  (engine/memory.ts); the batch of images sampled together is not. */
+function planMemory(p: Pipeline, o: SampleOptions, largest: LargestTensor,
+  perRow: () => LargestTensor, rowBytes: number): Plan {
   const limit = o.memoryLimit ?? DEFAULT_MEMORY_LIMIT;
   const wanted = o.batchSize ?? 64;
   const callBytes = ACTIVATION_COPIES * largest.bytes; // per row: traced at batch 1
@@ -504,13 +490,16 @@ function planMemory(p: Pipeline, o: SampleOptions, largest: LargestTensor, rowBy
       `${fmtBytes(largest.bytes)}): over the memory limit of ${fmtBytes(limit)}; raise the ` +
       `limit if the machine has the memory, or use a model config with a smaller sample_size`);
   }
-  const rowsPerCall = Math.max(1, Math.min(wanted, Math.floor(limit / 2 / callBytes)));
-  const warnings = rowsPerCall < wanted ? [`batch size lowered from ${wanted} to ` +
-    `${rowsPerCall} rows per model call to stay within the memory limit of ${fmtBytes(limit)}`]
+  const memoryRows = Math.max(1, Math.min(wanted, Math.floor(limit / 2 / callBytes)));
+  const warnings = memoryRows < wanted ? [`batch size lowered from ${wanted} to ` +
+    `${memoryRows} rows per model call to stay within the memory limit of ${fmtBytes(limit)}`]
     : [];
-  const imagesPerBatch = Math.max(1, Math.min(o.n, rowsPerCall,
-    Math.floor((limit - rowsPerCall * callBytes) / latentBytes)));
-  return { rowsPerCall, imagesPerBatch, warnings };
+  const imagesPerBatch = Math.max(1, Math.min(o.n, memoryRows,
+    Math.floor((limit - memoryRows * callBytes) / latentBytes)));
+  const cache = (o.provider ?? 'cpu') === 'cpu' ? lastLevelCacheBytes() : undefined;
+  const rowsPerCall = cache === undefined ? memoryRows
+    : Math.min(memoryRows, rowsWithinCache(perRow().bytes, cache));
+  return { rowsPerCall, memoryRows, imagesPerBatch, warnings };
 }
 
 /**
@@ -578,8 +567,9 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
     latentCoder(p.vae, { batchSize: o.batchSize ?? 64, ...(o.provider ? { runtime: { provider: o.provider } } : {}) })
     : undefined;
   try {
-    const plan = planMemory(p, o, largestIntermediate(graph.traceAt([1, c, h, w],
-      labels !== undefined)), per * 4);
+    const traced = (rows: number) => graph.traceAt([rows, c, h, w], labels !== undefined);
+    const one = traced(1);
+    const plan = planMemory(p, o, largestIntermediate(one), () => largestPerRow(one, traced(2)), per * 4);
     let imagesPerBatch = plan.imagesPerBatch;
     if (o.generator === 'torch' && imagesPerBatch < o.n) {
       const most = Math.floor(limit / (LATENT_COPIES * per * 4));
@@ -600,7 +590,7 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
     const key = RngKey.fromSeed(o.seed ?? 0);
     let first = 0;
     const accel = o.accel ? acceleratedDenoiser(p, consts, o.accel, { sampler: o.sampler,
-      steps: o.steps, rows: plan.rowsPerCall, conditional: labels !== undefined,
+      steps: o.steps, rows: plan.memoryRows, conditional: labels !== undefined,
       guidance: cfg ? guidance : 1, seed: o.seed ?? 0, prediction: spec.prediction,
       ...(o.provider ? { provider: o.provider } : {}) }) : undefined;
     disposeLater = accel;
@@ -651,7 +641,7 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
       modelCalls: accel ? accel.stats.rowCalls
         : ensemble ? ensemble.denoiser.stats.expertCalls.reduce((a, b) => a + b, 0) : graph.stats.calls,
       ...(ensemble ? { expertRows: ensemble.denoiser.stats.expertRows.reduce((a, b) => a + b, 0) } : {}),
-      rowsPerCall: plan.rowsPerCall, warnings };
+      rowsPerCall: accel ? plan.memoryRows : plan.rowsPerCall, warnings };
   } finally {
     await graph.dispose();
     await ensemble?.dispose();
