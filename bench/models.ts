@@ -231,7 +231,7 @@ export function ddimRun(m: BenchModel, fwd: ReturnType<typeof inferenceFn>, step
   const calls = Number.isFinite(rowsPerCall) ? inBatches(denoiser, rowsPerCall) : denoiser;
   const guide = guided ? classifierFreeGuidance(calls,
     { scale: CFG_SCALE, uncondition: new Array<number>(n).fill(m.nullClass!) }) : calls;
-  const condition = guided ? Array.from(labels.data as BigInt64Array, Number) : undefined;
+  const condition = Array.from(labels.data as BigInt64Array, Number); // one per row, so that calls split it
   return async () => (await sample(guide, x0 as HostArray<'float32'>, spec,
     { sampler: 'ddim', steps, condition })) as HostArray;
 }

@@ -10,6 +10,7 @@ function recording(calls: number[]): Denoiser {
     async predict(x: Batch, t: Float64Array, condition?: unknown): Promise<Batch> {
       const n = x.shape[0]!;
       calls.push(n);
+      assert.ok(x instanceof HostArray, 'a float32 batch reaches the base as a HostArray');
       const per = x.data.length / n;
       const labels = condition as number[];
       return new HostArray(Float32Array.from(x.data, (v, i) => v + 100 * t[Math.floor(i / per)]! +

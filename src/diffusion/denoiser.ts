@@ -95,7 +95,9 @@ export function inBatches(base: Denoiser, rows: number): Denoiser {
       const out = new Float32Array(x.data.length);
       for (let i = 0; i < n; i += size) {
         const j = Math.min(n, i + size);
-        const xb = { data: x.data.subarray(i * per, j * per), shape: [j - i, ...x.shape.slice(1)] };
+        // A float32 batch's rows go on as a HostArray, which compiled graphs take.
+        const xb = withData({ data: x.data.subarray(i * per, j * per), shape: [j - i, ...x.shape.slice(1)] },
+          x.data.slice(i * per, j * per));
         const cb = condition === undefined ? undefined : conditionLabels(condition).slice(i, j);
         out.set((await base.predict(xb, t.subarray(i, j), cb)).data, i * per);
       }

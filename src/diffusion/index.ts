@@ -13,7 +13,7 @@
 // ---- the model as samplers see it ----
 export type { FloatArray } from './arith.js';
 export {
-  withData, type Batch, type Denoiser, type NoiseSource, type SamplerOptions, type StepRecord,
+  inBatches, withData, type Batch, type Denoiser, type NoiseSource, type SamplerOptions, type StepRecord,
 } from './denoiser.js';
 
 // ---- processes, predictions, schedules ----
