@@ -25,9 +25,8 @@ import { RngKey } from '../src/engine/random/philox.js';
 import { compile, type RuntimeOptions } from '../src/engine/runtime.js';
 import type { Tensor } from '../src/engine/tensor.js';
 import { mapTree, type Tree } from '../src/engine/tree.js';
-import { inBatches, type Batch, type Denoiser } from '../src/diffusion/denoiser.js';
-import { largestPerRow, rowsWithinCache } from '../src/engine/memory.js';
-import { lastLevelCacheBytes } from '../src/util/cpu-cache.js';
+import { callRows, inBatches, type Batch, type Denoiser } from '../src/diffusion/denoiser.js';
+import { cpuCacheRows } from '../src/pipelines/graph-denoiser.js';
 import { parseScheduler } from '../src/diffusion/diffusers/spec.js';
 import { classifierFreeGuidance } from '../src/diffusion/guidance.js';
 import { sample } from '../src/diffusion/sampling.js';
@@ -199,8 +198,8 @@ export async function modelSuite(report: Report, peak: number, m: BenchModel,
   const rowsPerCall = cpuRowsPerCall(m, fwd);
   const ms = await ddimTime(m, fwd, 50, 64, { rowsPerCall });
   times.ddim50_x64_s = ms / 1000;
-  const calls = Number.isFinite(rowsPerCall) && rowsPerCall < 64 ? `${Math.ceil(64 / rowsPerCall)} calls of ` +
-    `${Math.ceil(64 / Math.ceil(64 / rowsPerCall))} rows, the cache's` : 'one call of 64 rows';
+  const sizes = callRows(64, rowsPerCall);
+  const calls = sizes.length > 1 ? `${sizes.length} calls of ${sizes[0]} rows, the cache's` : 'one call of 64 rows';
   report.add({ name: `DDIM-50 x64 (50 steps of ${calls} + host update)`, value: ms / 1000, unit: 's',
     ratio: base.ddim / ms, ratioTo: TO });
   report.add({ name: 'DDIM per step', value: ms / 50, unit: 'ms', ratio: base.ddim / ms, ratioTo: TO });
@@ -239,23 +238,19 @@ export function ddimRun(m: BenchModel, fwd: ReturnType<typeof inferenceFn>, step
 /** The rows per model call `diffuse sample` makes on this CPU (pipelines/sample.ts): the
  *  model's largest intermediate within the last-level cache; unbounded where its size is unknown. */
 export function cpuRowsPerCall(m: BenchModel, fwd: ReturnType<typeof inferenceFn>): number {
-  const cache = lastLevelCacheBytes();
-  if (cache === undefined) return Infinity;
   const at = (n: number) => {
     const ints = { shape: [n], dtype: 'int64' as const };
     return fwd.trace({ shape: [n, ...m.sample] }, ints, ints);
   };
-  return rowsWithinCache(largestPerRow(at(1), at(2)).bytes, cache);
+  return cpuCacheRows(at(1), () => at(2)) ?? Infinity;
 }
 
 /** Median milliseconds of `reps` DDIM runs (ddimRun) after a warm-up call at each batch it
- *  makes (model calls of at most `rowsPerCall` rows, as evenly split as inBatches splits). */
+ *  makes (model calls of at most `rowsPerCall` rows, split as callRows splits them). */
 export async function ddimTime(m: BenchModel, fwd: ReturnType<typeof inferenceFn>, steps: number,
   n: number, { guided = false, reps = 1, rowsPerCall = Infinity } = {}): Promise<number> {
   const run = ddimRun(m, fwd, steps, n, guided, rowsPerCall);
-  const total = guided ? 2 * n : n;
-  const size = Math.ceil(total / Math.ceil(total / Math.min(total, rowsPerCall)));
-  for (const rows of new Set([size, total % size || size])) {
+  for (const rows of new Set(callRows(guided ? 2 * n : n, rowsPerCall))) {
     const [x0, , labels] = forwardInputs(m, rows, 21);
     await fwd(x0, ints(new Array<number>(rows).fill(999)), labels); // sessions already warm
   }

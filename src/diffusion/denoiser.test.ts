@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
 import { HostArray } from '../engine/host.js';
-import { inBatches, type Batch, type Denoiser } from './denoiser.js';
+import { callRows, inBatches, type Batch, type Denoiser } from './denoiser.js';
 
 /** A denoiser whose output row r is x's row plus 100 t + its label, recording each call's rows. */
 function recording(calls: number[]): Denoiser {
@@ -32,4 +32,6 @@ test('inBatches: calls of near-equal rows, the whole batch\'s result, labels and
     assert.deepEqual(Array.from(split.data), Array.from(whole.data));
   }
   assert.throws(() => inBatches(recording([]), 0), /rows must be an integer >= 1, got 0/);
+  assert.deepEqual(callRows(128, 32), [32, 32, 32, 32]);
+  assert.deepEqual(callRows(64, Infinity), [64]);
 });

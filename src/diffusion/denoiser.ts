@@ -78,11 +78,19 @@ export function withData(like: Batch, data: FloatArray): Batch {
 }
 
 /**
- * The same denoiser making calls of at most `rows` rows, as few as that allows, each of
- * ceil(n / calls) rows but the last (64 rows at most 21 go as 16 + 16 + 16 + 16, not
- * 21 + 21 + 21 + 1: one compiled shape where one fits, and no call of one row). The
- * condition, when given, is one class label per row.
+ * The rows of each call when `n` rows go in calls of at most `rows`: as few calls as that
+ * allows, each of ceil(n / calls) rows but the last (64 rows at most 21 go as 16 + 16 + 16 +
+ * 16, not 21 + 21 + 21 + 1: one compiled shape where one fits, and no call of one row).
  */
+export function callRows(n: number, rows: number): number[] {
+  if (!(rows >= 1)) throw new RangeError(`rows per call must be >= 1, got ${rows}`);
+  const calls = Math.max(1, Math.ceil(n / rows));
+  const size = Math.ceil(n / calls);
+  return Array.from({ length: calls }, (_, i) => Math.min(size, n - i * size));
+}
+
+/** The same denoiser making its calls as callRows splits them. The condition, when given, is
+ *  one class label per row. */
 export function inBatches(base: Denoiser, rows: number): Denoiser {
   if (!Number.isInteger(rows) || rows < 1) throw new RangeError(`inBatches: rows must be an integer >= 1, got ${rows}`);
   return {
@@ -90,16 +98,17 @@ export function inBatches(base: Denoiser, rows: number): Denoiser {
     async predict(x: Batch, t: Float64Array, condition?: unknown): Promise<Batch> {
       const n = x.shape[0]!;
       if (n <= rows) return base.predict(x, t, condition);
-      const size = Math.ceil(n / Math.ceil(n / rows));
       const per = x.data.length / n;
       const out = new Float32Array(x.data.length);
-      for (let i = 0; i < n; i += size) {
-        const j = Math.min(n, i + size);
+      let i = 0;
+      for (const size of callRows(n, rows)) {
+        const j = i + size;
         // A float32 batch's rows go on as a HostArray, which compiled graphs take.
-        const xb = withData({ data: x.data.subarray(i * per, j * per), shape: [j - i, ...x.shape.slice(1)] },
-          x.data.slice(i * per, j * per));
+        const data = x.data.slice(i * per, j * per);
+        const xb = withData({ data, shape: [size, ...x.shape.slice(1)] }, data);
         const cb = condition === undefined ? undefined : conditionLabels(condition).slice(i, j);
         out.set((await base.predict(xb, t.subarray(i, j), cb)).data, i * per);
+        i = j;
       }
       return withData(x, out);
     },

@@ -62,13 +62,7 @@ test('selfAttention equals attention with every bias, in value and gradients, th
     const x = randn([n, t, dim], 5);
     const r = randn([n, t, dim], 6);
     /** q, k, v and the output each as x W^T + b, heads split by transposes (diffusers' form). */
-    const textbook = (p: AP, xs: Tensor): Tensor => {
-      const heads4 = (y: Tensor) => ops.transpose(ops.reshape(y, [n, t, heads, dh]), [0, 2, 1, 3]);
-      const [q, k, v] = [p.to_q, p.to_k, p.to_v].map((l) => heads4(ops.linear(xs, l.weight, l.bias)));
-      const s = ops.mul(ops.matmul(q!, ops.transpose(k!, [0, 1, 3, 2])), 1 / Math.sqrt(dh));
-      const o = ops.reshape(ops.transpose(ops.matmul(ops.softmax(s, -1), v!), [0, 2, 1, 3]), [n, t, dim]);
-      return ops.linear(o, p.to_out[0]!.weight, p.to_out[0]!.bias);
-    };
+    const textbook = (p: AP, xs: Tensor): Tensor => attn.forward(p, xs);
     type Result = { out: HostArray; grads: unknown };
     const run = async (f: (p: AP, xs: Tensor) => Tensor): Promise<Result> => {
       const step = compile((p: Tree<Tensor>, xs: Tensor, rs: Tensor) => {

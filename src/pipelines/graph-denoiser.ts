@@ -3,6 +3,7 @@
  * functions over tensors) and samplers (which see only host batches).
  */
 import { HostArray } from '../engine/host.js';
+import { largestPerRow, rowsWithinCache } from '../engine/memory.js';
 import * as ops from '../engine/ops.js';
 import { compile, type RuntimeOptions } from '../engine/runtime.js';
 import type { Tensor } from '../engine/tensor.js';
@@ -10,6 +11,7 @@ import type { Graph } from '../engine/trace.js';
 import type { Tree } from '../engine/tree.js';
 import { conditionLabels, int64Labels, type Batch, type Denoiser } from '../diffusion/denoiser.js';
 import type { Prediction } from '../diffusion/predictions.js';
+import { lastLevelCacheBytes } from '../util/cpu-cache.js';
 import { predictionOf, type ImageModel } from './image-models.js';
 
 /** The model as a traced function: x [B, ...], t [B] float32 model times, optional int64
@@ -23,6 +25,14 @@ export interface GraphDenoiser extends Denoiser {
    *  without: for estimates such as its largest intermediate before anything runs. */
   traceAt(shape: readonly number[], labelled: boolean): Graph;
   dispose(): Promise<void>;
+}
+
+/** Rows per model call whose largest intermediate fits in this CPU's last-level cache
+ *  (engine/memory.ts), from the model traced at batches 1 and 2 (the second traced only when
+ *  the cache size is known); undefined where it is not. */
+export function cpuCacheRows(one: Pick<Graph, 'nodes'>, two: () => Pick<Graph, 'nodes'>): number | undefined {
+  const cache = lastLevelCacheBytes();
+  return cache === undefined ? undefined : rowsWithinCache(largestPerRow(one, two()).bytes, cache);
 }
 
 /**

@@ -24,7 +24,7 @@ import { existsSync, statSync } from 'node:fs';
 import { totalmem } from 'node:os';
 import { dirname, join } from 'node:path';
 import { HostArray } from '../engine/host.js';
-import { largestIntermediate, largestPerRow, rowsWithinCache, type LargestTensor } from '../engine/memory.js';
+import { largestIntermediate, type LargestTensor } from '../engine/memory.js';
 import * as ops from '../engine/ops.js';
 import { RngKey } from '../engine/random/philox.js';
 import { TorchGenerator } from '../engine/random/torch.js';
@@ -49,12 +49,11 @@ import { ditMoEClass } from '../models/dit-moe.js';
 import { UNET2D_CLASS } from '../models/unet2d.js';
 import type { Module, ParamsOf } from '../nn/module.js';
 import type { Prediction } from '../diffusion/predictions.js';
-import { lastLevelCacheBytes } from '../util/cpu-cache.js';
 import { ensureWritableFile, ensureWritableFolder, explainFsError } from '../util/fs-errors.js';
 import {
   acceleratedDenoiser, describeAccel, type Acceleration, type AcceleratedDenoiser,
 } from './accel.js';
-import { graphDenoiser } from './graph-denoiser.js';
+import { cpuCacheRows, graphDenoiser } from './graph-denoiser.js';
 import type { LoadedGuide } from './guide.js';
 import {
   familyOfClass, imageModelOf, predictionOf, type ImageModel, type ModelFamily,
@@ -477,7 +476,7 @@ interface Plan {
  *  calls are further cut so that their largest intermediate fits in the last-level cache
  *  (engine/memory.ts); the batch of images sampled together is not. */
 function planMemory(p: Pipeline, o: SampleOptions, largest: LargestTensor,
-  perRow: () => LargestTensor, rowBytes: number): Plan {
+  cacheRows: () => number | undefined, rowBytes: number): Plan {
   const limit = o.memoryLimit ?? DEFAULT_MEMORY_LIMIT;
   const wanted = o.batchSize ?? 64;
   const callBytes = ACTIVATION_COPIES * largest.bytes; // per row: traced at batch 1
@@ -496,9 +495,8 @@ function planMemory(p: Pipeline, o: SampleOptions, largest: LargestTensor,
     : [];
   const imagesPerBatch = Math.max(1, Math.min(o.n, memoryRows,
     Math.floor((limit - memoryRows * callBytes) / latentBytes)));
-  const cache = (o.provider ?? 'cpu') === 'cpu' ? lastLevelCacheBytes() : undefined;
-  const rowsPerCall = cache === undefined ? memoryRows
-    : Math.min(memoryRows, rowsWithinCache(perRow().bytes, cache));
+  const cached = (o.provider ?? 'cpu') === 'cpu' ? cacheRows() : undefined;
+  const rowsPerCall = Math.min(memoryRows, cached ?? memoryRows);
   return { rowsPerCall, memoryRows, imagesPerBatch, warnings };
 }
 
@@ -569,7 +567,7 @@ export async function sampleInBatches(p: Pipeline, o: SampleOptions,
   try {
     const traced = (rows: number) => graph.traceAt([rows, c, h, w], labels !== undefined);
     const one = traced(1);
-    const plan = planMemory(p, o, largestIntermediate(one), () => largestPerRow(one, traced(2)), per * 4);
+    const plan = planMemory(p, o, largestIntermediate(one), () => cpuCacheRows(one, () => traced(2)), per * 4);
     let imagesPerBatch = plan.imagesPerBatch;
     if (o.generator === 'torch' && imagesPerBatch < o.n) {
       const most = Math.floor(limit / (LATENT_COPIES * per * 4));
